@@ -1,0 +1,144 @@
+"""ctypes bindings for the Linux calls that the `os` module lacks.
+
+Every wrapper raises OSError with the call's errno, like `os` does, so the
+worker turns it into the caller's errno in one place.  Only x86_64 syscall
+numbers are used where glibc 2.36 has no wrapper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_SYMLINK_FOLLOW = 0x400
+AT_FDCWD = -100
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+RENAME_WHITEOUT = 1 << 2
+MS_NOSUID = 2
+MS_NODEV = 4
+MNT_FORCE = 1
+MNT_DETACH = 2
+MAX_HANDLE_SZ = 128
+PR_SET_PDEATHSIG = 1
+STATX_BASIC_STATS = 0x7FF
+STATX_BTIME = 0x800
+_SYS_GETDENTS64 = 217
+_SYS_STATX = 332
+_SYS_RENAMEAT2 = 316
+
+
+def _check(ret: int, *what: object) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), *what)
+    return ret
+
+
+def _fs(path: str | bytes) -> bytes:
+    return os.fsencode(path)
+
+
+# --- mounting --------------------------------------------------------------
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    _check(_libc.mount(_fs(source), _fs(target), _fs(fstype), flags, _fs(data)), target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_fs(target), flags), target)
+
+
+# --- credentials -------------------------------------------------------------
+def setfsuid(uid: int) -> int:
+    """Set the thread's fsuid; returns the previous one (the call never fails visibly)."""
+    return _libc.setfsuid(uid)
+
+
+def setfsgid(gid: int) -> int:
+    return _libc.setfsgid(gid)
+
+
+def set_pdeathsig(sig: int) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
+
+
+# --- file handles ------------------------------------------------------------
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+_libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+_HANDLE_HEAD = 8
+
+
+def name_to_handle(fd: int) -> tuple[bytes, int]:
+    """File handle of the inode behind `fd` (an O_PATH fd is fine) and its mount id."""
+    fh = _FileHandle()
+    fh.handle_bytes = MAX_HANDLE_SZ
+    mount_id = ctypes.c_int()
+    _check(_libc.name_to_handle_at(fd, b"", ctypes.byref(fh), ctypes.byref(mount_id), AT_EMPTY_PATH))
+    return ctypes.string_at(ctypes.addressof(fh), _HANDLE_HEAD + fh.handle_bytes), mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """Reopen an inode from its handle; needs CAP_DAC_READ_SEARCH.  ESTALE if it is gone."""
+    buf = ctypes.create_string_buffer(handle, len(handle))
+    return _check(_libc.open_by_handle_at(mount_fd, buf, flags))
+
+
+# --- *at calls with AT_EMPTY_PATH ----------------------------------------------
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+
+
+def fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """chown the inode behind an O_PATH fd without following a symlink (-1 leaves a field)."""
+    _check(_libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+
+
+def utimens_empty(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """utimensat on the inode behind an O_PATH fd; nsec may be UTIME_NOW or UTIME_OMIT."""
+    ts = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    _check(_libc.utimensat(fd, b"", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+def renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
+    _check(_libc.syscall(_SYS_RENAMEAT2, olddir, ctypes.c_char_p(old), newdir, ctypes.c_char_p(new), ctypes.c_uint(flags)))
+
+
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _check(_libc.fallocate(fd, mode, offset, length))
+
+
+def syncfs(fd: int) -> None:
+    _check(_libc.syncfs(fd))
+
+
+def statx(fd: int, flags: int, mask: int, buf: ctypes.Array) -> None:
+    """statx(2) of the inode behind `fd` into `buf` (256 bytes, the fuse_statx layout)."""
+    _check(_libc.syscall(_SYS_STATX, fd, ctypes.c_char_p(b""), flags | AT_EMPTY_PATH, ctypes.c_uint(mask), buf))
+
+
+def getdents64(fd: int, buf: ctypes.Array) -> int:
+    """Fill `buf` with linux_dirent64 records from the directory fd's position; 0 at the end."""
+    return _check(_libc.syscall(_SYS_GETDENTS64, fd, buf, len(buf)))

@@ -1,0 +1,150 @@
+"""Command line: subcommands -> config -> the module that does the work.  No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from fastpass import state, supervisor
+from fastpass.config import MountConfig
+from fastpass.kernel import mount
+
+
+def _fail(message: str) -> int:
+    print(f"fastpass: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _setup_logging(debug: bool, path: str | None) -> None:
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    config = MountConfig(
+        backing=os.path.realpath(args.backing),
+        mountpoint=os.path.realpath(args.mountpoint),
+        allow_other=args.allow_other,
+        default_permissions=args.default_permissions,
+        attr_timeout=args.attr_timeout,
+        entry_timeout=args.entry_timeout,
+        debug=args.debug,
+        log=os.path.realpath(args.log) if args.log else None,
+        nonempty=args.nonempty,
+    )
+    try:
+        supervisor.check(config)
+    except supervisor.StartError as e:
+        return _fail(str(e))
+    if args.foreground:
+        _setup_logging(config.debug, config.log)
+        failed: list[str] = []
+        code = supervisor.run(config, lambda err: failed.append(err) if err else None)
+        return _fail(failed[0]) if failed else code
+    return _daemonize(config)
+
+
+def _daemonize(config: MountConfig) -> int:
+    """Serve in a detached child; return once it is serving or has failed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        _setup_logging(config.debug, config.log or os.devnull)
+
+        def ready(err: str | None) -> None:
+            os.write(w, (err or "ok").encode() + b"\n")
+            os.close(w)
+
+        code = 1
+        try:
+            code = supervisor.run(config, ready)
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.readline().decode().strip()  # not read(): the workers hold the pipe too
+    if answer != "ok":
+        os.waitpid(pid, 0)
+        return _fail(answer or "the server exited before it was ready")
+    return 0
+
+
+def _resolve_parent(path: str) -> str:
+    """Resolve symlinks above `path` but not `path` itself: stat of a hung mount root would hang."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mnt = _resolve_parent(args.mountpoint)
+    if not mount.is_mountpoint(mnt):
+        return _fail(f"{mnt} is not mounted")
+    entry = mount.mount_entry(mnt)
+    if entry is None or entry[0] != f"fuse.{mount.SUBTYPE}":
+        return _fail(f"{mnt} is not a fastpass mount")
+    record = state.read(mnt)
+    try:
+        clean = mount.unmount(mnt)
+    except mount.MountError as e:
+        return _fail(str(e))
+    if not clean:
+        print(f"fastpass: {mnt} is busy: detached lazily; the server exits when the last file is closed")
+        return 0
+    if record is not None:
+        _wait_gone(record.pid, args.timeout)
+    return 0
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mirror BACKING at MOUNTPOINT")
+    m.add_argument("backing")
+    m.add_argument("mountpoint")
+    m.add_argument("-f", "--foreground", action="store_true", help="stay attached; log to stderr")
+    m.add_argument("--allow-other", action="store_true", help="let other users in, each with their own credentials")
+    m.add_argument("--default-permissions", action="store_true", help="let the kernel check mode bits")
+    m.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="kernel attribute cache time")
+    m.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="kernel name cache time")
+    m.add_argument("--debug", action="store_true", help="log every request and reply")
+    m.add_argument("--log", metavar="FILE", help="log file (background mode)")
+    m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to exit")
+    u.set_defaults(func=cmd_unmount)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

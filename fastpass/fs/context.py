@@ -1,0 +1,119 @@
+"""What every operation sees: the request, the tables, and the caller's credentials."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import time
+
+from fastpass import _linux
+from fastpass.config import MountConfig, split_time
+from fastpass.fs.handles import HandleTable
+from fastpass.fs.inodes import Inode, InodeTable, fd_budget
+from fastpass.kernel import encode
+from fastpass.kernel.init import MAX_WRITE
+
+
+class Request:
+    """The in-header fields an operation may use."""
+
+    __slots__ = ("unique", "opcode", "nodeid", "uid", "gid", "pid")
+
+    def __init__(self, unique: int, opcode: int, nodeid: int, uid: int, gid: int, pid: int):
+        self.unique = unique
+        self.opcode = opcode
+        self.nodeid = nodeid
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+
+
+def proc_path(fd: int) -> str:
+    """The magic link that reopens (or acts on) the inode behind an O_PATH fd."""
+    return f"/proc/self/fd/{fd}"
+
+
+class Credentials:
+    """Runs a request as its caller (fsuid, fsgid, supplementary groups).
+
+    fsuid/fsgid are per thread and drop the filesystem capabilities when
+    they leave 0, so the backing's own permission checks, ownership of new
+    files and setgid-directory rules all apply to the caller.  The caller's
+    supplementary groups come from /proc/PID/status and are cached for a
+    second per (pid, uid, gid): reading them costs more than the request.
+    """
+
+    GROUPS_TTL = 1.0
+
+    def __init__(self) -> None:
+        self.uid = os.geteuid()
+        self.gid = os.getegid()
+        self.groups = os.getgroups()
+        self._cache: dict[tuple[int, int, int], tuple[float, list[int]]] = {}
+
+    def _groups_of(self, pid: int, uid: int, gid: int) -> list[int]:
+        key = (pid, uid, gid)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.GROUPS_TTL:
+            return hit[1]
+        groups = [gid]
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Groups:"):
+                        groups = [int(g) for g in line.split()[1:]] or [gid]
+                        break
+        except OSError:
+            pass  # the caller exited: its primary group alone
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = (now, groups)
+        return groups
+
+    def become(self, req: Request) -> bool:
+        """Switch to the caller; False if the caller is us already (nothing to restore)."""
+        if req.uid == self.uid and req.gid == self.gid:
+            return False
+        os.setgroups(self._groups_of(req.pid, req.uid, req.gid))
+        _linux.setfsgid(req.gid)
+        _linux.setfsuid(req.uid)
+        return True
+
+    def restore(self) -> None:
+        _linux.setfsuid(self.uid)
+        _linux.setfsgid(self.gid)
+        os.setgroups(self.groups)
+
+
+class Fs:
+    """Per-worker filesystem state shared by all operations."""
+
+    def __init__(self, config: MountConfig, root_fd: int):
+        self.config = config
+        self.inodes = InodeTable(root_fd, fd_budget())
+        self.handles = HandleTable()
+        self.entry_valid = split_time(config.entry_timeout)
+        self.attr_valid = split_time(config.attr_timeout)
+        # READ replies land here; page-aligned so O_DIRECT backing reads work.
+        self.read_buf = mmap.mmap(-1, MAX_WRITE)
+        self.read_view = memoryview(self.read_buf)
+        self.dirent_buf = ctypes.create_string_buffer(64 * 1024)
+        self.stx_buf = ctypes.create_string_buffer(256)
+        self.credentials = Credentials()
+
+    def inode_fd(self, nodeid: int) -> int:
+        inodes = self.inodes
+        return inodes.fd(inodes.get(nodeid))
+
+    def entry(self, inode: Inode, st: os.stat_result) -> bytes:
+        return encode.entry_out(inode.nodeid, inode.generation, self.entry_valid, self.attr_valid, st)
+
+    def lookup_entry(self, parent_nodeid: int, name: bytes) -> bytes:
+        inodes = self.inodes
+        inode, st = inodes.lookup(inodes.get(parent_nodeid), name)
+        return self.entry(inode, st)
+
+    def attr(self, st: os.stat_result) -> bytes:
+        return encode.attr_out(self.attr_valid, st)

@@ -1,0 +1,111 @@
+"""Open files and their data: open, create, tmpfile, read, write and friends.
+
+A regular file is opened again from its O_PATH fd through /proc/self/fd,
+with the caller's flags, so permission checks are the backing's and the
+open file description carries O_APPEND, O_DIRECT and O_SYNC as asked.
+Reads and writes use the offsets the kernel sends (pread/pwrite): the
+backing fd's own position is never used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastpass import _linux
+from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.kernel import abi, encode
+
+# Flags the kernel has already acted on, or that must not reach the backing open.
+_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+RWF_NOAPPEND = 0x20  # Linux 6.9: this write ignores O_APPEND
+_preadv = os.preadv
+_pwrite = os.pwrite
+_pack_write_out = abi.WRITE_OUT.pack
+
+
+def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
+    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), (flags & ~_STRIP) | os.O_CLOEXEC)
+    return encode.open_out(fs.handles.add(fd), 0)
+
+
+def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
+    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fs.inode_fd(req.nodeid))
+    try:
+        entry = fs.lookup_entry(req.nodeid, name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return entry + encode.open_out(fs.handles.add(fd), 0)
+
+
+def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
+    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), (flags & ~_STRIP) | os.O_TMPFILE | os.O_CLOEXEC, mode)
+    try:
+        path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
+        inode = fs.inodes.add(path_fd, os.fstat(path_fd))
+        entry = fs.entry(inode, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return entry + encode.open_out(fs.handles.add(fd), 0)
+
+
+def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> memoryview:
+    view = fs.read_view
+    n = _preadv(fs.handles.fd(fh), [view[:size]], offset)
+    return view[:n]
+
+
+def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
+          data: memoryview) -> bytes:  # fmt: skip
+    fd = fs.handles.fd(fh)
+    if write_flags & abi.WRITE_CACHE:
+        # Page-cache writeback (mmap) picks any writable fh, maybe an O_APPEND one:
+        # its offset is the truth, so O_APPEND must not move it.
+        return _pack_write_out(os.pwritev(fd, [data], offset, RWF_NOAPPEND))
+    return _pack_write_out(_pwrite(fd, data, offset))
+
+
+def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
+    # close() of a duplicate reports deferred write errors (NFS, quota) like the app's close would.
+    os.close(os.dup(fs.handles.fd(fh)))
+
+
+def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
+    fs.handles.close(fh)
+
+
+def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
+    fd = fs.handles.fd(fh)
+    if fsync_flags & abi.FSYNC_FDATASYNC:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
+
+
+def fallocate(fs: Fs, req: Request, fh: int, offset: int, length: int, mode: int) -> None:
+    _linux.fallocate(fs.handles.fd(fh), mode, offset, length)
+
+
+def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
+    return abi.LSEEK_OUT.pack(os.lseek(fs.handles.fd(fh), offset, whence))
+
+
+_MAX_32 = 0xFFFFF000  # the largest page-aligned count a 32-bit reply can carry
+
+
+def _copy(fs: Fs, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
+    if flags:
+        raise OSError(22, "copy_file_range flags must be 0")
+    return os.copy_file_range(fs.handles.fd(fh_in), fs.handles.fd(fh_out), length, off_in, off_out)
+
+
+def copy_file_range(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int,
+                    length: int, flags: int) -> bytes:  # fmt: skip
+    return _pack_write_out(_copy(fs, fh_in, off_in, fh_out, off_out, min(length, _MAX_32), flags))
+
+
+def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int,
+                       length: int, flags: int) -> bytes:  # fmt: skip
+    """7.45: the same with a 64-bit count in the reply."""
+    return abi.COPY_FILE_RANGE_OUT.pack(_copy(fs, fh_in, off_in, fh_out, off_out, length, flags))

@@ -1,0 +1,78 @@
+"""Names: lookup, forget, create-by-name, remove, rename, link, symlinks.
+
+Every call is relative to the parent's O_PATH fd and never follows a
+symlink, so a symlink in the backing tree is served as a symlink and no
+name can lead outside the backing root.  New entries are looked up again
+after creation, so their attributes are the backing's own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from fastpass import _linux
+from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.kernel import abi
+
+
+def lookup(fs: Fs, req: Request, name: bytes) -> bytes:
+    return fs.lookup_entry(req.nodeid, name)
+
+
+def forget(fs: Fs, req: Request, nlookup: int) -> None:
+    fs.inodes.forget(req.nodeid, nlookup)
+
+
+def batch_forget(fs: Fs, req: Request, forgets: list[tuple[int, int]]) -> None:
+    forget_one = fs.inodes.forget
+    for nodeid, nlookup in forgets:
+        forget_one(nodeid, nlookup)
+
+
+def mkdir(fs: Fs, req: Request, mode: int, umask: int, name: bytes) -> bytes:
+    os.mkdir(name, mode, dir_fd=fs.inode_fd(req.nodeid))
+    return fs.lookup_entry(req.nodeid, name)
+
+
+def mknod(fs: Fs, req: Request, mode: int, rdev: int, umask: int, name: bytes) -> bytes:
+    os.mknod(name, mode, os.makedev(*abi.new_decode_dev(rdev)), dir_fd=fs.inode_fd(req.nodeid))
+    return fs.lookup_entry(req.nodeid, name)
+
+
+def symlink(fs: Fs, req: Request, name: bytes, target: bytes) -> bytes:
+    os.symlink(target, name, dir_fd=fs.inode_fd(req.nodeid))
+    return fs.lookup_entry(req.nodeid, name)
+
+
+def link(fs: Fs, req: Request, oldnodeid: int, newname: bytes) -> bytes:
+    # linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the magic link does not.
+    os.link(proc_path(fs.inode_fd(oldnodeid)), newname, dst_dir_fd=fs.inode_fd(req.nodeid), follow_symlinks=True)
+    return fs.lookup_entry(req.nodeid, newname)
+
+
+def readlink(fs: Fs, req: Request) -> bytes:
+    return os.readlink(b"", dir_fd=fs.inode_fd(req.nodeid))
+
+
+def unlink(fs: Fs, req: Request, name: bytes) -> None:
+    os.unlink(name, dir_fd=fs.inode_fd(req.nodeid))
+
+
+def rmdir(fs: Fs, req: Request, name: bytes) -> None:
+    os.rmdir(name, dir_fd=fs.inode_fd(req.nodeid))
+
+
+def rename(fs: Fs, req: Request, newdir: int, old: bytes, new: bytes) -> None:
+    os.rename(old, new, src_dir_fd=fs.inode_fd(req.nodeid), dst_dir_fd=fs.inode_fd(newdir))
+
+
+_RENAME2_FLAGS = _linux.RENAME_NOREPLACE | _linux.RENAME_EXCHANGE
+
+
+def rename2(fs: Fs, req: Request, newdir: int, flags: int, old: bytes, new: bytes) -> None:
+    if flags & ~_RENAME2_FLAGS or flags == _RENAME2_FLAGS:
+        raise OSError(errno.EINVAL, "unsupported rename flags")
+    if not flags:
+        return rename(fs, req, newdir, old, new)
+    _linux.renameat2(fs.inode_fd(req.nodeid), old, fs.inode_fd(newdir), new, flags)

@@ -1,0 +1,97 @@
+"""The handler table: opcode -> operation, with the deliberate ENOSYS rows written out.
+
+`build()` joins it with the protocol table once at start-up into a list
+indexed by opcode, so dispatch on the hot path is one index and one call.
+`AS_CALLER` lists the operations whose outcome depends on who asks (they
+check permissions or create files); with allow_other they run with the
+caller's credentials, everything else runs on an fh or inode the kernel
+has already authorised.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from fastpass.fs import attrs, data, dirs, misc, namespace, xattr
+from fastpass.kernel.abi import Opcode as O
+from fastpass.kernel.opcodes import SPECS, Decoder, decoder
+
+Handler = Callable[..., object]
+
+HANDLERS: dict[int, Handler | None] = {
+    O.LOOKUP: namespace.lookup,
+    O.FORGET: namespace.forget,
+    O.BATCH_FORGET: namespace.batch_forget,
+    O.GETATTR: attrs.getattr_,
+    O.SETATTR: attrs.setattr_,
+    O.STATX: attrs.statx,
+    O.ACCESS: attrs.access,
+    O.READLINK: namespace.readlink,
+    O.SYMLINK: namespace.symlink,
+    O.MKNOD: namespace.mknod,
+    O.MKDIR: namespace.mkdir,
+    O.UNLINK: namespace.unlink,
+    O.RMDIR: namespace.rmdir,
+    O.RENAME: namespace.rename,
+    O.RENAME2: namespace.rename2,
+    O.LINK: namespace.link,
+    O.OPEN: data.open_,
+    O.CREATE: data.create,
+    O.TMPFILE: data.tmpfile,
+    O.READ: data.read,
+    O.WRITE: data.write,
+    O.FLUSH: data.flush,
+    O.RELEASE: data.release,
+    O.FSYNC: data.fsync,
+    O.FALLOCATE: data.fallocate,
+    O.LSEEK: data.lseek,
+    O.COPY_FILE_RANGE: data.copy_file_range,
+    O.COPY_FILE_RANGE_64: data.copy_file_range_64,
+    O.OPENDIR: dirs.opendir,
+    O.READDIR: dirs.readdir,
+    O.READDIRPLUS: dirs.readdirplus,
+    O.RELEASEDIR: dirs.releasedir,
+    O.FSYNCDIR: dirs.fsyncdir,
+    O.SETXATTR: xattr.setxattr,
+    O.GETXATTR: xattr.getxattr,
+    O.LISTXATTR: xattr.listxattr,
+    O.REMOVEXATTR: xattr.removexattr,
+    O.STATFS: misc.statfs,
+    O.SYNCFS: misc.syncfs,
+    O.INTERRUPT: misc.interrupt,
+    O.NOTIFY_REPLY: misc.notify_reply,
+    O.DESTROY: misc.destroy,
+    # Locks stay in the kernel (POSIX_LOCKS/FLOCK_LOCKS are not negotiated, so
+    # these are never sent); the rest has no passthrough meaning.
+    O.GETLK: None,
+    O.SETLK: None,
+    O.SETLKW: None,
+    O.BMAP: None,
+    O.IOCTL: None,
+    O.POLL: None,
+    O.SETUPMAPPING: None,
+    O.REMOVEMAPPING: None,
+    O.INIT: None,  # answered by the supervisor before any worker starts
+}
+
+AS_CALLER = frozenset({
+    O.LOOKUP, O.SETATTR, O.ACCESS, O.READLINK, O.SYMLINK, O.MKNOD, O.MKDIR, O.UNLINK, O.RMDIR,
+    O.RENAME, O.RENAME2, O.LINK, O.OPEN, O.CREATE, O.TMPFILE, O.OPENDIR, O.READDIRPLUS,
+    O.SETXATTR, O.GETXATTR, O.LISTXATTR, O.REMOVEXATTR,
+})  # fmt: skip
+
+
+class Route(NamedTuple):
+    name: str
+    decode: Decoder
+    handler: Handler | None
+    reply: bool
+    as_caller: bool
+
+
+def build(setxattr_ext: bool = False) -> list[Route | None]:
+    """Dispatch list indexed by opcode; None where the opcode is unknown."""
+    routes: list[Route | None] = [None] * (max(SPECS) + 1)
+    for op, spec in SPECS.items():
+        routes[op] = Route(spec.name, decoder(spec, setxattr_ext), HANDLERS[op], spec.reply, op in AS_CALLER)
+    return routes

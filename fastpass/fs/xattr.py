@@ -1,0 +1,38 @@
+"""Extended attributes, with the kernel's size-probe and ERANGE rules.
+
+GETXATTR/LISTXATTR with size 0 ask only for the length; a non-zero size too
+small for the value is ERANGE, as getxattr(2) itself answers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.kernel import abi
+
+
+def _sized(value: bytes, size: int) -> bytes:
+    if size == 0:
+        return abi.GETXATTR_OUT.pack(len(value))
+    if len(value) > size:
+        raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
+    return value
+
+
+def getxattr(fs: Fs, req: Request, size: int, name: bytes) -> bytes:
+    return _sized(os.getxattr(proc_path(fs.inode_fd(req.nodeid)), name), size)
+
+
+def listxattr(fs: Fs, req: Request, size: int) -> bytes:
+    names = os.listxattr(proc_path(fs.inode_fd(req.nodeid)))
+    return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
+
+
+def setxattr(fs: Fs, req: Request, size: int, flags: int, name: bytes, value: bytes) -> None:
+    os.setxattr(proc_path(fs.inode_fd(req.nodeid)), name, value, flags)
+
+
+def removexattr(fs: Fs, req: Request, name: bytes) -> None:
+    os.removexattr(proc_path(fs.inode_fd(req.nodeid)), name)

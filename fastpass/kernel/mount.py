@@ -1,0 +1,153 @@
+"""Mounting and unmounting a FUSE connection, and cloning its device fd.
+
+As root fastpass calls mount(2) itself (fd=, rootmode=, user_id=, group_id=);
+as any other user it runs fusermount3, which mounts and hands the device fd
+back over a unix socket (libfuse's `_FUSE_COMMFD` handshake).
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+
+from fastpass import _linux
+from fastpass.kernel import abi
+
+DEVICE = "/dev/fuse"
+SUBTYPE = "fastpass"
+
+
+class MountError(Exception):
+    """A mount or unmount that could not be done; the message is for the user."""
+
+
+def mount_entry(path: str) -> tuple[str, str] | None:
+    """(fstype, source) of the mount whose root is `path`, the topmost if stacked; None if none.
+
+    Read from mountinfo: os.path.ismount misses a directory bind-mounted onto itself.
+    `path` must be absolute and free of symlinks: resolving it here would stat the
+    mount root, which a server must never do to its own mount.
+    """
+    real = os.fsencode(path)
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.rstrip(b"\n").partition(b" - ")
+            if _unescape(left.split(b" ")[4]) == real:
+                fstype, source = right.split(b" ")[:2]
+                found = (os.fsdecode(fstype), os.fsdecode(_unescape(source)))
+    return found
+
+
+def is_mountpoint(path: str) -> bool:
+    return mount_entry(path) is not None
+
+
+def is_ours(mountpoint: str, backing: str) -> bool:
+    """Whether the top mount at `mountpoint` is a fastpass mount of `backing`."""
+    return mount_entry(mountpoint) == (f"fuse.{SUBTYPE}", backing)
+
+
+def _unescape(field: bytes) -> bytes:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    if b"\\" not in field:
+        return field
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)
+
+
+def _options(allow_other: bool, default_permissions: bool) -> list[str]:
+    opts = []
+    if allow_other:
+        opts.append("allow_other")
+    if default_permissions:
+        opts.append("default_permissions")
+    return opts
+
+
+def mount(backing: str, mountpoint: str, allow_other: bool, default_permissions: bool) -> int:
+    """Mount a new FUSE connection at `mountpoint`; returns the session's device fd."""
+    if os.geteuid() != 0:
+        return _mount_fusermount(backing, mountpoint, _options(allow_other, default_permissions))
+    fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    rootmode = stat.S_IFMT(os.stat(mountpoint).st_mode)
+    data = ",".join([f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}", f"group_id={os.getgid()}",
+                     *_options(allow_other, default_permissions)])  # fmt: skip
+    try:
+        _linux.mount(backing, mountpoint, f"fuse.{SUBTYPE}", _linux.MS_NOSUID | _linux.MS_NODEV, data)
+    except OSError as e:
+        os.close(fd)
+        raise MountError(f"mount {mountpoint}: {e.strerror}") from None
+    return fd
+
+
+def _mount_fusermount(backing: str, mountpoint: str, opts: list[str]) -> int:
+    exe = shutil.which("fusermount3")
+    if exe is None:
+        raise MountError("not root and fusermount3 not found: install fuse3 or run as root")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        o = ",".join([f"fsname={backing}", f"subtype={SUBTYPE}", *opts])
+        proc = subprocess.Popen([exe, "-o", o, "--", mountpoint], env=env, pass_fds=[theirs.fileno()],
+                                stderr=subprocess.PIPE)  # fmt: skip
+        theirs.close()
+        fds = array.array("i")
+        msg, anc, _flags, _addr = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+        err = proc.communicate()[1].decode(errors="replace").strip()
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: fds.itemsize])
+        if not fds:
+            raise MountError(f"fusermount3 failed: {err or 'no device fd received'}")
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+
+
+def unmount(mountpoint: str) -> bool:
+    """Unmount; if busy, detach lazily.  Returns False if it had to be lazy."""
+    if os.geteuid() != 0:
+        return _unmount_fusermount(mountpoint)
+    try:
+        _linux.umount2(mountpoint, 0)
+        return True
+    except OSError as e:
+        if e.errno != 16:  # EBUSY
+            raise MountError(f"unmount {mountpoint}: {e.strerror}") from None
+    _linux.umount2(mountpoint, _linux.MNT_DETACH)
+    return False
+
+
+def _unmount_fusermount(mountpoint: str) -> bool:
+    exe = shutil.which("fusermount3") or "fusermount3"
+    r = subprocess.run([exe, "-u", "--", mountpoint], capture_output=True, text=True)
+    if r.returncode == 0:
+        return True
+    r = subprocess.run([exe, "-u", "-z", "--", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise MountError(f"unmount {mountpoint}: {r.stderr.strip()}")
+    return False
+
+
+def clone(session_fd: int) -> int:
+    """A new device fd on the same connection, with its own processing queue."""
+    fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, abi.DEV_IOC_CLONE, struct.pack("I", session_fd))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

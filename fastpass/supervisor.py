@@ -1,0 +1,168 @@
+"""The supervisor: checks, mounts, answers INIT, runs the worker, owns shutdown.
+
+Process layout: the supervisor keeps the session's device fd for the whole
+mount; each worker is a forked process that clones that fd
+(FUSE_DEV_IOC_CLONE) and serves requests from its clone.  Fork rather than
+spawn: the worker needs nothing but the fds and the config the supervisor
+already holds, and starts in a millisecond.  Workers are forked before the
+supervisor starts any thread.
+
+Shutdown: SIGTERM or SIGINT to the supervisor unmounts (lazily if busy); the
+kernel then ends the connection, the worker's read returns ENODEV after it
+has answered what it was serving, and the supervisor exits when the worker
+has.  If the supervisor dies, the worker gets SIGTERM (PR_SET_PDEATHSIG),
+detaches the mount and exits, so no dead mount lingers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from typing import Callable
+
+from fastpass import _linux, state
+from fastpass.config import MountConfig
+from fastpass.fs.context import Fs
+from fastpass.fs.table import build
+from fastpass.kernel import abi, mount
+from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
+from fastpass.worker import Worker
+
+log = logging.getLogger("fastpass")
+
+
+class StartError(Exception):
+    """The mount cannot start; the message is one line for the user."""
+
+
+def check(config: MountConfig) -> None:
+    """Refuse bad input before anything is mounted."""
+    backing, mnt = config.backing, config.mountpoint
+    if not os.path.exists(backing):
+        raise StartError(f"backing directory {backing} does not exist")
+    if not os.path.isdir(backing):
+        raise StartError(f"backing {backing} is not a directory")
+    try:
+        os.close(os.open(backing, os.O_RDONLY | os.O_DIRECTORY))
+    except PermissionError:
+        raise StartError(f"backing directory {backing} is not readable") from None
+    if not os.path.exists(mnt):
+        raise StartError(f"mountpoint {mnt} does not exist")
+    if not os.path.isdir(mnt):
+        raise StartError(f"mountpoint {mnt} is not a directory")
+    real_b, real_m = os.path.realpath(backing), os.path.realpath(mnt)
+    if real_m == real_b or real_m.startswith(real_b.rstrip("/") + "/"):
+        raise StartError(f"mountpoint {mnt} is inside the backing directory {backing}: the mount would serve itself")
+    if mount.is_mountpoint(mnt):
+        raise StartError(f"mountpoint {mnt} is already a mount point")
+    if not config.nonempty and os.listdir(mnt):
+        raise StartError(f"mountpoint {mnt} is not empty (use --nonempty to mount over it anyway)")
+    if not os.path.exists(mount.DEVICE):
+        raise StartError(f"no {mount.DEVICE}: load the fuse module (modprobe fuse)")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
+
+
+def _answer_init(session: int) -> Negotiated:
+    """Read FUSE_INIT from the new connection and answer it."""
+    raw = os.read(session, abi.MIN_READ_BUFFER + abi.IN_HEADER.size + abi.WRITE_IN.size)
+    _len, opcode, unique, *_ = abi.IN_HEADER.unpack_from(raw)
+    if opcode != abi.Opcode.INIT:
+        raise StartError(f"kernel sent opcode {opcode} before INIT")
+    init_in = abi.INIT_IN.unpack_from(raw, abi.IN_HEADER.size)
+    try:
+        body, negotiated = negotiate(init_in)
+    except KernelTooOld as e:
+        os.write(session, abi.OUT_HEADER.pack(16, -71, unique))  # EPROTO ends the connection
+        raise StartError(str(e)) from None
+    os.write(session, abi.OUT_HEADER.pack(16 + len(body), 0, unique) + body)
+    return negotiated
+
+
+def _worker_main(config: MountConfig, session: int, root_fd: int, negotiated: Negotiated, parent: int) -> None:
+    """Body of a worker process; never returns."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def on_term(signo: int, frame: object) -> None:
+            if os.getppid() != parent:  # the supervisor is gone: do not leave a dead mount
+                _detach(config.mountpoint)
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
+        _linux.set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != parent:
+            on_term(signal.SIGTERM, None)
+        devfd = mount.clone(session)
+        os.close(session)
+        os.umask(0)  # the kernel applied the caller's umask already
+        fs = Fs(config, root_fd)
+        routes = build(setxattr_ext=negotiated.has(abi.InitFlag.SETXATTR_EXT))
+        Worker(devfd, fs, routes, config.allow_other, config.debug).serve()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0
+    except BaseException:
+        log.exception("worker failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _detach(mountpoint: str) -> None:
+    try:
+        mount.unmount(mountpoint)
+    except (OSError, mount.MountError) as e:
+        log.warning("could not unmount %s: %s", mountpoint, e)
+
+
+def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
+    """Mount and serve until unmounted; `ready(None)` once serving, `ready(message)` on failure."""
+    try:
+        check(config)
+        root_fd = os.open(config.backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
+        except mount.MountError as e:
+            raise StartError(str(e)) from None
+        try:
+            negotiated = _answer_init(session)
+        except BaseException:
+            _detach(config.mountpoint)
+            os.close(session)
+            raise
+    except StartError as e:
+        ready(str(e))
+        return 1
+    log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
+    state.write(state.MountState(os.getpid(), config, negotiated, time.time()))
+    me = os.getpid()
+    worker = os.fork()
+    if worker == 0:
+        _worker_main(config, session, root_fd, negotiated, me)
+    stopping = False
+
+    def on_signal(signo: int, frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log.info("signal %d: unmounting %s", signo, config.mountpoint)
+            _detach(config.mountpoint)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ready(None)
+    _pid, status = os.waitpid(worker, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        log.error("worker exited with %d; unmounting", code)
+    if mount.is_ours(config.mountpoint, config.backing):
+        _detach(config.mountpoint)
+    os.close(session)
+    state.remove(config.mountpoint)
+    log.info("stopped")
+    return 0 if code == 0 else 1

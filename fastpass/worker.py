@@ -1,0 +1,128 @@
+"""The request loop: read -> decode -> handler -> encode -> write, on one device fd.
+
+Errors are caught here and only here: a handler returns a reply body or
+raises OSError, and this loop writes exactly one reply (or none, for the
+opcodes the kernel expects none for).  A malformed request is EINVAL and a
+log line; an unexpected exception is EIO, a counter and one traceback per
+(operation, exception type); the loop itself never dies of a request.
+
+The request buffer is an mmap placed so that a WRITE's payload (after the
+40-byte in-header and the 40-byte write_in) starts on a page boundary:
+the payload goes to pwrite() without a copy, and O_DIRECT backing writes
+get the alignment they need.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+
+from fastpass.fs.context import Fs, Request
+from fastpass.fs.table import Route
+from fastpass.kernel import abi
+from fastpass.kernel.debug import describe_reply, describe_request
+from fastpass.kernel.init import MAX_WRITE
+from fastpass.kernel.opcodes import Malformed
+
+log = logging.getLogger("fastpass.worker")
+
+_HEAD = abi.IN_HEADER.size + abi.WRITE_IN.size  # 80: where a WRITE's payload starts
+_PAGE = mmap.PAGESIZE
+_IGNORED_WRITE_ERRORS = (errno.ENOENT,)  # the request was interrupted or aborted meanwhile
+
+
+class Worker:
+    def __init__(self, devfd: int, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool):
+        self.devfd = devfd
+        self.fs = fs
+        self.routes = routes
+        self.allow_other = allow_other
+        self.debug = debug
+        self.errors_logged: set[tuple[int, type]] = set()
+        self.unexpected = 0
+        self._mem = mmap.mmap(-1, _PAGE + MAX_WRITE + _PAGE)
+        self.buf = memoryview(self._mem)[_PAGE - _HEAD :]
+
+    def _reply(self, unique: int, error: int, body: object = None) -> None:
+        try:
+            if body is None:
+                os.write(self.devfd, abi.OUT_HEADER.pack(16, error, unique))
+            elif body.__class__ is bytes:
+                os.write(self.devfd, abi.OUT_HEADER.pack(16 + len(body), 0, unique) + body)  # type: ignore[operator]
+            else:
+                os.writev(self.devfd, [abi.OUT_HEADER.pack(16 + len(body), 0, unique), body])  # type: ignore[arg-type]
+        except OSError as e:
+            if e.errno not in _IGNORED_WRITE_ERRORS:
+                log.warning("reply to %d failed: %s", unique, e.strerror)
+
+    def serve(self) -> None:
+        """Serve until the connection ends (unmount or abort)."""
+        devfd = self.devfd
+        buf = self.buf
+        bufs = [buf]
+        readv = os.readv
+        unpack_header = abi.IN_HEADER.unpack_from
+        routes = self.routes
+        n_routes = len(routes)
+        fs = self.fs
+        creds = fs.credentials if self.allow_other else None
+        debug = self.debug
+        reply = self._reply
+        while True:
+            try:
+                n = readv(devfd, bufs)
+            except OSError as e:
+                if e.errno == errno.ENOENT:  # interrupted before we read it
+                    continue
+                if e.errno in (errno.ENODEV, errno.ECONNABORTED):
+                    return
+                raise
+            if n < abi.IN_HEADER.size:
+                log.error("short request of %d bytes ignored", n)
+                continue
+            length, opcode, unique, nodeid, uid, gid, pid, _extlen, _ = unpack_header(buf)
+            route = routes[opcode] if opcode < n_routes else None
+            if route is None or route.handler is None:
+                if debug:
+                    log.debug("<- %d unsupported opcode %d: ENOSYS", unique, opcode)
+                reply(unique, -errno.ENOSYS)
+                continue
+            try:
+                if length != n:
+                    raise Malformed(f"header length {length} but {n} bytes read")
+                args = route.decode(buf[abi.IN_HEADER.size : n])
+            except Malformed as e:
+                log.error("malformed %s request %d: %s", route.name, unique, e)
+                if route.reply:
+                    reply(unique, -errno.EINVAL)
+                continue
+            req = Request(unique, opcode, nodeid, uid, gid, pid)
+            if debug:
+                log.debug("-> %s", describe_request(route.name, req, args))
+            switched = creds is not None and route.as_caller and creds.become(req)
+            try:
+                body = route.handler(fs, req, *args)
+                error = 0
+            except OSError as e:
+                error = -(e.errno or errno.EIO)
+                body = None
+            except Exception as e:  # a bug: EIO for the caller, the worker lives on
+                error = -errno.EIO
+                body = None
+                self._unexpected(route.name, opcode, e)
+            finally:
+                if switched:
+                    creds.restore()
+            if debug:
+                log.debug("<- %s", describe_reply(route.name, unique, error, body))
+            if route.reply:
+                reply(unique, error, body)
+
+    def _unexpected(self, name: str, opcode: int, exc: Exception) -> None:
+        self.unexpected += 1
+        key = (opcode, type(exc))
+        if key not in self.errors_logged:
+            self.errors_logged.add(key)
+            log.error("unexpected error in %s, answered EIO", name, exc_info=exc)

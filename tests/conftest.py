@@ -1,0 +1,153 @@
+"""Fixtures that mount for real and always clean up.
+
+`fs` runs a test twice: on a fastpass mount ("native") and on a plain bind
+mount of the same kind of backing dir ("bind"), so every case is first
+checked against the real kernel's own answer.  `native` is fastpass alone,
+and `fastpass_mount` mounts with chosen options.
+
+Teardown, even after a failure: `fastpass unmount`, then a lazy umount2 if
+the mount is still there, then SIGKILL of the server by its pid; and the
+server's log is scanned for tracebacks, which fail the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("fastpass", deadline=None, max_examples=60)
+settings.load_profile("fastpass")
+
+FASTPASS = [sys.executable, "-m", "fastpass"]
+MOUNT_TIMEOUT = 30
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND = 4096
+MNT_DETACH = 2
+
+
+@dataclass
+class Mounted:
+    kind: str  # "native" or "bind"
+    backing: Path
+    mnt: Path
+    log: Path | None = None
+    pid: int | None = None
+    allowed_log_errors: list[str] = field(default_factory=list)
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.fsencode(str(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        return any(line.split(b" ")[4] == target for line in f)
+
+
+def server_pid(mnt: Path) -> int | None:
+    """The supervisor's pid, from the record fastpass keeps beside the mount."""
+    from fastpass import state
+
+    record = state.read(str(mnt))
+    return record.pid if record else None
+
+
+def run_fastpass(*args: str, timeout: float = MOUNT_TIMEOUT, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
+    r = run_fastpass("mount", str(backing), str(mnt), "--log", str(log), *options)
+    if r.returncode != 0:
+        raise RuntimeError(f"fastpass mount failed ({r.returncode}): {r.stderr}\nlog:\n{_read(log)}")
+    return Mounted("native", backing, mnt, log, server_pid(mnt))
+
+
+def _read(path: Path | None) -> str:
+    try:
+        return path.read_text() if path else ""
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop(m: Mounted) -> None:
+    """Unmount and end the server, whatever state they are in."""
+    if m.kind == "native" and is_mounted(m.mnt):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run_fastpass("unmount", str(m.mnt), timeout=15)
+    if is_mounted(m.mnt):
+        _libc.umount2(os.fsencode(str(m.mnt)), MNT_DETACH)
+    if m.pid is not None:
+        deadline = time.monotonic() + 10
+        while _pid_alive(m.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _pid_alive(m.pid):
+            os.kill(m.pid, signal.SIGKILL)
+
+
+def check_log(m: Mounted) -> None:
+    text = _read(m.log)
+    bad = [line for line in text.splitlines() if ("Traceback" in line or " ERROR " in line)
+           and not any(allowed in line for allowed in m.allowed_log_errors)]  # fmt: skip
+    assert not bad, f"server logged errors:\n{text}"
+
+
+@contextlib.contextmanager
+def fastpass_mount(tmp_path: Path, *options: str, backing: Path | None = None) -> Iterator[Mounted]:
+    backing = backing or tmp_path / "backing"
+    backing.mkdir(exist_ok=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    m = Mounted("native", backing, mnt, tmp_path / "server.log")
+    try:
+        m = start_native(backing, mnt, m.log, *options)
+        yield m
+    finally:
+        m.pid = m.pid or server_pid(mnt)
+        stop(m)
+    check_log(m)
+
+
+@contextlib.contextmanager
+def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
+    backing = tmp_path / "backing"
+    backing.mkdir(exist_ok=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    if _libc.mount(os.fsencode(str(backing)), os.fsencode(str(mnt)), None, MS_BIND, None) != 0:
+        raise OSError(ctypes.get_errno(), "bind mount failed")
+    m = Mounted("bind", backing, mnt)
+    try:
+        yield m
+    finally:
+        stop(m)
+
+
+@pytest.fixture(params=["native", "bind"])
+def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
+    """A mount of an empty backing dir: fastpass, then the bind-mount reference."""
+    cm = fastpass_mount(tmp_path) if request.param == "native" else bind_mount(tmp_path)
+    with cm as m:
+        yield m
+
+
+@pytest.fixture
+def native(tmp_path: Path) -> Iterator[Mounted]:
+    with fastpass_mount(tmp_path) as m:
+        yield m
