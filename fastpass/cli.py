@@ -117,6 +117,28 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fastpass.bench import runner
+    from fastpass.bench.workloads import SUITES
+
+    names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
+    options = ["--log", args.log] if args.log else []
+    try:
+        record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options,
+                            progress=lambda line: print(f"  {line}", file=sys.stderr))  # fmt: skip
+    except runner.BenchError as e:
+        return _fail(str(e))
+    print(runner.table(record))
+    if args.json:
+        import msgspec
+
+        with open(args.json, "wb") as f:
+            f.write(msgspec.json.format(msgspec.json.encode(record)))
+    if not all(r.ok for r in record.results):
+        return _fail("a workload failed its integrity check")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -138,6 +160,17 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to exit")
     u.set_defaults(func=cmd_unmount)
+
+    b = sub.add_parser("bench", help="benchmark fastpass against a bind mount of the same directory")
+    b.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
+    b.add_argument("--suite", choices=["quick"], default="quick")
+    b.add_argument("--workloads", help="comma-separated workload names instead of a suite")
+    b.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation")
+    b.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
+    b.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    b.add_argument("--json", metavar="FILE", help="write the full record as JSON")
+    b.add_argument("--log", metavar="FILE", help="server log file")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of fastpass against a bind mount of the same directory."""
