@@ -92,7 +92,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if not mount.is_mountpoint(mnt):
         return _fail(f"{mnt} is not mounted")
     entry = mount.mount_entry(mnt)
-    if entry is None or entry[0] != f"fuse.{mount.SUBTYPE}":
+    if entry is None or entry.fstype != f"fuse.{mount.SUBTYPE}":
         return _fail(f"{mnt} is not a fastpass mount")
     record = state.read(mnt)
     try:

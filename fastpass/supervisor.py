@@ -139,6 +139,8 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         ready(str(e))
         return 1
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
+    if os.geteuid() == 0:
+        mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     state.write(state.MountState(os.getpid(), config, negotiated, time.time()))
     me = os.getpid()
     worker = os.fork()

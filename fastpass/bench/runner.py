@@ -122,6 +122,7 @@ def run(
         for name in names:
             w = WORKLOADS[name]
             w.prepare(root, size_mb)
+            os.sync()  # no writeback of the layout competes with the measurement
             pairs = []
             for rnd in range(repeat):
                 order = [("fastpass", fp), ("bind", bind)]
@@ -133,6 +134,7 @@ def run(
                     got[side] = w.run(directory, size_mb, seconds)
                     if w.verify:
                         cleanup(root)  # each write run starts from nothing
+                        os.sync()
                 pairs.append(Pair(got["fastpass"], got["bind"], got["fastpass"].value / max(got["bind"].value, 1e-9)))
             cleanup(root)
             results.append(WorkloadResult(

