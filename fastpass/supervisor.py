@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from fastpass import _linux, state
 from fastpass.config import MountConfig
@@ -82,7 +82,7 @@ def _answer_init(session: int) -> Negotiated:
     return negotiated
 
 
-def _worker_main(config: MountConfig, session: int, root_fd: int, negotiated: Negotiated, parent: int) -> None:
+def _worker_main(config: MountConfig, session: int, root_fd: int, parent: int) -> None:
     """Body of a worker process; never returns."""
     code = 0
     try:
@@ -101,7 +101,7 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, negotiated: Ne
         os.close(session)
         os.umask(0)  # the kernel applied the caller's umask already
         fs = Fs(config, root_fd)
-        routes = build(setxattr_ext=negotiated.has(abi.InitFlag.SETXATTR_EXT))
+        routes = build()
         Worker(devfd, fs, routes, config.allow_other, config.debug).serve()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
@@ -145,7 +145,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     me = os.getpid()
     worker = os.fork()
     if worker == 0:
-        _worker_main(config, session, root_fd, negotiated, me)
+        _worker_main(config, session, root_fd, me)
     stopping = False
 
     def on_signal(signo: int, frame: object) -> None:

@@ -18,7 +18,7 @@ from fastpass.kernel.init import MAX_WRITE
 class Request:
     """The in-header fields an operation may use."""
 
-    __slots__ = ("unique", "opcode", "nodeid", "uid", "gid", "pid")
+    __slots__ = ("gid", "nodeid", "opcode", "pid", "uid", "unique")
 
     def __init__(self, unique: int, opcode: int, nodeid: int, uid: int, gid: int, pid: int):
         self.unique = unique

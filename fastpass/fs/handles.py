@@ -21,7 +21,7 @@ class DirHandle:
     (seekdir, rewinddir) seeks the backing directory there.
     """
 
-    __slots__ = ("fd", "pos", "pending")
+    __slots__ = ("fd", "pending", "pos")
 
     def __init__(self, fd: int):
         self.fd = fd

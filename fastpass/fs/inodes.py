@@ -37,7 +37,7 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Inode:
-    __slots__ = ("nodeid", "key", "generation", "handle", "mount_id", "fd", "nlookup")
+    __slots__ = ("fd", "generation", "handle", "key", "mount_id", "nlookup", "nodeid")
 
     def __init__(self, nodeid: int, key: tuple[int, int], generation: int, handle: bytes | None, mount_id: int, fd: int):
         self.nodeid = nodeid

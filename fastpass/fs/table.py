@@ -10,7 +10,8 @@ has already authorised.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from fastpass.fs import attrs, data, dirs, misc, namespace, xattr
 from fastpass.kernel.abi import Opcode as O
@@ -89,9 +90,9 @@ class Route(NamedTuple):
     as_caller: bool
 
 
-def build(setxattr_ext: bool = False) -> list[Route | None]:
+def build() -> list[Route | None]:
     """Dispatch list indexed by opcode; None where the opcode is unknown."""
     routes: list[Route | None] = [None] * (max(SPECS) + 1)
     for op, spec in SPECS.items():
-        routes[op] = Route(spec.name, decoder(spec, setxattr_ext), HANDLERS[op], spec.reply, op in AS_CALLER)
+        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER)
     return routes

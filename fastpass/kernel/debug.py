@@ -37,7 +37,7 @@ def describe_request(name: str, req: object, args: tuple) -> str:
     if req.opcode in (Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE) and args:  # type: ignore[attr-defined]
         shown[0] = open_flags(args[0])
     elif req.opcode == Opcode.SETATTR and args:  # type: ignore[attr-defined]
-        shown[0] = str(Fattr(args[0]))
+        shown[0] = Fattr(args[0]).name or "0"
     return (f"{req.unique} {name} node={req.nodeid} uid={req.uid} gid={req.gid} pid={req.pid} "  # type: ignore[attr-defined]
             f"({', '.join(shown)})")  # fmt: skip
 

@@ -12,6 +12,7 @@ import os
 from fastpass.kernel import abi
 
 _NS = 1_000_000_000
+_U64 = (1 << 64) - 1  # times before 1970 travel as two's complement; the kernel reads them signed
 _pack_entry = abi.ENTRY_OUT.pack
 _pack_attr_out = abi.ATTR_OUT.pack
 _pack_attr = abi.ATTR.pack
@@ -29,7 +30,7 @@ def attr_values(st: os.stat_result) -> tuple:
     if rdev:
         rdev = abi.new_encode_dev(os.major(rdev), os.minor(rdev))
     return (
-        st.st_ino, st.st_size, st.st_blocks, a, m, c, an, mn, cn,
+        st.st_ino, st.st_size, st.st_blocks, a & _U64, m & _U64, c & _U64, an, mn, cn,
         st.st_mode, st.st_nlink, st.st_uid, st.st_gid, rdev, st.st_blksize, 0,
     )  # fmt: skip
 

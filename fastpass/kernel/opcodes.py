@@ -7,7 +7,10 @@ tuple of arguments a handler receives, in this order:
     *fixed struct fields, *names (bytes, NUL stripped), tail (if any)
 
 Tails: "data" is the WRITE payload (a memoryview, not copied), "value" the
-SETXATTR value (bytes), "forgets" the BATCH_FORGET list of (nodeid, nlookup).
+SETXATTR value (bytes), "forgets" the BATCH_FORGET list of (nodeid, nlookup),
+which replaces the fixed fields (its only field is the list's length).
+SETXATTR uses the 8-byte compat struct: fastpass does not negotiate
+SETXATTR_EXT.
 Short or malformed bodies raise `Malformed`, which the worker answers with
 EINVAL; decoding never touches an fd.
 """
@@ -15,8 +18,8 @@ EINVAL; decoding never touches an fd.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fastpass.kernel import abi
 from fastpass.kernel.abi import Opcode as O
@@ -99,11 +102,9 @@ def _split_names(raw: bytes, n: int) -> list[bytes]:
     return parts
 
 
-def decoder(spec: OpSpec, setxattr_ext: bool = False) -> Decoder:
-    """Build the body decoder for one row (`setxattr_ext`: SETXATTR_EXT was negotiated)."""
+def decoder(spec: OpSpec) -> Decoder:
+    """Build the body decoder for one row."""
     arg = spec.arg
-    if spec.tail == "value" and setxattr_ext:
-        arg = abi.SETXATTR_IN_EXT
     fixed = arg.size if arg else 0
     n = spec.names
     tail = spec.tail
@@ -129,9 +130,12 @@ def decoder(spec: OpSpec, setxattr_ext: bool = False) -> Decoder:
         def decode_forgets(body: memoryview) -> tuple:
             try:
                 (count,) = arg.unpack_from(body)
-                return (list(one.iter_unpack(body[fixed : fixed + count * one.size])),) if count else ([],)
             except struct.error as e:
                 raise Malformed(str(e)) from None
+            end = fixed + count * one.size
+            if len(body) < end:
+                raise Malformed(f"BATCH_FORGET of {count} carries {(len(body) - fixed) // one.size}")
+            return (list(one.iter_unpack(body[fixed:end])),)
 
         return decode_forgets
 

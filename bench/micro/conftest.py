@@ -1,0 +1,37 @@
+"""Fixtures for the hot-path micro-benchmarks: a real Fs over a temp dir, no mount."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastpass.config import MountConfig
+from fastpass.fs.context import Fs
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> Path:
+    root = tmp_path / "backing"
+    root.mkdir()
+    (root / "file").write_bytes(b"x" * 4096)
+    for i in range(100):
+        (root / f"entry-{i:03d}").touch()
+    return root
+
+
+@pytest.fixture
+def fs(backing: Path) -> Iterator[Fs]:
+    """What a worker builds at start: Fs(config, O_PATH fd of the backing root)."""
+    config = MountConfig(backing=str(backing), mountpoint="/nonexistent")
+    root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fs = Fs(config, root_fd)
+    try:
+        yield fs
+    finally:
+        fs.handles.close_all()
+        fs.read_view.release()
+        fs.read_buf.close()
+        os.close(root_fd)

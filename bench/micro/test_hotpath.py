@@ -1,0 +1,108 @@
+"""Micro-benchmarks of the per-request hot path (pytest-benchmark).
+
+Run with `python -m pytest bench/micro -q`; not part of the main suite.
+Each benchmark also checks its result, so a fast wrong answer fails.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from fastpass.fs.context import Fs, Request
+from fastpass.fs.table import build
+from fastpass.kernel import abi, encode
+from fastpass.kernel.abi import Opcode
+from fastpass.kernel.opcodes import SPECS, decoder
+
+HDR = abi.IN_HEADER.size
+WRITE_SIZE = 128 * 1024
+
+
+def _request(opcode: int, body: bytes, unique: int = 2, nodeid: int = abi.ROOT_ID) -> bytearray:
+    head = abi.IN_HEADER.pack(HDR + len(body), opcode, unique, nodeid, os.getuid(), os.getgid(), os.getpid(), 0, 0)
+    return bytearray(head + body)
+
+
+def test_in_header_decode(benchmark) -> None:
+    buf = _request(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0))
+    unpack = abi.IN_HEADER.unpack_from
+    got = benchmark(unpack, buf)
+    assert got[:4] == (HDR + 16, Opcode.GETATTR, 2, 1)
+
+
+def test_write_decode_128k(benchmark) -> None:
+    data = os.urandom(WRITE_SIZE)
+    buf = _request(Opcode.WRITE, abi.WRITE_IN.pack(7, 1 << 20, WRITE_SIZE, 0, 0, os.O_RDWR) + data)
+    view = memoryview(buf)
+    decode = decoder(SPECS[Opcode.WRITE])
+
+    def run():
+        return decode(view[HDR:])
+
+    got = benchmark(run)
+    assert got[:3] == (7, 1 << 20, WRITE_SIZE)
+    assert got[-1].nbytes == WRITE_SIZE and got[-1].obj is buf  # a view into the request, no copy
+
+
+def test_getattr_reply_encode(benchmark, backing: Path) -> None:
+    st = os.stat(backing / "file")
+    got = benchmark(encode.attr_out, (1, 0), st)
+    assert len(got) == abi.ATTR_OUT_SIZE
+    assert abi.ATTR_OUT.unpack(got)[3] == st.st_ino
+
+
+def test_readdir_encode_100(benchmark) -> None:
+    entries = [(1000 + i, i + 1, 8, f"entry-{i:03d}".encode()) for i in range(100)]
+    dirent = encode.dirent
+
+    def run():
+        return b"".join([dirent(ino, off, dtype, name) for ino, off, dtype, name in entries])
+
+    got = benchmark(run)
+    assert len(got) == sum(encode.dirent_size(name, False) for *_, name in entries) == 100 * 40
+
+
+def test_readdir_handler_100(benchmark, fs: Fs) -> None:
+    """READDIR through its route on the real backing (102 entries with . and ..), from offset 0."""
+    routes = build()
+    req = Request(4, Opcode.OPENDIR, abi.ROOT_ID, os.getuid(), os.getgid(), os.getpid())
+    fh, _flags, _bid = abi.OPEN_OUT.unpack(routes[Opcode.OPENDIR].handler(fs, req, os.O_RDONLY, 0))
+    route = routes[Opcode.READDIR]
+    body = memoryview(abi.READ_IN.pack(fh, 0, 64 * 1024, 0, 0, 0))
+    req = Request(6, Opcode.READDIR, abi.ROOT_ID, os.getuid(), os.getgid(), os.getpid())
+
+    def run():
+        return route.handler(fs, req, *route.decode(body))
+
+    got = benchmark(run)
+    names = set()
+    pos = 0
+    while pos < len(got):
+        _ino, _off, namelen, _type = abi.DIRENT.unpack_from(got, pos)
+        names.add(got[pos + abi.NAME_OFFSET : pos + abi.NAME_OFFSET + namelen])
+        pos += encode.dirent_size(b"x" * namelen, False)
+    assert len(names) == 103  # ., .., file, 100 entries
+    routes[Opcode.RELEASEDIR].handler(fs, req, fh, 0, 0, 0)
+
+
+def test_getattr_dispatch(benchmark, fs: Fs, backing: Path) -> None:
+    """What the worker does for one GETATTR: header, route, decode, Request, handler, reply header."""
+    routes = build()
+    buf = _request(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0))
+    view = memoryview(buf)
+    unpack_header = abi.IN_HEADER.unpack_from
+    n = len(buf)
+
+    def run():
+        length, opcode, unique, nodeid, uid, gid, pid, _extlen, _ = unpack_header(buf)
+        route = routes[opcode]
+        args = route.decode(view[HDR:n])
+        body = route.handler(fs, Request(unique, opcode, nodeid, uid, gid, pid), *args)
+        return encode.header(unique, 0, len(body)) + body
+
+    got = benchmark(run)
+    assert struct.unpack_from("<IiQ", got) == (16 + abi.ATTR_OUT_SIZE, 0, 2)
+    attr = abi.ATTR_OUT.unpack_from(got, 16)
+    assert attr[3] == os.stat(backing).st_ino
