@@ -1,0 +1,57 @@
+"""Backing errors reach the caller as the backing's errno, and lose nothing."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import fastpass_mount
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@pytest.fixture
+def small_backing(tmp_path: Path):
+    """A 1 MiB tmpfs as the backing directory."""
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    assert _libc.mount(b"tmpfs", os.fsencode(str(backing)), b"tmpfs", 0, b"size=1m") == 0
+    try:
+        yield backing
+    finally:
+        _libc.umount2(os.fsencode(str(backing)), 2)
+
+
+def test_enospc_is_the_callers_errno_and_the_mount_lives(tmp_path: Path, small_backing: Path) -> None:
+    with fastpass_mount(tmp_path, backing=small_backing) as m:
+        keep = os.urandom(100_000)
+        (m.mnt / "keep").write_bytes(keep)
+        fd = os.open(m.mnt / "fill", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            with pytest.raises(OSError) as info:
+                for _ in range(64):
+                    os.write(fd, b"x" * 65536)
+                    os.fsync(fd)
+            assert info.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        os.unlink(m.mnt / "fill")
+        assert (m.mnt / "keep").read_bytes() == keep == (m.backing / "keep").read_bytes()
+        (m.mnt / "after").write_bytes(b"ok")
+        assert (m.backing / "after").read_bytes() == b"ok"
+
+
+def test_erofs_from_a_read_only_backing(tmp_path: Path, small_backing: Path) -> None:
+    (small_backing / "f").write_bytes(b"data")
+    assert _libc.mount(None, os.fsencode(str(small_backing)), None, 32 | 1, None) == 0  # MS_REMOUNT|MS_RDONLY
+    with fastpass_mount(tmp_path, backing=small_backing) as m:
+        assert (m.mnt / "f").read_bytes() == b"data"
+        for attempt in (lambda: (m.mnt / "new").write_bytes(b"x"), lambda: os.chmod(m.mnt / "f", 0o600),
+                        lambda: os.mkdir(m.mnt / "d"), lambda: os.unlink(m.mnt / "f")):  # fmt: skip
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS

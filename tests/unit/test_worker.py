@@ -1,0 +1,104 @@
+"""The request loop on a seqpacket socket instead of /dev/fuse: raw requests in, raw replies out.
+
+A SOCK_SEQPACKET pair keeps message boundaries as the device does, so the
+worker runs unchanged over a real backing directory and every reply can be
+checked byte for byte, including the malformed cases the kernel never sends.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from fastpass.config import MountConfig
+from fastpass.fs.context import Fs
+from fastpass.fs.table import build
+from fastpass.kernel import abi
+from fastpass.kernel.abi import Opcode
+from fastpass.worker import Worker
+
+
+@pytest.fixture
+def channel(tmp_path: Path):
+    (tmp_path / "file").write_bytes(b"0123456789")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fs = Fs(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), os.open(tmp_path, os.O_PATH))
+    worker = Worker(theirs.fileno(), fs, build(), allow_other=False, debug=False)
+    t = threading.Thread(target=worker.serve, daemon=True)
+    t.start()
+
+    def call(opcode: int, body: bytes, nodeid: int = abi.ROOT_ID, unique: int = 2, length: int | None = None):
+        size = abi.IN_HEADER.size + len(body) if length is None else length
+        ours.send(abi.IN_HEADER.pack(size, opcode, unique, nodeid, 0, 0, os.getpid(), 0, 0) + body)
+        reply = ours.recv(1 << 21)
+        out_len, error, out_unique = abi.OUT_HEADER.unpack_from(reply)
+        assert out_len == len(reply) and out_unique == unique
+        return error, reply[abi.OUT_HEADER.size :]
+
+    yield call, worker
+    ours.close()
+    t.join(5)
+    assert not t.is_alive(), "the worker did not end with its channel"
+    theirs.close()
+
+
+def test_lookup_then_read(channel) -> None:
+    call, _ = channel
+    error, entry = call(Opcode.LOOKUP, b"file\0")
+    assert error == 0
+    nodeid = abi.ENTRY_OUT.unpack(entry)[0]
+    error, opened = call(Opcode.OPEN, abi.OPEN_IN.pack(os.O_RDONLY, 0), nodeid)
+    fh = abi.OPEN_OUT.unpack(opened)[0]
+    error, data = call(Opcode.READ, abi.READ_IN.pack(fh, 2, 5, 0, 0, 0), nodeid)
+    assert (error, data) == (0, b"23456")
+
+
+@pytest.mark.parametrize(
+    ("opcode", "body", "length"),
+    [
+        (Opcode.LOOKUP, b"no-nul", None),  # name without its NUL
+        (Opcode.GETATTR, b"\0" * 8, None),  # fuse_getattr_in cut to 8 of 16 bytes
+        (Opcode.WRITE, abi.WRITE_IN.pack(1, 0, 100, 0, 0, 0) + b"short", None),  # payload < size
+        (Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0), 999),  # header length disagrees with the read
+    ],
+    ids=["lookup-no-nul", "getattr-short", "write-short-payload", "length-mismatch"],
+)
+def test_malformed_is_einval_and_the_worker_lives(channel, opcode: int, body: bytes, length: int | None, caplog) -> None:
+    call, _ = channel
+    assert call(opcode, body, length=length) == (-errno.EINVAL, b"")
+    assert "malformed" in caplog.text
+    error, attr = call(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0))
+    assert error == 0 and len(attr) == abi.ATTR_OUT_SIZE
+
+
+@pytest.mark.parametrize("opcode", [Opcode.GETLK, Opcode.IOCTL, Opcode.BMAP, 7, 19, 200, 4096])
+def test_unsupported_and_unknown_opcodes_are_enosys(channel, opcode: int) -> None:
+    call, _ = channel
+    assert call(opcode, b"")[0] == -errno.ENOSYS
+
+
+def test_backing_errno_passes_through(channel) -> None:
+    call, _ = channel
+    assert call(Opcode.LOOKUP, b"missing\0")[0] == -errno.ENOENT
+    assert call(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0), nodeid=12345)[0] == -errno.ESTALE
+
+
+def test_unexpected_exception_is_eio_once_logged(channel, caplog) -> None:
+    call, worker = channel
+    from fastpass.fs import misc
+
+    def broken(fs, req):
+        raise RuntimeError("bug")
+
+    routes = worker.routes
+    routes[Opcode.STATFS] = routes[Opcode.STATFS]._replace(handler=broken)
+    assert call(Opcode.STATFS, b"")[0] == -errno.EIO
+    assert call(Opcode.STATFS, b"")[0] == -errno.EIO
+    assert caplog.text.count("Traceback") == 1 and worker.unexpected == 2
+    routes[Opcode.STATFS] = routes[Opcode.STATFS]._replace(handler=misc.statfs)
+    assert call(Opcode.STATFS, b"")[0] == 0
