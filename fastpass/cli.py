@@ -109,12 +109,8 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.02)
+    while state.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -58,3 +58,12 @@ def remove(mountpoint: str) -> None:
         os.unlink(path_for(mountpoint))
     except FileNotFoundError:
         pass
+
+
+def alive(pid: int) -> bool:
+    """Whether a process still runs; a zombie (exited, not yet reaped by init) does not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False

@@ -26,6 +26,8 @@ from typing import Iterator
 import pytest
 from hypothesis import settings
 
+from fastpass import state
+
 settings.register_profile("fastpass", deadline=None, max_examples=60)
 settings.load_profile("fastpass")
 
@@ -54,8 +56,6 @@ def is_mounted(path: Path) -> bool:
 
 def server_pid(mnt: Path) -> int | None:
     """The supervisor's pid, from the record fastpass keeps beside the mount."""
-    from fastpass import state
-
     record = state.read(str(mnt))
     return record.pid if record else None
 
@@ -78,14 +78,6 @@ def _read(path: Path | None) -> str:
         return ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def stop(m: Mounted) -> None:
     """Unmount and end the server, whatever state they are in."""
     if m.kind == "native" and is_mounted(m.mnt):
@@ -95,9 +87,9 @@ def stop(m: Mounted) -> None:
         _libc.umount2(os.fsencode(str(m.mnt)), MNT_DETACH)
     if m.pid is not None:
         deadline = time.monotonic() + 10
-        while _pid_alive(m.pid) and time.monotonic() < deadline:
+        while state.alive(m.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if _pid_alive(m.pid):
+        if state.alive(m.pid):
             os.kill(m.pid, signal.SIGKILL)
 
 

@@ -2,9 +2,14 @@
 
 A regular file is opened again from its O_PATH fd through /proc/self/fd,
 with the caller's flags, so permission checks are the backing's and the
-open file description carries O_APPEND, O_DIRECT and O_SYNC as asked.
-Reads and writes use the offsets the kernel sends (pread/pwrite): the
-backing fd's own position is never used.
+open file description carries O_DIRECT and O_SYNC as asked.
+
+Reads and writes go to the offsets the kernel sends (pread/pwrite); the
+backing fd's own position is never used.  O_APPEND is left off the backing
+open: the kernel already turns an append into a write at its end of file
+(under the inode lock, so appends from any worker are ordered), and it
+sends explicit offsets for RWF_NOAPPEND writes and page-cache writeback,
+which a backing O_APPEND would wrongly move to the end.
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.kernel import abi, encode
 
 # Flags the kernel has already acted on, or that must not reach the backing open.
-_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
-RWF_NOAPPEND = 0x20  # Linux 6.9: this write ignores O_APPEND
+_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
 _preadv = os.preadv
 _pwrite = os.pwrite
 _pack_write_out = abi.WRITE_OUT.pack
@@ -29,7 +33,8 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
-    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fs.inode_fd(req.nodeid))
+    fd = os.open(name, (flags & ~os.O_APPEND) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                 dir_fd=fs.inode_fd(req.nodeid))  # fmt: skip
     try:
         entry = fs.lookup_entry(req.nodeid, name)
     except BaseException:
@@ -58,12 +63,7 @@ def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int,
 
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
-    fd = fs.handles.fd(fh)
-    if write_flags & abi.WRITE_CACHE:
-        # Page-cache writeback (mmap) picks any writable fh, maybe an O_APPEND one:
-        # its offset is the truth, so O_APPEND must not move it.
-        return _pack_write_out(os.pwritev(fd, [data], offset, RWF_NOAPPEND))
-    return _pack_write_out(_pwrite(fd, data, offset))
+    return _pack_write_out(_pwrite(fs.handles.fd(fh), data, offset))
 
 
 def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:

@@ -8,7 +8,6 @@ after creation, so their attributes are the backing's own.
 
 from __future__ import annotations
 
-import errno
 import os
 
 from fastpass import _linux
@@ -67,12 +66,9 @@ def rename(fs: Fs, req: Request, newdir: int, old: bytes, new: bytes) -> None:
     os.rename(old, new, src_dir_fd=fs.inode_fd(req.nodeid), dst_dir_fd=fs.inode_fd(newdir))
 
 
-_RENAME2_FLAGS = _linux.RENAME_NOREPLACE | _linux.RENAME_EXCHANGE
-
-
 def rename2(fs: Fs, req: Request, newdir: int, flags: int, old: bytes, new: bytes) -> None:
-    if flags & ~_RENAME2_FLAGS or flags == _RENAME2_FLAGS:
-        raise OSError(errno.EINVAL, "unsupported rename flags")
+    """NOREPLACE, EXCHANGE and WHITEOUT (the only flags the kernel forwards) go to the backing,
+    which answers EINVAL for combinations it refuses, as renameat2(2) on it would."""
     if not flags:
         return rename(fs, req, newdir, old, new)
     _linux.renameat2(fs.inode_fd(req.nodeid), old, fs.inode_fd(newdir), new, flags)
