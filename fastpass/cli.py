@@ -114,24 +114,33 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fastpass.bench import runner
-    from fastpass.bench.workloads import SUITES
+    import msgspec
+
+    from fastpass.bench import progress, report, runner
+    from fastpass.bench.suites import SUITES
 
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = ["--log", args.log] if args.log else []
+    options = [f"--attr-timeout={args.attr_timeout}", f"--entry-timeout={args.entry_timeout}"]
+    if args.log:
+        options += ["--log", os.path.realpath(args.log)]
     try:
-        record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options,
-                            progress=lambda line: print(f"  {line}", file=sys.stderr))  # fmt: skip
+        runner.check(args.backing, names, args.repeat)
+        with progress.bar(len(names) * args.repeat * 2) as step:
+            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, step)
     except runner.BenchError as e:
         return _fail(str(e))
-    print(runner.table(record))
+    progress.table(record)
     if args.json:
-        import msgspec
-
         with open(args.json, "wb") as f:
             f.write(msgspec.json.format(msgspec.json.encode(record)))
-    if not all(r.ok for r in record.results):
-        return _fail("a workload failed its integrity check")
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(report.markdown(record))
+    if args.plot:
+        report.plot(record, args.plot)
+    failed = [r.name for r in record.results if not r.ok]
+    if failed:
+        return _fail(f"integrity check failed: {', '.join(failed)}")
     return 0
 
 
@@ -159,12 +168,16 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark fastpass against a bind mount of the same directory")
     b.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
-    b.add_argument("--suite", choices=["quick"], default="quick")
+    b.add_argument("--suite", choices=["quick", "full"], default="quick")
     b.add_argument("--workloads", help="comma-separated workload names instead of a suite")
     b.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation")
     b.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     b.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
     b.add_argument("--json", metavar="FILE", help="write the full record as JSON")
+    b.add_argument("--report", metavar="FILE.md", help="write a Markdown report")
+    b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
+    b.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
+    b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.set_defaults(func=cmd_bench)
     return p

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator
 import msgspec
 
 from fastpass import __version__, _linux, state
-from fastpass.bench.workloads import WORKLOADS, Measurement, cleanup
+from fastpass.bench.suites import WORKLOADS
+from fastpass.bench.workloads import FioWorkload, Measurement
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import is_mountpoint
 
@@ -38,6 +39,7 @@ class Pair(msgspec.Struct):
 class WorkloadResult(msgspec.Struct):
     name: str
     description: str
+    cold: bool  # page cache dropped before each run
     unit: str
     pairs: list[Pair]
     fastpass_median: float
@@ -46,11 +48,26 @@ class WorkloadResult(msgspec.Struct):
     ok: bool
 
 
+class Machine(msgspec.Struct):
+    kernel: str
+    cpus: int
+    cpu_model: str
+    memory_gib: float
+    python: str
+
+    @classmethod
+    def here(cls) -> Machine:
+        model = ""
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        return cls(platform.release(), os.cpu_count() or 1, model, round(mem, 1), platform.python_version())
+
+
 class BenchRecord(msgspec.Struct):
     schema: int
     fastpass_version: str
-    kernel: str
-    cpus: int
+    machine: Machine
     mount_options: list[str]
     negotiated: Negotiated | None
     size_mb: int
@@ -66,17 +83,25 @@ class BenchError(Exception):
 
 
 @contextlib.contextmanager
-def _backing(path: str | None) -> Iterator[str]:
-    if path is not None:
-        if not os.path.isdir(path):
-            raise BenchError(f"backing directory {path} does not exist")
-        yield os.path.realpath(path)
+def _backing(path: str | None) -> Iterator[tuple[str, str]]:
+    """(directory to mount, the bench's own subdirectory of it, relative to it).
+
+    In a given BACKING the bench works in a new hidden subdirectory and removes
+    only that, so nothing already there is touched.
+    """
+    if path is None:
+        tmp = tempfile.mkdtemp(prefix="fastpass-bench-", dir="/var/tmp")
+        try:
+            yield tmp, "."
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
-    tmp = tempfile.mkdtemp(prefix="fastpass-bench-", dir="/var/tmp")
+    path = os.path.realpath(path)
+    sub = tempfile.mkdtemp(prefix=".fastpass-bench-", dir=path)
     try:
-        yield tmp
+        yield path, os.path.basename(sub)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(sub, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -88,7 +113,7 @@ def _mounts(backing: str, options: list[str]) -> Iterator[tuple[str, str, Negoti
     os.mkdir(bind)
     try:
         r = subprocess.run([sys.executable, "-m", "fastpass", "mount", backing, fp, *options],
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         if r.returncode != 0:
             raise BenchError(r.stderr.strip().removeprefix("fastpass: error: "))
         record = state.read(fp)
@@ -96,10 +121,34 @@ def _mounts(backing: str, options: list[str]) -> Iterator[tuple[str, str, Negoti
         yield fp, bind, record.negotiated if record else None
     finally:
         if is_mountpoint(fp):
-            subprocess.run([sys.executable, "-m", "fastpass", "unmount", fp], capture_output=True, timeout=60)
+            subprocess.run([sys.executable, "-m", "fastpass", "unmount", fp], capture_output=True, timeout=60,
+                           check=False)  # fmt: skip
         if is_mountpoint(bind):
             _linux.umount2(bind, _linux.MNT_DETACH)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def drop_caches() -> None:
+    """Write back and drop the page cache, dentries and inodes (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def check(backing: str | None, names: list[str], repeat: int) -> None:
+    """Refuse bad input before anything is mounted."""
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise BenchError(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    if repeat < 1:
+        raise BenchError("--repeat must be at least 1")
+    if backing is not None and not os.path.isdir(backing):
+        raise BenchError(f"backing directory {backing} does not exist")
+    cold = [n for n in names if WORKLOADS[n].cold]
+    if cold and os.geteuid() != 0:
+        raise BenchError(f"cold-cache workloads ({', '.join(cold)}) drop the page cache and need root")
+    if any(isinstance(WORKLOADS[n], FioWorkload) for n in names) and shutil.which("fio") is None:
+        raise BenchError("fio not found: install it (apt-get install fio)")
 
 
 def run(
@@ -109,18 +158,21 @@ def run(
     size_mb: int,
     seconds: float,
     options: list[str],
-    progress: Callable[[str], None] = lambda line: None,
+    progress: Callable[[str, int], None] = lambda what, runs_done: None,
 ) -> BenchRecord:
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown:
-        raise BenchError(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
-    if shutil.which("fio") is None:
-        raise BenchError("fio not found: install it (apt-get install fio)")
+    """Run `names` on fastpass and on the bind mount, alternating, and keep every pair.
+
+    `progress(what, runs_done)` is told what starts next and how many measured runs are done.
+    """
+    check(backing, names, repeat)
     started = time.time()
     results = []
-    with _backing(backing) as root, _mounts(root, options) as (fp, bind, negotiated):
+    done = 0
+    with _backing(backing) as (served, sub), _mounts(served, options) as (fp_top, bind_top, negotiated):
+        root, fp, bind = (os.path.join(top, sub) for top in (served, fp_top, bind_top))
         for name in names:
             w = WORKLOADS[name]
+            progress(f"{name}: preparing", done)
             w.prepare(root, size_mb)
             os.sync()  # no writeback of the layout competes with the measurement
             pairs = []
@@ -130,25 +182,23 @@ def run(
                     order.reverse()
                 got: dict[str, Measurement] = {}
                 for side, directory in order:
-                    progress(f"{name} round {rnd + 1}/{repeat}: {side}")
-                    got[side] = w.run(directory, size_mb, seconds)
-                    if w.verify:
-                        cleanup(root)  # each write run starts from nothing
+                    progress(f"{name} round {rnd + 1}/{repeat}: {side}", done)
+                    if w.cold:
+                        drop_caches()
+                    try:
+                        got[side] = w.run(directory, size_mb, seconds)
+                    except (OSError, RuntimeError) as e:
+                        raise BenchError(f"{name} on {side} failed: {e}") from None
+                    done += 1
+                    if w.writes:
+                        w.reset(root)
                         os.sync()
                 pairs.append(Pair(got["fastpass"], got["bind"], got["fastpass"].value / max(got["bind"].value, 1e-9)))
-            cleanup(root)
+            shutil.rmtree(w.home(root), ignore_errors=True)
             results.append(WorkloadResult(
-                name, w.description, pairs[0].fastpass.unit, pairs,
+                name, w.description, w.cold, pairs[0].fastpass.unit, pairs,
                 statistics.median(p.fastpass.value for p in pairs), statistics.median(p.bind.value for p in pairs),
                 statistics.median(p.ratio for p in pairs), all(p.fastpass.ok and p.bind.ok for p in pairs),
             ))  # fmt: skip
-    return BenchRecord(SCHEMA, __version__, platform.release(), os.cpu_count() or 1, options, negotiated, size_mb,
-                       seconds, repeat, results, started, time.time() - started)  # fmt: skip
-
-
-def table(record: BenchRecord) -> str:
-    lines = [f"{'workload':<18} {'unit':<5} {'fastpass':>10} {'bind':>10} {'ratio':>6}  ok"]
-    for r in record.results:
-        lines.append(f"{r.name:<18} {r.unit:<5} {r.fastpass_median:>10.1f} {r.bind_median:>10.1f} "
-                     f"{r.ratio_median:>6.2f}  {'yes' if r.ok else 'NO'}")  # fmt: skip
-    return "\n".join(lines)
+    return BenchRecord(SCHEMA, __version__, Machine.here(), options, negotiated, size_mb, seconds, repeat, results,
+                       started, time.time() - started)  # fmt: skip

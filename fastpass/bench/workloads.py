@@ -1,17 +1,21 @@
 """Benchmark workloads: each measures one directory and returns a throughput.
 
-Data workloads run fio with JSON output; every workload that writes also
-verifies what it wrote (fio verify), so a fast but wrong server cannot
-score.  Files are laid out on the backing directory before any measurement,
-so both sides of a comparison read the same bytes.
+A workload works in its own subdirectory, `<dir>/<name>`, of the directory
+it measures.  `prepare` lays out its input on the backing directory before
+any measurement, so both sides of a comparison read the same bytes; `run`
+measures through one mount; `reset` removes what a run wrote, so each run
+starts alike.  Every workload that writes also verifies what it wrote (fio
+verify, or checksums), so a fast but wrong server cannot score.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 
 import msgspec
 
@@ -24,70 +28,103 @@ class Measurement(msgspec.Struct):
 
 
 @dataclass(frozen=True)
-class FioWorkload:
+class Workload:
+    """The interface every workload follows (fio ones below, Python ones in pyworkloads)."""
+
     name: str
     description: str
-    rw: str
-    bs: str
-    numjobs: int = 1
-    direct: bool = False
-    verify: bool = False
-    extra: tuple[str, ...] = field(default=())
+    writes: bool = False  # reset between runs
+    cold: bool = False  # page cache dropped before each run (needs root)
+
+    def home(self, directory: str) -> str:
+        return os.path.join(directory, self.name)
 
     def prepare(self, backing: str, size_mb: int) -> None:
-        """Lay out this workload's files on the backing dir (reads need data to read)."""
-        if self.rw in ("read", "randread", "randrw"):
-            self._fio(backing, size_mb, 1.0, "--create_only=1")
+        os.makedirs(self.home(backing), exist_ok=True)
 
     def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
-        out = self._fio(directory, size_mb, seconds)
-        return _measure(out, self)
+        raise NotImplementedError
+
+    def fresh(self, directory: str) -> str:
+        """A new directory for one run's output.
+
+        `reset` removes runs in the backing, behind the mounts' backs, while the
+        kernel may still cache fastpass's entries for a second: a name used again
+        could resolve to the removed file.  Run names are never reused.
+        """
+        path = os.path.join(self.home(directory), f"run-{time.time_ns()}")
+        os.makedirs(path)
+        return path
+
+    def reset(self, backing: str) -> None:
+        """Remove what runs wrote (their `fresh` directories); inputs stay."""
+        with os.scandir(self.home(backing)) as entries:
+            for entry in entries:
+                if entry.name.startswith("run-"):
+                    shutil.rmtree(entry.path)
+
+
+@dataclass(frozen=True)
+class FioWorkload(Workload):
+    rw: str = "read"
+    bs: str = "1M"
+    numjobs: int = 1
+    direct: bool = False
+    mixread: int = 0  # percentage of reads for rw=randrw
+    ioengine: str = "psync"
+    max_mb: int = 1 << 20  # writes run once over the file, then verify: 4 KiB ones get a smaller file
+
+    def prepare(self, backing: str, size_mb: int) -> None:
+        super().prepare(backing, size_mb)
+        if not self.writes or self.rw == "randrw":
+            self._fio(self.home(backing), size_mb, 1.0, "--create_only=1")
+
+    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+        # randrw rewrites blocks of its laid-out files in place; other writers start empty
+        where = self.fresh(directory) if self.writes and self.rw != "randrw" else self.home(directory)
+        out = self._fio(where, size_mb, seconds)
+        job = out["jobs"][0]
+        ok = job.get("error", 0) == 0
+        if self.bs == "4k":
+            return Measurement(job["read"]["iops"] + job["write"]["iops"], "IOPS", ok)
+        side = job["write"] if self.writes else job["read"]
+        return Measurement(side["bw_bytes"] / 1e6, "MB/s", ok)
 
     def _fio(self, directory: str, size_mb: int, seconds: float, *more: str) -> dict:
         args = [
             "fio", "--output-format=json", f"--name={self.name}", f"--directory={directory}",
             f"--filename_format={self.name}.$jobnum", f"--rw={self.rw}", f"--bs={self.bs}",
-            f"--size={max(1, size_mb // self.numjobs)}M", f"--numjobs={self.numjobs}", "--group_reporting",
-            f"--direct={int(self.direct)}", "--ioengine=psync", *self.extra, *more,
+            f"--size={max(1, min(size_mb, self.max_mb) // self.numjobs)}M", f"--numjobs={self.numjobs}",
+            "--group_reporting", f"--direct={int(self.direct)}", f"--ioengine={self.ioengine}", *more,
         ]  # fmt: skip
-        if self.verify:
-            args += ["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--end_fsync=1"]
-        elif self.rw.startswith("rand") or self.rw == "read":
+        if self.rw == "randrw":
+            args.append(f"--rwmixread={self.mixread}")
+        if self.writes:
+            # Written blocks carry checksums that are read back and checked.
+            args += ["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0"]
+            if self.rw == "write":
+                args.append("--end_fsync=1")
+        else:  # writes run once over their file (verify needs that); reads for a fixed time
             args += [f"--runtime={seconds}", "--time_based"]
-        r = subprocess.run(args, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"fio {self.name} on {directory} failed: {r.stderr.strip() or r.stdout[-500:]}")
+        r = subprocess.run(args, capture_output=True, text=True, check=False)
+        if r.returncode != 0 and "verify" not in r.stderr + r.stdout:
+            raise RuntimeError(f"fio {self.name} in {directory} failed: {r.stderr.strip() or r.stdout[-500:]}")
         return json.loads(r.stdout[r.stdout.index("{") :])
 
 
-def _measure(out: dict, w: FioWorkload) -> Measurement:
-    job = out["jobs"][0]
-    ok = job.get("error", 0) == 0
-    side = job["write"] if w.rw in ("write", "randwrite") else job["read"]
-    if w.bs == "4k":
-        iops = side["iops"] + (job["write"]["iops"] if w.rw == "randrw" else 0)
-        return Measurement(iops, "IOPS", ok)
-    return Measurement(side["bw_bytes"] / 1e6, "MB/s", ok)
-
-
-WORKLOADS: dict[str, FioWorkload] = {
-    w.name: w
-    for w in (
-        FioWorkload("seqread", "1 MiB sequential read", "read", "1M"),
-        FioWorkload("seqwrite", "1 MiB sequential write + fsync, verified", "write", "1M", verify=True),
-        FioWorkload("randread", "4 KiB random read, buffered, 2 jobs", "randread", "4k", numjobs=2),
-        FioWorkload("randread-direct", "4 KiB random read, O_DIRECT, 2 jobs", "randread", "4k", numjobs=2,
-                    direct=True),  # fmt: skip
-    )
-}
-
-SUITES = {
-    "quick": ["seqread", "seqwrite", "randread", "randread-direct"],
-}
-
-
-def cleanup(directory: str) -> None:
-    """Remove the files workloads leave behind in `directory`."""
-    for name in os.listdir(directory):
-        if name.split(".")[0] in WORKLOADS:
-            os.unlink(os.path.join(directory, name))
+FIO_WORKLOADS = (
+    FioWorkload("seqread", "1 MiB sequential read", rw="read", bs="1M"),
+    FioWorkload("seqwrite", "1 MiB sequential write + fsync, verified", writes=True, rw="write", bs="1M"),
+    FioWorkload("randread", "4 KiB random read, buffered, 2 jobs", rw="randread", bs="4k", numjobs=2),
+    FioWorkload("randread-direct", "4 KiB random read, O_DIRECT, 2 jobs", rw="randread", bs="4k", numjobs=2,
+                direct=True),
+    FioWorkload("randread-cold", "4 KiB random read, cold cache, 2 jobs", cold=True, rw="randread", bs="4k",
+                numjobs=2),
+    FioWorkload("randwrite", "4 KiB random write, buffered, 2 jobs, verified", writes=True, rw="randwrite", bs="4k",
+                numjobs=2, max_mb=32),
+    FioWorkload("randwrite-direct", "4 KiB random write, O_DIRECT, 2 jobs, verified", writes=True, rw="randwrite",
+                bs="4k", numjobs=2, direct=True, max_mb=32),
+    FioWorkload("mixed", "4 KiB random 70/30 read/write, 2 jobs, verified", writes=True, rw="randrw", bs="4k",
+                numjobs=2, mixread=70, max_mb=32),
+    FioWorkload("mmapread", "1 MiB sequential read through mmap", rw="read", bs="1M", ioengine="mmap"),
+)

@@ -1,0 +1,14 @@
+"""Every workload by name, and the named suites."""
+
+from __future__ import annotations
+
+from fastpass.bench.pyworkloads import PY_WORKLOADS
+from fastpass.bench.workloads import FIO_WORKLOADS, Workload
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in (*FIO_WORKLOADS, *PY_WORKLOADS)}
+
+SUITES: dict[str, list[str]] = {
+    # The demo: a short look at each kind of work.
+    "quick": ["seqread", "seqwrite", "randread", "randread-direct", "metadata", "readdir"],
+    "full": list(WORKLOADS),
+}
