@@ -42,6 +42,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         supervisor.check(config)
     except supervisor.StartError as e:
         return _fail(str(e))
+    if config.log:
+        try:
+            with open(config.log, "a"):
+                pass
+        except OSError as e:
+            return _fail(f"cannot write the log file {config.log}: {e.strerror}")
     if args.foreground:
         _setup_logging(config.debug, config.log)
         failed: list[str] = []

@@ -86,9 +86,10 @@ class Worker:
                 continue
             length, opcode, unique, nodeid, uid, gid, pid, _extlen, _ = unpack_header(buf)
             route = routes[opcode] if opcode < n_routes else None
-            if route is None or route.handler is None:
+            if route is None:
                 if debug:
-                    log.debug("<- %d unsupported opcode %d: ENOSYS", unique, opcode)
+                    log.debug("-> %d unknown opcode %d", unique, opcode)
+                    log.debug("<- %d unknown opcode %d error ENOSYS", unique, opcode)
                 reply(unique, -errno.ENOSYS)
                 continue
             try:
@@ -103,9 +104,15 @@ class Worker:
             req = Request(unique, opcode, nodeid, uid, gid, pid)
             if debug:
                 log.debug("-> %s", describe_request(route.name, req, args))
+            handler = route.handler
+            if handler is None:  # a deliberate ENOSYS row of the handler table
+                if debug:
+                    log.debug("<- %s", describe_reply(route.name, unique, -errno.ENOSYS, None))
+                reply(unique, -errno.ENOSYS)
+                continue
             switched = creds is not None and route.as_caller and creds.become(req)
             try:
-                body = route.handler(fs, req, *args)
+                body = handler(fs, req, *args)
                 error = 0
             except OSError as e:
                 error = -(e.errno or errno.EIO)
