@@ -7,8 +7,10 @@ numbers are used where glibc 2.36 has no wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -59,6 +61,16 @@ def setfsuid(uid: int) -> int:
 
 def setfsgid(gid: int) -> int:
     return _libc.setfsgid(gid)
+
+
+@contextlib.contextmanager
+def fsuid(uid: int) -> Iterator[None]:
+    """Run a block with this fsuid (back to 0 restores the filesystem capabilities), then return."""
+    previous = setfsuid(uid)
+    try:
+        yield
+    finally:
+        setfsuid(previous)
 
 
 def set_pdeathsig(sig: int) -> None:

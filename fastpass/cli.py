@@ -37,6 +37,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         debug=args.debug,
         log=os.path.realpath(args.log) if args.log else None,
         nonempty=args.nonempty,
+        workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
     )
     try:
         supervisor.check(config)
@@ -165,6 +166,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--debug", action="store_true", help="log every request and reply")
     m.add_argument("--log", metavar="FILE", help="log file (background mode)")
     m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
+    m.add_argument("-w", "--workers", type=int, metavar="N",
+                   help="worker processes (default: one per CPU as root, 1 otherwise)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")

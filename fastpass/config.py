@@ -22,6 +22,8 @@ class MountConfig(msgspec.Struct, frozen=True):
     log: str | None = None
     # Mount over a non-empty directory, hiding its contents while mounted.
     nonempty: bool = False
+    # Worker processes, each reading requests from its own clone of the device fd.
+    workers: int = 1
 
 
 def split_time(seconds: float) -> tuple[int, int]:

@@ -26,12 +26,18 @@ from collections.abc import Callable
 from fastpass import _linux, state
 from fastpass.config import MountConfig
 from fastpass.fs.context import Fs
+from fastpass.fs.inodes import can_reopen, handle_of
+from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
+
+
+MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
+RESTART_WINDOW = 10.0
 
 
 class StartError(Exception):
@@ -64,6 +70,25 @@ def check(config: MountConfig) -> None:
         raise StartError(f"no {mount.DEVICE}: load the fuse module (modprobe fuse)")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
+    if config.workers < 1:
+        raise StartError("--workers must be at least 1")
+    if config.workers > 1 and not _handles_reopen(backing):
+        why = "not root" if os.geteuid() != 0 else f"the filesystem of {backing} has no usable file handles"
+        raise StartError(f"--workers {config.workers} needs workers to reopen inodes by file handle, and {why}: "
+                         "use --workers 1")  # fmt: skip
+
+
+def _handles_reopen(backing: str) -> bool:
+    """Whether open_by_handle_at works for this backing (root, and a filesystem that exports handles)."""
+    try:
+        fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        handle, _ = handle_of(fd)
+        return handle is not None and can_reopen(fd, handle)
+    finally:
+        os.close(fd)
 
 
 def _answer_init(session: int) -> Negotiated:
@@ -82,7 +107,7 @@ def _answer_init(session: int) -> Negotiated:
     return negotiated
 
 
-def _worker_main(config: MountConfig, session: int, root_fd: int, parent: int) -> None:
+def _worker_main(config: MountConfig, session: int, root_fd: int, shared: SharedState, parent: int) -> None:
     """Body of a worker process; never returns."""
     code = 0
     try:
@@ -94,15 +119,15 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, parent: int) -
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _linux.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != parent:
             on_term(signal.SIGTERM, None)
-        devfd = mount.clone(session)
+        devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
         os.close(session)
         os.umask(0)  # the kernel applied the caller's umask already
-        fs = Fs(config, root_fd)
-        routes = build()
-        Worker(devfd, fs, routes, config.allow_other, config.debug).serve()
+        fs = Fs(config, root_fd, shared)
+        Worker(devfd, fs, build(), config.allow_other, config.debug).serve()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     except BaseException:
@@ -142,10 +167,16 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     state.write(state.MountState(os.getpid(), config, negotiated, time.time()))
+    shared = SharedState(root_fd)
     me = os.getpid()
-    worker = os.fork()
-    if worker == 0:
-        _worker_main(config, session, root_fd, me)
+
+    def start_worker() -> int:
+        pid = os.fork()
+        if pid == 0:
+            _worker_main(config, session, root_fd, shared, me)
+        return pid
+
+    workers = {start_worker() for _ in range(config.workers)}
     stopping = False
 
     def on_signal(signo: int, frame: object) -> None:
@@ -158,13 +189,30 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ready(None)
-    _pid, status = os.waitpid(worker, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        log.error("worker exited with %d; unmounting", code)
+    failed = False
+    restarts: list[float] = []
+    while workers:
+        pid, status = os.waitpid(-1, 0)
+        if pid not in workers:
+            continue
+        workers.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0 or stopping:
+            continue  # the connection ended (unmount): the others follow
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
+        if len(restarts) > MAX_RESTARTS or not mount.is_ours(config.mountpoint, config.backing):
+            log.error("worker %d exited with %d; %d restarts in %.0f s: unmounting", pid, code, len(restarts),
+                      RESTART_WINDOW)  # fmt: skip
+            failed = stopping = True
+            _detach(config.mountpoint)
+            continue
+        new = start_worker()
+        workers.add(new)
+        log.error("worker %d exited with %d; replaced by %d", pid, code, new)
     if mount.is_ours(config.mountpoint, config.backing):
         _detach(config.mountpoint)
     os.close(session)
     state.remove(config.mountpoint)
     log.info("stopped")
-    return 0 if code == 0 else 1
+    return 1 if failed else 0

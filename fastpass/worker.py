@@ -70,7 +70,9 @@ class Worker:
         creds = fs.credentials if self.allow_other else None
         debug = self.debug
         reply = self._reply
+        sync = fs.sync
         while True:
+            sync()
             try:
                 n = readv(devfd, bufs)
             except OSError as e:

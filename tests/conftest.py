@@ -1,9 +1,10 @@
 """Fixtures that mount for real and always clean up.
 
-`fs` runs a test twice: on a fastpass mount ("native") and on a plain bind
-mount of the same kind of backing dir ("bind"), so every case is first
-checked against the real kernel's own answer.  `native` is fastpass alone,
-and `fastpass_mount` mounts with chosen options.
+`fs` runs a test three times: on fastpass with one worker and with four
+("native-1", "native-4") and on a plain bind mount of the same kind of
+backing dir ("bind"), so every case is first checked against the real
+kernel's own answer.  `native` is fastpass alone (1 and 4 workers), and
+`fastpass_mount` mounts with chosen options.
 
 Teardown, even after a failure: `fastpass unmount`, then a lazy umount2 if
 the mount is still there, then SIGKILL of the server by its pid; and the
@@ -131,15 +132,22 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
         stop(m)
 
 
-@pytest.fixture(params=["native", "bind"])
+ENGINES = ["native-1", "native-4", "bind"]  # fastpass with 1 and with 4 workers, then the kernel's reference
+
+
+@pytest.fixture(params=ENGINES)
 def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
-    """A mount of an empty backing dir: fastpass, then the bind-mount reference."""
-    cm = fastpass_mount(tmp_path) if request.param == "native" else bind_mount(tmp_path)
+    """A mount of an empty backing dir: fastpass (1 and 4 workers), then the bind-mount reference."""
+    if request.param == "bind":
+        cm = bind_mount(tmp_path)
+    else:
+        cm = fastpass_mount(tmp_path, "--workers", request.param.split("-")[1])
     with cm as m:
         yield m
 
 
-@pytest.fixture
-def native(tmp_path: Path) -> Iterator[Mounted]:
-    with fastpass_mount(tmp_path) as m:
+@pytest.fixture(params=["1", "4"], ids=["native-1", "native-4"])
+def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
+    """fastpass alone, with 1 and with 4 workers."""
+    with fastpass_mount(tmp_path, "--workers", request.param) as m:
         yield m

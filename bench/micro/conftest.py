@@ -10,6 +10,7 @@ import pytest
 
 from fastpass.config import MountConfig
 from fastpass.fs.context import Fs
+from fastpass.fs.shared import SharedState
 
 
 @pytest.fixture
@@ -24,10 +25,10 @@ def backing(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fs(backing: Path) -> Iterator[Fs]:
-    """What a worker builds at start: Fs(config, O_PATH fd of the backing root)."""
+    """What a worker builds at start: Fs over the shared tables the supervisor made."""
     config = MountConfig(backing=str(backing), mountpoint="/nonexistent")
     root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fs = Fs(config, root_fd)
+    fs = Fs(config, root_fd, SharedState(root_fd, max_inodes=4096, max_handles=1024))
     try:
         yield fs
     finally:

@@ -16,7 +16,7 @@ _fstat = os.fstat
 def getattr_(fs: Fs, req: Request, getattr_flags: int, fh: int) -> bytes:
     if getattr_flags & abi.GETATTR_FH:
         try:
-            return fs.attr(_fstat(fs.handles.fd(fh)))
+            return fs.attr(_fstat(fs.file_fd(fh)))
         except OSError:
             pass  # a directory fh or a stale one: the inode answers
     return fs.attr(_fstat(fs.inode_fd(req.nodeid)))
@@ -37,7 +37,7 @@ def setattr_(fs: Fs, req: Request, valid: int, fh: int, size: int, lock_owner: i
     fd = -1
     if valid & Fattr.FH:
         try:
-            fd = fs.handles.fd(fh)
+            fd = fs.file_fd(fh)
         except OSError:
             fd = -1
     if valid & Fattr.MODE:
@@ -67,7 +67,7 @@ def statx(fs: Fs, req: Request, getattr_flags: int, fh: int, sx_flags: int, sx_m
     fd = -1
     if getattr_flags & abi.GETATTR_FH:
         try:
-            fd = fs.handles.fd(fh)
+            fd = fs.file_fd(fh)
         except OSError:
             fd = -1
     buf = fs.stx_buf

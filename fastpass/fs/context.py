@@ -9,8 +9,9 @@ import time
 
 from fastpass import _linux
 from fastpass.config import MountConfig, split_time
-from fastpass.fs.handles import HandleTable
+from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable, fd_budget
+from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
 
@@ -90,10 +91,10 @@ class Credentials:
 class Fs:
     """Per-worker filesystem state shared by all operations."""
 
-    def __init__(self, config: MountConfig, root_fd: int):
+    def __init__(self, config: MountConfig, root_fd: int, shared: SharedState):
         self.config = config
-        self.inodes = InodeTable(root_fd, fd_budget())
-        self.handles = HandleTable()
+        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget())
+        self.handles = HandleTable(shared.handles, shared.region)
         self.entry_valid = split_time(config.entry_timeout)
         self.attr_valid = split_time(config.attr_timeout)
         # READ replies land here; page-aligned so O_DIRECT backing reads work.
@@ -102,6 +103,32 @@ class Fs:
         self.dirent_buf = ctypes.create_string_buffer(64 * 1024)
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
+
+    def file_fd(self, fh: int) -> int:
+        """This worker's backing fd for an open file, reopened from the inode on first use here."""
+        obj = self.handles.local(fh)
+        if obj.__class__ is int:
+            return obj  # type: ignore[return-value]
+        nodeid, flags = self.handles.slot(fh, FILE)
+        with _linux.fsuid(self.credentials.uid):  # the opener was checked; a copy is the server's
+            fd = os.open(proc_path(self.inode_fd(nodeid)), flags | os.O_CLOEXEC)
+        self.handles.keep(fh, fd)
+        return fd
+
+    def dir_handle(self, fh: int) -> DirHandle:
+        obj = self.handles.local(fh)
+        if obj.__class__ is DirHandle:
+            return obj  # type: ignore[return-value]
+        nodeid, _ = self.handles.slot(fh, DIR)
+        with _linux.fsuid(self.credentials.uid):
+            h = DirHandle(os.open(proc_path(self.inode_fd(nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        self.handles.keep(fh, h)
+        return h
+
+    def sync(self) -> None:
+        """Let go of what other workers freed (inodes forgotten, files released)."""
+        self.inodes.sync()
+        self.handles.sync()
 
     def inode_fd(self, nodeid: int) -> int:
         inodes = self.inodes

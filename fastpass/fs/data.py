@@ -28,23 +28,25 @@ _pack_write_out = abi.WRITE_OUT.pack
 
 
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), (flags & ~_STRIP) | os.O_CLOEXEC)
-    return encode.open_out(fs.handles.add(fd), 0)
+    flags &= ~_STRIP
+    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_CLOEXEC)
+    return encode.open_out(fs.handles.add(fd, req.nodeid, flags), 0)
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
-    fd = os.open(name, (flags & ~os.O_APPEND) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
-                 dir_fd=fs.inode_fd(req.nodeid))  # fmt: skip
+    flags &= ~os.O_APPEND
+    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fs.inode_fd(req.nodeid))
     try:
-        entry = fs.lookup_entry(req.nodeid, name)
+        inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
     except BaseException:
         os.close(fd)
         raise
-    return entry + encode.open_out(fs.handles.add(fd), 0)
+    return fs.entry(inode, st) + encode.open_out(fs.handles.add(fd, inode.nodeid, flags), 0)
 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), (flags & ~_STRIP) | os.O_TMPFILE | os.O_CLOEXEC, mode)
+    flags &= ~_STRIP
+    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         inode = fs.inodes.add(path_fd, os.fstat(path_fd))
@@ -52,31 +54,31 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
     except BaseException:
         os.close(fd)
         raise
-    return entry + encode.open_out(fs.handles.add(fd), 0)
+    return entry + encode.open_out(fs.handles.add(fd, inode.nodeid, flags), 0)
 
 
 def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> memoryview:
     view = fs.read_view
-    n = _preadv(fs.handles.fd(fh), [view[:size]], offset)
+    n = _preadv(fs.file_fd(fh), [view[:size]], offset)
     return view[:n]
 
 
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
-    return _pack_write_out(_pwrite(fs.handles.fd(fh), data, offset))
+    return _pack_write_out(_pwrite(fs.file_fd(fh), data, offset))
 
 
 def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
     # close() of a duplicate reports deferred write errors (NFS, quota) like the app's close would.
-    os.close(os.dup(fs.handles.fd(fh)))
+    os.close(os.dup(fs.file_fd(fh)))
 
 
 def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
-    fs.handles.close(fh)
+    fs.handles.release(fh)
 
 
 def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
-    fd = fs.handles.fd(fh)
+    fd = fs.file_fd(fh)
     if fsync_flags & abi.FSYNC_FDATASYNC:
         os.fdatasync(fd)
     else:
@@ -84,11 +86,11 @@ def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
 
 
 def fallocate(fs: Fs, req: Request, fh: int, offset: int, length: int, mode: int) -> None:
-    _linux.fallocate(fs.handles.fd(fh), mode, offset, length)
+    _linux.fallocate(fs.file_fd(fh), mode, offset, length)
 
 
 def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
-    return abi.LSEEK_OUT.pack(os.lseek(fs.handles.fd(fh), offset, whence))
+    return abi.LSEEK_OUT.pack(os.lseek(fs.file_fd(fh), offset, whence))
 
 
 _MAX_32 = 0xFFFFF000  # the largest page-aligned count a 32-bit reply can carry
@@ -97,7 +99,7 @@ _MAX_32 = 0xFFFFF000  # the largest page-aligned count a 32-bit reply can carry
 def _copy(fs: Fs, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
     if flags:
         raise OSError(22, "copy_file_range flags must be 0")
-    return os.copy_file_range(fs.handles.fd(fh_in), fs.handles.fd(fh_out), length, off_in, off_out)
+    return os.copy_file_range(fs.file_fd(fh_in), fs.file_fd(fh_out), length, off_in, off_out)
 
 
 def copy_file_range(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int,

@@ -29,15 +29,15 @@ _DOTS = (b".", b"..")
 
 def opendir(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     fd = os.open(proc_path(fs.inode_fd(req.nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return encode.open_out(fs.handles.add(DirHandle(fd)), 0)
+    return encode.open_out(fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY), 0)
 
 
 def releasedir(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
-    fs.handles.close(fh)
+    fs.handles.release(fh)
 
 
 def fsyncdir(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
-    os.fsync(fs.handles.dir(fh).fd)
+    os.fsync(fs.dir_handle(fh).fd)
 
 
 def _fill(fs: Fs, h: DirHandle) -> bool:
@@ -69,7 +69,7 @@ def _entries(fs: Fs, h: DirHandle, offset: int):
 
 
 def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> bytes:
-    h = fs.handles.dir(fh)
+    h = fs.dir_handle(fh)
     out = []
     used = 0
     dirent = encode.dirent
@@ -86,7 +86,7 @@ def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: i
 
 def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int,
                 flags: int) -> bytes:  # fmt: skip
-    h = fs.handles.dir(fh)
+    h = fs.dir_handle(fh)
     inodes = fs.inodes
     parent = inodes.get(req.nodeid)
     out = []

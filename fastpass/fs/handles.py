@@ -1,24 +1,58 @@
 """Open-file and open-directory handles: the `fh` the kernel hands back.
 
-An fh is a small integer naming one backing open file description, so every
-READ, WRITE, FSYNC and RELEASE on it has the semantics of that one open file
-(O_APPEND, an unlinked file kept open).  fh values are never 0 and are not
-reused while open.
+Any worker may receive a READ, WRITE, FSYNC or RELEASE for an fh another
+worker opened.  Facts that shape the answer:
+
+* An fh is a slot in a shared table holding the inode's nodeid and the open
+  flags; `fh = generation << 32 | slot`, so a stale fh never aliases a new
+  one.  Each worker keeps its own backing fd per fh, opened lazily.
+* A worker's own fd is a reopen of the inode (through its O_PATH fd) with
+  the same flags, less O_CREAT/O_EXCL/O_TRUNC, which the opener already
+  acted on.  Separate open file descriptions of one inode behave as one
+  open file for everything fastpass serves: data and size live in the
+  inode, reads and writes carry explicit offsets, O_APPEND is the kernel's
+  (it sends append offsets), fsync flushes the inode, and an unlinked file
+  stays reachable while the kernel keeps its nodeid.  Reopening costs one
+  open(2) the first time a worker meets an fh; passing the opener's fd
+  (pidfd_getfd, 2.7 us) would also need the opener alive.
+* RELEASE frees the slot and puts the fh in a ring; every worker closes its
+  own copy when it sees it (`sync`, at the top of each request), so copies
+  in busy workers go at once and those in an idle worker when it next
+  works.
+* Directory handles keep their READDIR state per worker: entries read but
+  not sent, and the backing offset they start at.  Offsets are the
+  backing's own cookies, so any worker continues any listing by seeking.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections import deque
+
+from fastpass.shm.region import LOCK_HANDLES, U32, U64, Layout, Region
+
+SLOT = struct.Struct("<IIQi4x")  # generation, kind, nodeid, open flags
+HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-ring sequence
+RING = 4096
+FREE, FILE, DIR = 0, 1, 2
+_MASK32 = 0xFFFFFFFF
+# Already done by the opener; a copy must not do them again.
+_NOT_AGAIN = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_TMPFILE
+
+
+def _badf() -> OSError:
+    return OSError(errno.EBADF, os.strerror(errno.EBADF))
 
 
 class DirHandle:
-    """An open backing directory and the entries read but not yet sent.
+    """A worker's open backing directory and the entries read but not yet sent.
 
-    `pos` is the offset (the backing's own d_off cookie) of `pending[0]`, so a
-    READDIR at that offset continues without a seek, and any other offset
-    (seekdir, rewinddir) seeks the backing directory there.
+    `pos` is the offset (the backing's d_off cookie) of `pending[0]`, so a
+    READDIR at that offset continues from memory.  Any other offset
+    (seekdir, rewinddir, or a listing another worker continued) seeks this
+    worker's own open directory there.
     """
 
     __slots__ = ("fd", "pending", "pos")
@@ -29,38 +63,116 @@ class DirHandle:
         self.pending: deque[tuple[int, int, int, bytes]] = deque()  # (ino, next_off, type, name)
 
 
+class HandleSpace:
+    def __init__(self, layout: Layout, capacity: int):
+        self.capacity = capacity
+        self.header = layout.take(HEADER.size)
+        self.slots = layout.take(SLOT.size * (capacity + 1))
+        self.free = layout.take(U32.size * capacity)
+        self.ring = layout.take(U64.size * RING)
+
+
 class HandleTable:
-    def __init__(self) -> None:
-        self._next = 1
-        self._files: dict[int, int | DirHandle] = {}
+    @staticmethod
+    def format(space: HandleSpace, region: Region) -> None:
+        HEADER.pack_into(region.map, space.header, 1, 0, 0)
+
+    def __init__(self, space: HandleSpace, region: Region):
+        self._space = space
+        self._region = region
+        self._map = region.map
+        self._files: dict[int, int | DirHandle] = {}  # fh -> this worker's fd or DirHandle
+        self._seen = self._ring_seq()
+
+    def _ring_seq(self) -> int:
+        return HEADER.unpack_from(self._map, self._space.header)[2]
 
     def __len__(self) -> int:
-        return len(self._files)
+        fresh, depth, _ = HEADER.unpack_from(self._map, self._space.header)
+        return fresh - 1 - depth
 
-    def add(self, obj: int | DirHandle) -> int:
-        fh = self._next
-        self._next += 1
+    def add(self, obj: int | DirHandle, nodeid: int, flags: int) -> int:
+        """Publish an open file or directory; returns its fh."""
+        space, region = self._space, self._region
+        region.lock(LOCK_HANDLES)
+        try:
+            fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
+            if depth:
+                (slot,) = U32.unpack_from(self._map, space.free + (depth - 1) * U32.size)
+                depth -= 1
+            elif fresh <= space.capacity:
+                slot, fresh = fresh, fresh + 1
+            else:
+                raise OSError(errno.ENFILE, f"handle table full ({space.capacity} open files)")
+            off = space.slots + slot * SLOT.size
+            gen = SLOT.unpack_from(self._map, off)[0]
+            SLOT.pack_into(self._map, off, gen, DIR if obj.__class__ is DirHandle else FILE, nodeid, flags)
+            HEADER.pack_into(self._map, space.header, fresh, depth, seq)
+        finally:
+            region.unlock(LOCK_HANDLES)
+        fh = gen << 32 | slot
         self._files[fh] = obj
         return fh
 
-    def fd(self, fh: int) -> int:
-        """Backing fd of an open file."""
-        obj = self._files.get(fh)
-        if obj is None or obj.__class__ is not int:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return obj
+    def slot(self, fh: int, kind: int) -> tuple[int, int]:
+        """(nodeid, open flags) of a live fh of `kind`; EBADF otherwise."""
+        slot = fh & _MASK32
+        if not 0 < slot <= self._space.capacity:
+            raise _badf()
+        gen, live_kind, nodeid, flags = SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
+        if live_kind != kind or gen != fh >> 32:
+            raise _badf()
+        return nodeid, flags & ~_NOT_AGAIN
 
-    def dir(self, fh: int) -> DirHandle:
-        obj = self._files.get(fh)
-        if obj is None or obj.__class__ is not DirHandle:
-            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return obj
+    def local(self, fh: int) -> int | DirHandle | None:
+        return self._files.get(fh)
 
-    def close(self, fh: int) -> None:
+    def keep(self, fh: int, obj: int | DirHandle) -> None:
+        self._files[fh] = obj
+
+    def release(self, fh: int) -> None:
+        """Free the fh for every worker and close this worker's copy."""
+        slot = fh & _MASK32
+        space, region = self._space, self._region
+        if not 0 < slot <= space.capacity:
+            raise _badf()
+        off = space.slots + slot * SLOT.size
+        region.lock(LOCK_HANDLES)
+        try:
+            gen, kind = SLOT.unpack_from(self._map, off)[:2]
+            if kind == FREE or gen != fh >> 32:
+                raise _badf()
+            SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0)
+            fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
+            U32.pack_into(self._map, space.free + depth * U32.size, slot)
+            U64.pack_into(self._map, space.ring + (seq % RING) * U64.size, fh)
+            HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
+        finally:
+            region.unlock(LOCK_HANDLES)
+        self._close(fh)
+
+    def _close(self, fh: int) -> None:
         obj = self._files.pop(fh, None)
         if obj is not None:
             os.close(obj if obj.__class__ is int else obj.fd)
 
+    def sync(self) -> None:
+        """Close this worker's copies of fhs released elsewhere since the last call."""
+        seq = self._ring_seq()
+        if seq == self._seen:
+            return
+        if seq - self._seen > RING:  # fell behind the ring: check every copy
+            space = self._space
+            for fh in list(self._files):
+                gen, kind = SLOT.unpack_from(self._map, space.slots + (fh & _MASK32) * SLOT.size)[:2]
+                if kind == FREE or gen != fh >> 32:
+                    self._close(fh)
+        else:
+            ring = self._space.ring
+            for s in range(self._seen, seq):
+                self._close(U64.unpack_from(self._map, ring + (s % RING) * U64.size)[0])
+        self._seen = seq
+
     def close_all(self) -> None:
         for fh in list(self._files):
-            self.close(fh)
+            self._close(fh)

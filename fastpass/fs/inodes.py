@@ -1,26 +1,30 @@
-"""The inode table: nodeid <-> backing inode, never by path.
+"""The inode table: nodeid <-> backing inode, shared by every worker, never by path.
 
 Facts that shape it:
 
-* A backing inode is identified by (st_dev, st_ino) while it lives; once it
-  is freed its number may be reused.  An open fd pins the inode, so while we
-  hold one the key cannot be reused.
-* RLIMIT_NOFILE is finite (20000 on the project's machines) and trees are
-  larger, so fastpass cannot hold an O_PATH fd for every inode the kernel
-  remembers.  Each inode keeps a file handle (`name_to_handle_at`), and its
-  O_PATH fd sits in an LRU cache; an evicted fd is reopened from the handle
-  (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH).  Where handles are
-  not usable (not root, or a filesystem without export support) fds are
-  pinned instead and the cache does not evict.
-* When a lookup finds a known key whose fd is not cached, the number may
-  have been reused: the handles (which carry the inode generation on
-  handle-capable filesystems) are compared, and a mismatch makes a new
-  inode with a new nodeid and a bumped generation.
-* Nodeids come from a counter and are never reused within a mount, so the
-  kernel never confuses an old inode with a new one.
-
-The next step (many workers) moves the records into shared memory; the
-methods here are the interface the operations use.
+* Any worker may receive any request, so the table lives in shared memory
+  (`fastpass.shm.region`): a slot per inode holding its (st_dev, st_ino),
+  its file handle (`name_to_handle_at`) and its lookup count, and a hash
+  index from (st_dev, st_ino) to slot.  A nodeid is `generation << 32 |
+  slot`: it names a slot without any search, and a slot reused after a
+  FORGET gets a new generation, so the kernel never confuses an old inode
+  with a new one.  The root is slot 1, generation 0: nodeid 1.
+* A backing inode number can be reused once the inode is freed.  The file
+  handle carries the inode's own generation on handle-capable filesystems,
+  so a lookup that finds a known (st_dev, st_ino) with a different handle
+  has met a reused number: the name gets a new slot, and the old nodeid
+  stays valid until the kernel forgets it.
+* Each worker keeps its own O_PATH fds, opened lazily from the handle
+  (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) and kept in an LRU
+  bounded by RLIMIT_NOFILE.  A local fd pins the inode, so while this
+  worker holds one, a lookup of the same (st_dev, st_ino) needs no handle
+  comparison.  Without usable handles (not root, or a filesystem without
+  export support) fds are pinned and never evicted, and one worker serves.
+* Lookup counts change under the inode lock; slot contents are written
+  before the slot is published in the index and do not change while it is
+  live, so reading a slot by nodeid needs no lock.  When a count reaches
+  zero the nodeid goes into a ring of freed nodeids, from which every
+  worker closes its own fd for it (`sync`, at the top of each request).
 """
 
 from __future__ import annotations
@@ -28,25 +32,34 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import struct
 from collections import OrderedDict
 
 from fastpass import _linux
 from fastpass.kernel.abi import ROOT_ID
+from fastpass.shm.region import LOCK_INODES, U32, U64, Layout, Region
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+SLOT = struct.Struct("<IIqQQiH2x128s")  # generation, live, nlookup, dev, ino, mount_id, handle length, handle
+ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
+HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
+RING = 4096  # freed nodeids remembered for the other workers
+_MASK32 = 0xFFFFFFFF
+_ROOT_SLOT = 1
 
 
 class Inode:
-    __slots__ = ("fd", "generation", "handle", "key", "mount_id", "nlookup", "nodeid")
+    """This worker's view of a live slot: identity plus its own O_PATH fd (-1 when not open)."""
 
-    def __init__(self, nodeid: int, key: tuple[int, int], generation: int, handle: bytes | None, mount_id: int, fd: int):
+    __slots__ = ("fd", "generation", "handle", "key", "mount_id", "nodeid")
+
+    def __init__(self, nodeid: int, key: tuple[int, int], handle: bytes | None, mount_id: int, fd: int):
         self.nodeid = nodeid
+        self.generation = nodeid >> 32
         self.key = key
-        self.generation = generation
         self.handle = handle
         self.mount_id = mount_id
-        self.fd = fd  # O_PATH fd, or -1 when evicted
-        self.nlookup = 0
+        self.fd = fd
 
 
 def _stale() -> OSError:
@@ -62,80 +75,253 @@ def fd_budget() -> int:
     return max(64, soft * 3 // 4)
 
 
+def handle_of(fd: int) -> tuple[bytes | None, int]:
+    """(file handle, mount id) of the inode behind `fd`, or (None, -1) where the filesystem has none."""
+    try:
+        return _linux.name_to_handle(fd)
+    except OSError:
+        return None, -1
+
+
+def _anchor(path: bytes | str) -> int | None:
+    """An fd open_by_handle_at accepts as its mount_fd: a real open of the directory (O_PATH gives EBADF)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def can_reopen(mount_fd: int, handle: bytes) -> bool:
+    """Whether open_by_handle_at works here (it needs CAP_DAC_READ_SEARCH)."""
+    try:
+        os.close(_linux.open_by_handle(mount_fd, handle, O_PATH_FLAGS))
+        return True
+    except OSError:
+        return False
+
+
+class InodeSpace:
+    """Where the table lives in the region: sized once by the supervisor, before the fork."""
+
+    def __init__(self, layout: Layout, capacity: int):
+        self.capacity = capacity
+        self.index_size = 1 << (2 * capacity - 1).bit_length()  # load factor <= 1/2
+        self.header = layout.take(HEADER.size)
+        self.slots = layout.take(SLOT.size * (capacity + 2))
+        self.free = layout.take(U32.size * capacity)
+        self.index = layout.take(ENTRY.size * self.index_size)
+        self.ring = layout.take(U64.size * RING)
+
+
 class InodeTable:
-    def __init__(self, root_fd: int, fd_cache_size: int):
+    @staticmethod
+    def format(space: InodeSpace, region: Region, root_fd: int) -> None:
+        """Write the empty table with its root; once, in the supervisor, before any worker starts."""
         st = os.fstat(root_fd)
-        self._next = ROOT_ID + 1
-        self._by_id: dict[int, Inode] = {}
-        self._by_key: dict[tuple[int, int], Inode] = {}
-        self._open: OrderedDict[int, Inode] = OrderedDict()  # LRU of inodes holding an fd
+        handle, mount_id = handle_of(root_fd)
+        h = handle or b""
+        key = (st.st_dev, st.st_ino)
+        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), h)
+        HEADER.pack_into(region.map, space.header, _ROOT_SLOT + 1, 0, 0)
+        i = hash(key) & (space.index_size - 1)
+        ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
+
+    def __init__(self, space: InodeSpace, region: Region, root_fd: int, fd_cache_size: int):
+        self._space = space
+        self._region = region
+        self._map = region.map
+        self._mask = space.index_size - 1
         self._capacity = fd_cache_size
-        self._mount_fds: dict[int, int] = {}
-        handle, mount_id = self._handle(root_fd)
-        self.reopen = handle is not None and self._can_reopen(root_fd, handle)
-        root = Inode(ROOT_ID, (st.st_dev, st.st_ino), 0, handle, mount_id, root_fd)
-        root.nlookup = 1 << 62  # never forgotten
-        self.root = root
-        self._by_id[ROOT_ID] = root
-        self._by_key[root.key] = root
-        self._mount_fds[mount_id] = root_fd
+        self._uid = os.geteuid()
+        self._local: dict[int, Inode] = {}  # nodeid -> this worker's view
+        self._local_keys: dict[tuple[int, int], Inode] = {}
+        self._open: OrderedDict[int, Inode] = OrderedDict()  # LRU of views holding an fd (not the root)
+        st = os.fstat(root_fd)
+        handle, mount_id = handle_of(root_fd)
+        anchor = _anchor(f"/proc/self/fd/{root_fd}")
+        self.reopen = handle is not None and anchor is not None and can_reopen(anchor, handle)
+        self._mount_fds = {mount_id: anchor} if self.reopen else {}
+        self._seen = self._ring_seq()
+        self.root = Inode(ROOT_ID, (st.st_dev, st.st_ino), handle, mount_id, root_fd)
+        self._local[ROOT_ID] = self.root
 
-    @staticmethod
-    def _handle(fd: int) -> tuple[bytes | None, int]:
-        try:
-            return _linux.name_to_handle(fd)
-        except OSError:
-            return None, -1
+    # --- shared slots and index (callers hold the inode lock where they mutate) -------
+    def _read_slot(self, slot: int) -> tuple:
+        return SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
 
-    @staticmethod
-    def _can_reopen(fd: int, handle: bytes) -> bool:
-        try:
-            os.close(_linux.open_by_handle(fd, handle, O_PATH_FLAGS))
-            return True
-        except OSError:
-            return False
+    def _write_slot(self, slot: int, gen: int, live: int, nlookup: int, key: tuple[int, int], mount_id: int,
+                    handle: bytes | None) -> None:  # fmt: skip
+        h = handle or b""
+        SLOT.pack_into(self._map, self._space.slots + slot * SLOT.size, gen, live, nlookup, key[0], key[1], mount_id,
+                       len(h), h)  # fmt: skip
 
+    def _set_nlookup(self, slot: int, nlookup: int) -> None:
+        struct.pack_into("<q", self._map, self._space.slots + slot * SLOT.size + 8, nlookup)
+
+    def _entry_at(self, i: int) -> tuple:
+        return ENTRY.unpack_from(self._map, self._space.index + i * ENTRY.size)
+
+    def _put_entry(self, i: int, dev: int, ino: int, slot: int, used: int) -> None:
+        ENTRY.pack_into(self._map, self._space.index + i * ENTRY.size, dev, ino, slot, used)
+
+    def _find(self, key: tuple[int, int]) -> tuple[int, int]:
+        """(index position, slot) of `key`, slot 0 if absent (position is then the free cell)."""
+        i = hash(key) & self._mask
+        while True:
+            dev, ino, slot, used = self._entry_at(i)
+            if not used or (dev, ino) == key:
+                return i, slot if used else 0
+            i = (i + 1) & self._mask
+
+    def _insert(self, key: tuple[int, int], slot: int) -> None:
+        i, _ = self._find(key)
+        self._put_entry(i, key[0], key[1], slot, 1)
+
+    def _remove(self, i: int) -> None:
+        """Empty index cell `i`, shifting later entries of its probe run back (no tombstones)."""
+        mask = self._mask
+        self._put_entry(i, 0, 0, 0, 0)
+        j = i
+        while True:
+            j = (j + 1) & mask
+            dev, ino, slot, used = self._entry_at(j)
+            if not used:
+                return
+            home = hash((dev, ino)) & mask
+            if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
+                continue  # still reachable from its home
+            self._put_entry(i, dev, ino, slot, 1)
+            self._put_entry(j, 0, 0, 0, 0)
+            i = j
+
+    def _ring_seq(self) -> int:
+        return HEADER.unpack_from(self._map, self._space.header)[2]
+
+    def _alloc(self) -> tuple[int, int]:
+        """A free slot and its generation."""
+        space = self._space
+        fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
+        if depth:
+            (slot,) = U32.unpack_from(self._map, space.free + (depth - 1) * U32.size)
+            HEADER.pack_into(self._map, space.header, fresh, depth - 1, seq)
+            return slot, self._read_slot(slot)[0]
+        if fresh > space.capacity:
+            raise OSError(errno.ENFILE, f"inode table full ({space.capacity} inodes)")
+        HEADER.pack_into(self._map, space.header, fresh + 1, depth, seq)
+        return fresh, 0
+
+    def _free(self, slot: int, gen: int, key: tuple[int, int]) -> None:
+        space = self._space
+        i, found = self._find(key)
+        if found == slot:
+            self._remove(i)
+        struct.pack_into("<II", self._map, space.slots + slot * SLOT.size, (gen + 1) & _MASK32, 0)
+        fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
+        U32.pack_into(self._map, space.free + depth * U32.size, slot)
+        U64.pack_into(self._map, space.ring + (seq % RING) * U64.size, gen << 32 | slot)
+        HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
+
+    # --- what the operations use ----------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._by_id)
+        fresh, depth, _ = HEADER.unpack_from(self._map, self._space.header)
+        return fresh - 1 - depth
 
     def get(self, nodeid: int) -> Inode:
-        try:
-            return self._by_id[nodeid]
-        except KeyError:
-            raise _stale() from None
+        inode = self._local.get(nodeid)
+        if inode is not None:
+            return inode
+        slot = nodeid & _MASK32
+        if not 1 < slot <= self._space.capacity:
+            raise _stale()
+        gen, live, _n, dev, ino, mount_id, hlen, handle = self._read_slot(slot)
+        if not live or gen != nodeid >> 32:
+            raise _stale()
+        inode = Inode(nodeid, (dev, ino), handle[:hlen] if hlen else None, mount_id, -1)
+        self._local[nodeid] = inode
+        return inode
 
     def fd(self, inode: Inode) -> int:
-        """The inode's O_PATH fd, reopened from its handle if it was evicted."""
+        """The inode's O_PATH fd in this worker, opened from its handle if need be."""
         fd = inode.fd
         if fd >= 0:
             if inode.nodeid != ROOT_ID:
                 self._open.move_to_end(inode.nodeid)
             return fd
-        mount_fd = self._mount_fds.get(inode.mount_id)
-        if mount_fd is None or inode.handle is None:
+        if inode.handle is None:
             raise _stale()
-        inode.fd = _linux.open_by_handle(mount_fd, inode.handle, O_PATH_FLAGS)
-        self._cache(inode)
+        mount_fd = self._mount_fd(inode.mount_id)
+        try:
+            inode.fd = _linux.open_by_handle(mount_fd, inode.handle, O_PATH_FLAGS)
+        except PermissionError:
+            # Serving a caller (allow_other): its fsuid dropped our CAP_DAC_READ_SEARCH.  An
+            # O_PATH fd grants nothing by itself, so take it as the server and go back.
+            with _linux.fsuid(self._uid):
+                inode.fd = _linux.open_by_handle(mount_fd, inode.handle, O_PATH_FLAGS)
+        self._keep(inode)
         return inode.fd
 
-    def _cache(self, inode: Inode) -> None:
+    def _mount_fd(self, mount_id: int) -> int:
+        """An fd on the mount a handle belongs to (open_by_handle_at needs one), from mountinfo."""
+        fd = self._mount_fds.get(mount_id)
+        if fd is None:
+            with open("/proc/self/mountinfo", "rb") as f:
+                for line in f:
+                    fields = line.split(b" ", 5)
+                    if int(fields[0]) == mount_id:
+                        fd = _anchor(fields[4])
+                        break
+            if fd is None:
+                raise _stale()
+            self._mount_fds[mount_id] = fd
+        return fd
+
+    def _keep(self, inode: Inode) -> None:
         self._open[inode.nodeid] = inode
+        self._local_keys[inode.key] = inode
         if self.reopen and len(self._open) > self._capacity:
             _, old = self._open.popitem(last=False)
-            os.close(old.fd)
-            old.fd = -1
+            self._close_local(old)
+
+    def _close_local(self, inode: Inode) -> None:
+        if inode.fd >= 0:
+            os.close(inode.fd)
+            inode.fd = -1
+        if self._local_keys.get(inode.key) is inode:
+            del self._local_keys[inode.key]
+
+    def _drop(self, nodeid: int) -> None:
+        """Forget this worker's view of a freed nodeid, closing its fd."""
+        inode = self._local.pop(nodeid, None)
+        if inode is not None:
+            self._open.pop(nodeid, None)
+            self._close_local(inode)
+
+    def sync(self) -> None:
+        """Close the fds of nodeids other workers have freed since the last call."""
+        seq = self._ring_seq()
+        if seq == self._seen:
+            return
+        if seq - self._seen > RING:  # fell behind the ring: check every view
+            for nodeid in [n for n in self._local if n != ROOT_ID]:
+                gen, live = self._read_slot(nodeid & _MASK32)[:2]
+                if not live or gen != nodeid >> 32:
+                    self._drop(nodeid)
+        else:
+            ring = self._space.ring
+            for s in range(self._seen, seq):
+                self._drop(U64.unpack_from(self._map, ring + (s % RING) * U64.size)[0])
+        self._seen = seq
 
     def lookup(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         """Resolve `name` in `parent` without following symlinks; counts one lookup."""
         if name == b"." or (name == b".." and parent.nodeid == ROOT_ID):
             st = os.fstat(self.fd(parent))
-            parent.nlookup += 1
+            self._count(parent, 1)
             return parent, st
         pfd = self.fd(parent)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        known = self._by_key.get((st.st_dev, st.st_ino))
-        if known is not None and known.fd >= 0:  # an fd pins it: the number was not reused
-            known.nlookup += 1
+        known = self._local_keys.get((st.st_dev, st.st_ino))
+        if known is not None and known.fd >= 0 and self._count(known, 1):  # pinned: the number was not reused
             return known, st
         fd = os.open(name, O_PATH_FLAGS, dir_fd=pfd)
         try:
@@ -145,44 +331,70 @@ class InodeTable:
             os.close(fd)
             raise
 
+    def _count(self, inode: Inode, n: int) -> bool:
+        """Add `n` lookups to a live inode; False if its slot was freed meanwhile."""
+        if inode.nodeid == ROOT_ID:
+            return True
+        slot = inode.nodeid & _MASK32
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            gen, live, nlookup = self._read_slot(slot)[:3]
+            if not live or gen != inode.generation:
+                return False
+            self._set_nlookup(slot, nlookup + n)
+            return True
+        finally:
+            region.unlock(LOCK_INODES)
+
     def add(self, fd: int, st: os.stat_result) -> Inode:
         """Take ownership of an O_PATH fd for a backing inode; counts one lookup."""
         key = (st.st_dev, st.st_ino)
-        known = self._by_key.get(key)
-        handle, mount_id = self._handle(fd)
-        if known is not None:
-            if known.fd >= 0 or known.handle == handle:
-                if known.fd < 0:
-                    known.fd = fd
-                    self._cache(known)
-                else:
-                    os.close(fd)
-                known.nlookup += 1
-                return known
-            generation = known.generation + 1  # the number was reused by a new inode
+        handle, mount_id = handle_of(fd)
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            i, slot = self._find(key)
+            if slot:
+                gen, _live, nlookup, *_ = row = self._read_slot(slot)
+                if handle is None or handle == row[7][: row[6]]:
+                    self._set_nlookup(slot, nlookup + 1)
+                else:  # a reused inode number: the name gets a new slot
+                    self._remove(i)
+                    slot = 0
+            if not slot:
+                slot, gen = self._alloc()
+                self._write_slot(slot, gen, 1, 1, key, mount_id, handle)
+                self._insert(key, slot)
+        finally:
+            region.unlock(LOCK_INODES)
+        nodeid = gen << 32 | slot
+        inode = self._local.get(nodeid)
+        if inode is None:
+            inode = self._local[nodeid] = Inode(nodeid, key, handle, mount_id, -1)
+        if inode.fd < 0:
+            inode.fd = fd
+            self._keep(inode)
         else:
-            generation = 0
-        inode = Inode(self._next, key, generation, handle, mount_id, fd)
-        self._next += 1
-        inode.nlookup = 1
-        self._by_id[inode.nodeid] = inode
-        self._by_key[key] = inode
-        if mount_id not in self._mount_fds:  # an anchor for open_by_handle_at on that mount
-            self._mount_fds[mount_id] = os.dup(fd)
-        self._cache(inode)
+            os.close(fd)
         return inode
 
     def forget(self, nodeid: int, nlookup: int) -> None:
-        inode = self._by_id.get(nodeid)
-        if inode is None or nodeid == ROOT_ID:
+        if nodeid == ROOT_ID:
             return
-        inode.nlookup -= nlookup
-        if inode.nlookup > 0:
+        slot = nodeid & _MASK32
+        if not 1 < slot <= self._space.capacity:
             return
-        del self._by_id[nodeid]
-        if self._by_key.get(inode.key) is inode:
-            del self._by_key[inode.key]
-        if inode.fd >= 0:
-            del self._open[nodeid]
-            os.close(inode.fd)
-            inode.fd = -1
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            gen, live, count, dev, ino = self._read_slot(slot)[:5]
+            if not live or gen != nodeid >> 32:
+                return
+            if count > nlookup:
+                self._set_nlookup(slot, count - nlookup)
+                return
+            self._free(slot, gen, (dev, ino))
+        finally:
+            region.unlock(LOCK_INODES)
+        self._drop(nodeid)

@@ -17,6 +17,7 @@ import pytest
 
 from fastpass.config import MountConfig
 from fastpass.fs.context import Fs
+from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi
 from fastpass.kernel.abi import Opcode
@@ -27,7 +28,8 @@ from fastpass.worker import Worker
 def channel(tmp_path: Path):
     (tmp_path / "file").write_bytes(b"0123456789")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    fs = Fs(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), os.open(tmp_path, os.O_PATH))
+    root_fd = os.open(tmp_path, os.O_PATH)
+    fs = Fs(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), root_fd, SharedState(root_fd, 4096, 1024))
     worker = Worker(theirs.fileno(), fs, build(), allow_other=False, debug=False)
     t = threading.Thread(target=worker.serve, daemon=True)
     t.start()

@@ -1,0 +1,20 @@
+"""Everything the workers of one mount share, sized and formatted by the supervisor before the fork."""
+
+from __future__ import annotations
+
+from fastpass.fs.handles import HandleSpace, HandleTable
+from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.shm.region import Layout, Region
+
+DEFAULT_MAX_INODES = 1 << 20  # 168 B a slot: 176 MiB of address space, touched only as slots are used
+DEFAULT_MAX_HANDLES = 1 << 18  # 24 B a slot
+
+
+class SharedState:
+    def __init__(self, root_fd: int, max_inodes: int = DEFAULT_MAX_INODES, max_handles: int = DEFAULT_MAX_HANDLES):
+        layout = Layout()
+        self.inodes = InodeSpace(layout, max_inodes)
+        self.handles = HandleSpace(layout, max_handles)
+        self.region = Region(layout.size)
+        InodeTable.format(self.inodes, self.region, root_fd)
+        HandleTable.format(self.handles, self.region)

@@ -1,0 +1,1 @@
+"""Shared memory: the tables every worker of a mount reads and writes."""
