@@ -128,6 +128,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
     options = [f"--attr-timeout={args.attr_timeout}", f"--entry-timeout={args.entry_timeout}"]
+    if args.workers is not None:
+        options.append(f"--workers={args.workers}")
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
     try:
@@ -185,6 +187,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     b.add_argument("--report", metavar="FILE.md", help="write a Markdown report")
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
+    b.add_argument("-w", "--workers", type=int, metavar="N", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
