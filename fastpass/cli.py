@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from fastpass import state, supervisor
+from fastpass import state, stats, supervisor
 from fastpass.config import MountConfig
 from fastpass.kernel import mount
 
@@ -77,7 +77,10 @@ def _daemonize(config: MountConfig) -> int:
         code = 1
         try:
             code = supervisor.run(config, ready)
+        except BaseException:
+            logging.getLogger("fastpass").exception("supervisor failed")
         finally:
+            logging.shutdown()
             os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as f:
@@ -153,6 +156,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import msgspec
+    from rich.console import Console
+    from rich.live import Live
+
+    mnt = _resolve_parent(args.mountpoint)
+    try:
+        record = stats.fetch(mnt)
+        if args.json:
+            print(msgspec.json.format(msgspec.json.encode(record)).decode())
+        elif args.watch is None:
+            Console().print(stats.render(record))
+        else:
+            with Live(stats.render(record), auto_refresh=False) as live:
+                while True:
+                    time.sleep(args.watch)
+                    live.update(stats.render(stats.fetch(mnt)), refresh=True)
+    except stats.StatsUnavailable as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -176,6 +203,12 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server to exit")
     u.set_defaults(func=cmd_unmount)
+
+    st = sub.add_parser("stats", help="per-operation counts and latencies, workers, errors of a mount")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="the whole record as JSON")
+    st.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="S", help="refresh every S seconds")
+    st.set_defaults(func=cmd_stats)
 
     b = sub.add_parser("bench", help="benchmark fastpass against a bind mount of the same directory")
     b.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")

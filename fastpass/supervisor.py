@@ -16,6 +16,8 @@ detaches the mount and exits, so no dead mount lingers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -23,14 +25,19 @@ import signal
 import time
 from collections.abc import Callable
 
-from fastpass import _linux, state
+import msgspec
+import uvloop
+
+from fastpass import _linux, state, stats
 from fastpass.config import MountConfig
 from fastpass.fs.context import Fs
-from fastpass.fs.inodes import can_reopen, handle_of
+from fastpass.fs.handles import HandleTable
+from fastpass.fs.inodes import InodeTable, can_reopen, handle_of
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
+from fastpass.shm.counters import PID, STARTED_NS, WorkerCounters
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -107,7 +114,8 @@ def _answer_init(session: int) -> Negotiated:
     return negotiated
 
 
-def _worker_main(config: MountConfig, session: int, root_fd: int, shared: SharedState, parent: int) -> None:
+def _worker_main(config: MountConfig, session: int, root_fd: int, shared: SharedState, parent: int,
+                 index: int) -> None:  # fmt: skip
     """Body of a worker process; never returns."""
     code = 0
     try:
@@ -126,7 +134,9 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, shared: Shared
         devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
         os.close(session)
         os.umask(0)  # the kernel applied the caller's umask already
-        fs = Fs(config, root_fd, shared)
+        fs = Fs(config, root_fd, shared, index)
+        fs.counters.misc[PID] = os.getpid()
+        fs.counters.misc[STARTED_NS] = time.time_ns()
         Worker(devfd, fs, build(), config.allow_other, config.debug).serve()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
@@ -166,53 +176,132 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
-    state.write(state.MountState(os.getpid(), config, negotiated, time.time()))
-    shared = SharedState(root_fd)
-    me = os.getpid()
+    record = state.MountState(os.getpid(), config, negotiated, time.time())
+    state.write(record)
+    pool = Pool(config, session, root_fd, SharedState(root_fd), record)
+    return pool.serve(ready)
 
-    def start_worker() -> int:
+
+class Pool:
+    """The workers of one mount and the supervisor's control loop around them.
+
+    The loop (asyncio on uvloop) takes SIGTERM/SIGINT (unmount), worker exits
+    (each worker's pidfd turns readable: reap, replace a crashed one), and
+    `fastpass stats` requests on a unix socket beside the mount's state record.
+    """
+
+    def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
+                 record: state.MountState):  # fmt: skip
+        self.config = config
+        self.session = session
+        self.root_fd = root_fd
+        self.shared = shared
+        self.record = record
+        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self.failed = False
+        self.restarts = 0
+        self._recent: list[float] = []
+        self._done: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start_worker(self, index: int) -> int:
         pid = os.fork()
         if pid == 0:
-            _worker_main(config, session, root_fd, shared, me)
+            signal.set_wakeup_fd(-1)  # the control loop's wakeup pipe is the supervisor's, not ours
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            _worker_main(self.config, self.session, self.root_fd, self.shared, self.record.pid, index)
+        self.workers[pid] = index
+        if self._loop is not None:
+            self._watch(pid)
         return pid
 
-    workers = {start_worker() for _ in range(config.workers)}
-    stopping = False
+    def _watch(self, pid: int) -> None:
+        """Call `reap` when the worker exits: its pidfd becomes readable (uvloop keeps SIGCHLD)."""
+        assert self._loop is not None
+        pidfd = os.pidfd_open(pid)
 
-    def on_signal(signo: int, frame: object) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            log.info("signal %d: unmounting %s", signo, config.mountpoint)
-            _detach(config.mountpoint)
+        def exited() -> None:
+            self._loop.remove_reader(pidfd)  # type: ignore[union-attr]
+            os.close(pidfd)
+            self.reap()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    ready(None)
-    failed = False
-    restarts: list[float] = []
-    while workers:
-        pid, status = os.waitpid(-1, 0)
-        if pid not in workers:
-            continue
-        workers.discard(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if code == 0 or stopping:
-            continue  # the connection ended (unmount): the others follow
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < RESTART_WINDOW] + [now]
-        if len(restarts) > MAX_RESTARTS or not mount.is_ours(config.mountpoint, config.backing):
-            log.error("worker %d exited with %d; %d restarts in %.0f s: unmounting", pid, code, len(restarts),
-                      RESTART_WINDOW)  # fmt: skip
-            failed = stopping = True
-            _detach(config.mountpoint)
-            continue
-        new = start_worker()
-        workers.add(new)
-        log.error("worker %d exited with %d; replaced by %d", pid, code, new)
-    if mount.is_ours(config.mountpoint, config.backing):
-        _detach(config.mountpoint)
-    os.close(session)
-    state.remove(config.mountpoint)
-    log.info("stopped")
-    return 1 if failed else 0
+        self._loop.add_reader(pidfd, exited)
+
+    def stop(self, why: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.info("%s: unmounting %s", why, self.config.mountpoint)
+            _detach(self.config.mountpoint)
+
+    def reap(self) -> None:
+        for pid in list(self.workers):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
+                continue
+            index = self.workers.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0 or self.stopping:
+                continue  # the connection ended (unmount): the others follow
+            now = time.monotonic()
+            self._recent = [t for t in self._recent if now - t < RESTART_WINDOW] + [now]
+            if len(self._recent) > MAX_RESTARTS or not mount.is_ours(self.config.mountpoint, self.config.backing):
+                log.error("worker %d exited with %d; %d restarts in %.0f s: giving up", pid, code,
+                          len(self._recent), RESTART_WINDOW)  # fmt: skip
+                self.failed = True
+                self.stop("worker crash loop")
+                continue
+            self.restarts += 1
+            log.error("worker %d exited with %d; replaced by %d", pid, code, self.start_worker(index))
+        if not self.workers and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def stats(self) -> bytes:
+        shared = self.shared
+        blocks = [WorkerCounters(shared.counters, shared.region, i) for i in range(self.config.workers)]
+        pids = {index: pid for pid, index in self.workers.items()}
+        inodes = InodeTable.live(shared.inodes, shared.region)
+        handles = HandleTable.live(shared.handles, shared.region)
+        return msgspec.json.encode(stats.collect(blocks, pids, self.restarts, inodes, handles, self.record))
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if (await reader.readline()).strip() == b"stats":
+                writer.write(self.stats())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def _control(self, ready: Callable[[str | None], None]) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
+        for pid in self.workers:
+            self._watch(pid)
+        path = stats.socket_path(self.config.mountpoint)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await asyncio.start_unix_server(self._answer, path=path)
+        os.chmod(path, 0o600)
+        ready(None)
+        self.reap()  # a worker may have died before the handler was in place
+        try:
+            await self._done
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def serve(self, ready: Callable[[str | None], None]) -> int:
+        """Run the workers until the mount ends; returns the exit code."""
+        for index in range(self.config.workers):
+            self.start_worker(index)
+        uvloop.run(self._control(ready))
+        if mount.is_ours(self.config.mountpoint, self.config.backing):
+            _detach(self.config.mountpoint)
+        os.close(self.session)
+        state.remove(self.config.mountpoint)
+        log.info("stopped")
+        return 1 if self.failed else 0

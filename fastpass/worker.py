@@ -18,6 +18,7 @@ import errno
 import logging
 import mmap
 import os
+import time
 
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.table import Route
@@ -71,6 +72,8 @@ class Worker:
         debug = self.debug
         reply = self._reply
         sync = fs.sync
+        record = fs.counters.record
+        clock = time.perf_counter_ns
         while True:
             sync()
             try:
@@ -113,6 +116,7 @@ class Worker:
                 reply(unique, -errno.ENOSYS)
                 continue
             switched = creds is not None and route.as_caller and creds.become(req)
+            start = clock()
             try:
                 body = handler(fs, req, *args)
                 error = 0
@@ -126,6 +130,7 @@ class Worker:
             finally:
                 if switched:
                     creds.restore()
+            record(opcode, clock() - start, error)
             if debug:
                 log.debug("<- %s", describe_reply(route.name, unique, error, body))
             if route.reply:

@@ -14,6 +14,7 @@ from fastpass.fs.inodes import Inode, InodeTable, fd_budget
 from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
+from fastpass.shm.counters import WorkerCounters
 
 
 class Request:
@@ -91,10 +92,11 @@ class Credentials:
 class Fs:
     """Per-worker filesystem state shared by all operations."""
 
-    def __init__(self, config: MountConfig, root_fd: int, shared: SharedState):
+    def __init__(self, config: MountConfig, root_fd: int, shared: SharedState, worker: int = 0):
         self.config = config
-        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget())
-        self.handles = HandleTable(shared.handles, shared.region)
+        self.counters = WorkerCounters(shared.counters, shared.region, worker)
+        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget(), worker, self.counters.misc)
+        self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc)
         self.entry_valid = split_time(config.entry_timeout)
         self.attr_valid = split_time(config.attr_timeout)
         # READ replies land here; page-aligned so O_DIRECT backing reads work.
@@ -120,10 +122,14 @@ class Fs:
         if obj.__class__ is DirHandle:
             return obj  # type: ignore[return-value]
         nodeid, _ = self.handles.slot(fh, DIR)
-        with _linux.fsuid(self.credentials.uid):
-            h = DirHandle(os.open(proc_path(self.inode_fd(nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        h = DirHandle(self.open_dir(nodeid))
         self.handles.keep(fh, h)
         return h
+
+    def open_dir(self, nodeid: int) -> int:
+        """A new open of a directory, as the server (the caller was checked at OPENDIR)."""
+        with _linux.fsuid(self.credentials.uid):
+            return os.open(proc_path(self.inode_fd(nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def sync(self) -> None:
         """Let go of what other workers freed (inodes forgotten, files released)."""

@@ -58,10 +58,20 @@ def _fill(fs: Fs, h: DirHandle) -> bool:
     return True
 
 
-def _entries(fs: Fs, h: DirHandle, offset: int):
-    """Yield pending entries from `offset` on; the consumer pops what it sends."""
+def _entries(fs: Fs, nodeid: int, h: DirHandle, offset: int):
+    """Yield pending entries from `offset` on; the consumer pops what it sends.
+
+    A seek opens the directory afresh: ext4 returns nothing after lseek(fd, 0)
+    on a directory fd whose first getdents was at its end-of-directory cookie
+    (measured on Linux 6.18), which is what a worker that served only the
+    final READDIR of a listing has.
+    """
     if offset != h.pos:
-        os.lseek(h.fd, offset, os.SEEK_SET)
+        fd = fs.open_dir(nodeid)
+        os.close(h.fd)
+        h.fd = fd
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
         h.pending.clear()
         h.pos = offset
     while h.pending or _fill(fs, h):
@@ -73,7 +83,7 @@ def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: i
     out = []
     used = 0
     dirent = encode.dirent
-    for ino, off, dtype, name in _entries(fs, h, offset):
+    for ino, off, dtype, name in _entries(fs, req.nodeid, h, offset):
         rec = dirent(ino, off, dtype, name)
         if used + len(rec) > size:
             break
@@ -92,7 +102,7 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
     out = []
     used = 0
     dirent = encode.dirent
-    for ino, off, dtype, name in _entries(fs, h, offset):
+    for ino, off, dtype, name in _entries(fs, req.nodeid, h, offset):
         need = encode.dirent_size(name, True)
         if used + need > size:
             break

@@ -31,9 +31,10 @@ import os
 import struct
 from collections import deque
 
+from fastpass.shm.counters import FOREIGN_FILES
 from fastpass.shm.region import LOCK_HANDLES, U32, U64, Layout, Region
 
-SLOT = struct.Struct("<IIQi4x")  # generation, kind, nodeid, open flags
+SLOT = struct.Struct("<IIQiI")  # generation, kind, nodeid, open flags, creating worker
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-ring sequence
 RING = 4096
 FREE, FILE, DIR = 0, 1, 2
@@ -77,7 +78,9 @@ class HandleTable:
     def format(space: HandleSpace, region: Region) -> None:
         HEADER.pack_into(region.map, space.header, 1, 0, 0)
 
-    def __init__(self, space: HandleSpace, region: Region):
+    def __init__(self, space: HandleSpace, region: Region, worker: int, misc: memoryview):
+        self._worker = worker
+        self._misc = misc  # this worker's misc counters (FOREIGN_FILES)
         self._space = space
         self._region = region
         self._map = region.map
@@ -87,8 +90,10 @@ class HandleTable:
     def _ring_seq(self) -> int:
         return HEADER.unpack_from(self._map, self._space.header)[2]
 
-    def __len__(self) -> int:
-        fresh, depth, _ = HEADER.unpack_from(self._map, self._space.header)
+    @staticmethod
+    def live(space: HandleSpace, region: Region) -> int:
+        """Entries in use, read from the shared header (for stats)."""
+        fresh, depth, _ = HEADER.unpack_from(region.map, space.header)
         return fresh - 1 - depth
 
     def add(self, obj: int | DirHandle, nodeid: int, flags: int) -> int:
@@ -106,7 +111,7 @@ class HandleTable:
                 raise OSError(errno.ENFILE, f"handle table full ({space.capacity} open files)")
             off = space.slots + slot * SLOT.size
             gen = SLOT.unpack_from(self._map, off)[0]
-            SLOT.pack_into(self._map, off, gen, DIR if obj.__class__ is DirHandle else FILE, nodeid, flags)
+            SLOT.pack_into(self._map, off, gen, DIR if obj.__class__ is DirHandle else FILE, nodeid, flags, self._worker)
             HEADER.pack_into(self._map, space.header, fresh, depth, seq)
         finally:
             region.unlock(LOCK_HANDLES)
@@ -115,13 +120,15 @@ class HandleTable:
         return fh
 
     def slot(self, fh: int, kind: int) -> tuple[int, int]:
-        """(nodeid, open flags) of a live fh of `kind`; EBADF otherwise."""
+        """(nodeid, open flags) of a live fh of `kind`, for a worker about to open its copy; EBADF otherwise."""
         slot = fh & _MASK32
         if not 0 < slot <= self._space.capacity:
             raise _badf()
-        gen, live_kind, nodeid, flags = SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
+        gen, live_kind, nodeid, flags, creator = SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
         if live_kind != kind or gen != fh >> 32:
             raise _badf()
+        if creator != self._worker:
+            self._misc[FOREIGN_FILES] += 1
         return nodeid, flags & ~_NOT_AGAIN
 
     def local(self, fh: int) -> int | DirHandle | None:
@@ -142,7 +149,7 @@ class HandleTable:
             gen, kind = SLOT.unpack_from(self._map, off)[:2]
             if kind == FREE or gen != fh >> 32:
                 raise _badf()
-            SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0)
+            SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0, 0)
             fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
             U32.pack_into(self._map, space.free + depth * U32.size, slot)
             U64.pack_into(self._map, space.ring + (seq % RING) * U64.size, fh)

@@ -37,10 +37,12 @@ from collections import OrderedDict
 
 from fastpass import _linux
 from fastpass.kernel.abi import ROOT_ID
+from fastpass.shm.counters import FOREIGN_NODES
 from fastpass.shm.region import LOCK_INODES, U32, U64, Layout, Region
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-SLOT = struct.Struct("<IIqQQiH2x128s")  # generation, live, nlookup, dev, ino, mount_id, handle length, handle
+# generation, live, nlookup, dev, ino, mount_id, handle length, creating worker, handle
+SLOT = struct.Struct("<IIqQQiHH128s")
 ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
 RING = 4096  # freed nodeids remembered for the other workers
@@ -121,18 +123,21 @@ class InodeTable:
         handle, mount_id = handle_of(root_fd)
         h = handle or b""
         key = (st.st_dev, st.st_ino)
-        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), h)
+        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), 0, h)
         HEADER.pack_into(region.map, space.header, _ROOT_SLOT + 1, 0, 0)
         i = hash(key) & (space.index_size - 1)
         ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
 
-    def __init__(self, space: InodeSpace, region: Region, root_fd: int, fd_cache_size: int):
+    def __init__(self, space: InodeSpace, region: Region, root_fd: int, fd_cache_size: int, worker: int,
+                 misc: memoryview) -> None:  # fmt: skip
         self._space = space
         self._region = region
         self._map = region.map
         self._mask = space.index_size - 1
         self._capacity = fd_cache_size
         self._uid = os.geteuid()
+        self._worker = worker
+        self._misc = misc  # this worker's misc counters (FOREIGN_NODES)
         self._local: dict[int, Inode] = {}  # nodeid -> this worker's view
         self._local_keys: dict[tuple[int, int], Inode] = {}
         self._open: OrderedDict[int, Inode] = OrderedDict()  # LRU of views holding an fd (not the root)
@@ -153,7 +158,7 @@ class InodeTable:
                     handle: bytes | None) -> None:  # fmt: skip
         h = handle or b""
         SLOT.pack_into(self._map, self._space.slots + slot * SLOT.size, gen, live, nlookup, key[0], key[1], mount_id,
-                       len(h), h)  # fmt: skip
+                       len(h), self._worker, h)  # fmt: skip
 
     def _set_nlookup(self, slot: int, nlookup: int) -> None:
         struct.pack_into("<q", self._map, self._space.slots + slot * SLOT.size + 8, nlookup)
@@ -222,8 +227,10 @@ class InodeTable:
         HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
 
     # --- what the operations use ----------------------------------------------------------
-    def __len__(self) -> int:
-        fresh, depth, _ = HEADER.unpack_from(self._map, self._space.header)
+    @staticmethod
+    def live(space: InodeSpace, region: Region) -> int:
+        """Entries in use, read from the shared header (for stats)."""
+        fresh, depth, _ = HEADER.unpack_from(region.map, space.header)
         return fresh - 1 - depth
 
     def get(self, nodeid: int) -> Inode:
@@ -233,9 +240,11 @@ class InodeTable:
         slot = nodeid & _MASK32
         if not 1 < slot <= self._space.capacity:
             raise _stale()
-        gen, live, _n, dev, ino, mount_id, hlen, handle = self._read_slot(slot)
+        gen, live, _n, dev, ino, mount_id, hlen, creator, handle = self._read_slot(slot)
         if not live or gen != nodeid >> 32:
             raise _stale()
+        if creator != self._worker:
+            self._misc[FOREIGN_NODES] += 1
         inode = Inode(nodeid, (dev, ino), handle[:hlen] if hlen else None, mount_id, -1)
         self._local[nodeid] = inode
         return inode
@@ -357,7 +366,7 @@ class InodeTable:
             i, slot = self._find(key)
             if slot:
                 gen, _live, nlookup, *_ = row = self._read_slot(slot)
-                if handle is None or handle == row[7][: row[6]]:
+                if handle is None or handle == row[8][: row[6]]:
                     self._set_nlookup(slot, nlookup + 1)
                 else:  # a reused inode number: the name gets a new slot
                     self._remove(i)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
 
 DEFAULT_MAX_INODES = 1 << 20  # 168 B a slot: 176 MiB of address space, touched only as slots are used
@@ -15,6 +16,7 @@ class SharedState:
         layout = Layout()
         self.inodes = InodeSpace(layout, max_inodes)
         self.handles = HandleSpace(layout, max_handles)
+        self.counters = CounterSpace(layout)
         self.region = Region(layout.size)
         InodeTable.format(self.inodes, self.region, root_fd)
         HandleTable.format(self.handles, self.region)

@@ -1,0 +1,225 @@
+"""`fastpass tune`: how many workers to mount with, measured on this machine.
+
+More workers help only while requests arrive at once and CPUs are free to
+serve them; past that each one is another process with its own fds and
+memory, competing with the application for the same CPUs.  Where that point
+lies depends on the machine and the workload, so tune measures it: for each
+worker count it runs the bench (`runner.run`, so the same mounts, checks and
+clean-up) with `--workers=N`, and keeps the fastpass median of every workload
+at every count.  The bind mount runs too, as the kernel's reference.
+
+The score of a count is the geometric mean, over the workloads, of its value
+divided by that workload's best value at any count.  Dividing makes IOPS,
+ops/s and MB/s comparable and gives each workload equal weight; the
+geometric mean makes a count that halves one workload lose as much as one
+that doubles another gains.  The best count thus scores at most 1.0.
+
+The recommendation is the smallest count scoring within 5% of the best:
+short runs vary by a few percent between mounts, and within that noise fewer
+workers cost less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+
+from fastpass import __version__
+from fastpass.bench import progress, runner
+from fastpass.bench.report import _num
+from fastpass.bench.suites import WORKLOADS
+
+SCHEMA = 1
+
+# Workloads that keep several requests in flight, so that extra workers have something to do.
+SUITE = ["randread", "randread-direct", "metadata", "readdir"]
+
+TOLERANCE = 0.05  # a count this close to the best score counts as as good
+
+_FLOOR = 1e-9  # a count that did nothing scores ~0 rather than dividing by zero
+
+
+class TuneWorkload(msgspec.Struct):
+    name: str
+    description: str
+    unit: str
+    fastpass: list[float]  # median at each count, in TuneRecord.counts order
+    bind: float  # median over every count's bind runs: the bind mount has no workers
+    ok: bool  # integrity verified at every count
+
+
+class TuneRecord(msgspec.Struct):
+    schema: int
+    fastpass_version: str
+    machine: runner.Machine
+    counts: list[int]
+    size_mb: int
+    seconds: float
+    repeat: int
+    workloads: list[TuneWorkload]
+    scores: list[float]  # per count: geometric mean of `normalised` over the workloads
+    workers: int  # the recommendation
+    command: str  # the mount command that uses it
+    started: float
+    elapsed: float
+
+
+def default_counts() -> list[int]:
+    """1 to twice the CPUs: enough to see throughput level off or fall."""
+    return list(range(1, 2 * (os.cpu_count() or 1) + 1))
+
+
+def check(backing: str | None, names: Sequence[str], counts: Sequence[int], repeat: int) -> None:
+    """Refuse bad input before anything is mounted."""
+    runner.check(backing, list(names), repeat)
+    if not counts or min(counts) < 1:
+        raise runner.BenchError("worker counts (--max-workers) must be at least 1")
+
+
+def normalised(w: TuneWorkload) -> list[float]:
+    """Each count's value over the workload's best: 1.0 at the best count."""
+    best = max(max(w.fastpass), _FLOOR)
+    return [max(v, _FLOOR) / best for v in w.fastpass]
+
+
+def scores(workloads: Sequence[TuneWorkload]) -> list[float]:
+    return [statistics.geometric_mean(column) for column in zip(*(normalised(w) for w in workloads))]
+
+
+def recommend(counts: Sequence[int], scores: Sequence[float]) -> int:
+    """The smallest count whose score is within TOLERANCE of the best."""
+    return min(c for c, s in zip(counts, scores) if s >= (1 - TOLERANCE) * max(scores))
+
+
+def run(
+    backing: str | None,
+    names: Sequence[str] = SUITE,
+    counts: Sequence[int] | None = None,
+    repeat: int = 1,
+    size_mb: int = 256,
+    seconds: float = 3.0,
+    progress: Callable[[str, int], None] = lambda what, runs_done: None,
+) -> TuneRecord:
+    """Bench `names` at each worker count (default `default_counts()`) and recommend one.
+
+    Each count gets its own `runner.run`: a fresh mount and freshly prepared
+    inputs, so no count inherits another's caches.  `progress` is told what
+    starts next and how many measured runs are done over all counts.
+    """
+    counts = sorted(set(default_counts() if counts is None else counts))
+    check(backing, names, counts, repeat)
+    started = time.time()
+    runs: list[runner.BenchRecord] = []
+    for n in counts:
+        done = len(runs) * len(names) * repeat * 2
+
+        def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
+            progress(f"{n} workers: {what}", done + runs_done)
+
+        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}"], step))
+    workloads = []
+    for i, name in enumerate(names):
+        results = [r.results[i] for r in runs]
+        workloads.append(TuneWorkload(
+            name, WORKLOADS[name].description, results[0].unit, [r.fastpass_median for r in results],
+            statistics.median(p.bind.value for r in results for p in r.pairs), all(r.ok for r in results),
+        ))  # fmt: skip
+    per_count = scores(workloads)
+    workers = recommend(counts, per_count)
+    where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
+    return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, size_mb, seconds, repeat, workloads,
+                      per_count, workers, f"fastpass mount --workers {workers} {where} MOUNTPOINT", started,
+                      time.time() - started)  # fmt: skip
+
+
+def table(record: TuneRecord) -> None:
+    """Median throughput per workload and count (each row's best in bold), then the scores."""
+    t = Table(title=f"fastpass by number of workers, median of {record.repeat} round(s)",
+              caption="score: geometric mean over the workloads of value / the workload's best")  # fmt: skip
+    t.add_column("workload", no_wrap=True)
+    t.add_column("unit")
+    for n in record.counts:
+        t.add_column(str(n), justify="right")
+    t.add_column("bind", justify="right")
+    for w in record.workloads:
+        best = max(w.fastpass)
+        cells = [f"[bold]{_num(v)}[/bold]" if v == best else _num(v) for v in w.fastpass]
+        name = w.name if w.ok else f"{w.name} [red]FAILED[/red]"
+        t.add_row(name, w.unit, *cells, _num(w.bind))
+    t.add_section()
+    t.add_row("score", "", *(f"[bold green]{s:.2f}[/bold green]" if n == record.workers else f"{s:.2f}"
+                             for n, s in zip(record.counts, record.scores)), "")  # fmt: skip
+    Console().print(t)
+
+
+def plot(record: TuneRecord, path: str) -> None:
+    """A PNG line chart: each workload's normalised value and the score against the worker count."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg: no display needed, no pyplot state
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for w in record.workloads:
+        ax.plot(record.counts, normalised(w), marker="o", linewidth=1, alpha=0.7, label=w.name)
+    ax.plot(record.counts, record.scores, marker="s", color="black", linewidth=2.5, label="score")
+    ax.axhline((1 - TOLERANCE) * max(record.scores), linestyle="--", color="grey", linewidth=1,
+               label=f"within {TOLERANCE:.0%} of the best score")  # fmt: skip
+    ax.axvline(record.workers, linestyle=":", color="tab:green", linewidth=2, label=f"recommended: {record.workers}")
+    ax.set_xticks(record.counts)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("throughput / best count's (higher is better)")
+    ax.set_ylim(0, 1.05)
+    m = record.machine
+    ax.set_title(f"fastpass {record.fastpass_version} by worker count\nLinux {m.kernel}, {m.cpus} CPUs, "
+                 f"{record.repeat} round(s)", fontsize="medium")  # fmt: skip
+    ax.legend(loc="lower left", fontsize="small")
+    fig.savefig(path, format="png", dpi=120)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fastpass.cli import _fail  # cli imports this module to register the command: import back late
+
+    names = args.workloads.split(",") if args.workloads else SUITE
+    counts = list(range(1, args.max_workers + 1))
+    try:
+        check(args.backing, names, counts, args.repeat)
+        with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
+            record = run(args.backing, names, counts, args.repeat, args.size, args.seconds, step)
+    except runner.BenchError as e:
+        return _fail(str(e))
+    table(record)
+    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}, the fewest within "
+          f"{TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
+    if args.json:
+        with open(args.json, "wb") as f:
+            f.write(msgspec.json.format(msgspec.json.encode(record)))
+    if args.plot:
+        plot(record, args.plot)
+    failed = [w.name for w in record.workloads if not w.ok]
+    if failed:
+        return _fail(f"integrity check failed: {', '.join(failed)}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `fastpass tune` on the CLI's subparsers."""
+    t = sub.add_parser("tune", help="measure which --workers count suits this machine")
+    t.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
+    t.add_argument("--workloads", help=f"comma-separated workload names (default: {','.join(SUITE)})")
+    t.add_argument("--max-workers", type=int, default=len(default_counts()), metavar="N",
+                   help="try 1 to N workers (default: twice the CPUs, %(default)s)")  # fmt: skip
+    t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
+    t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
+    t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
+    t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
+    t.set_defaults(func=cmd_tune)

@@ -1,0 +1,167 @@
+"""`fastpass stats`: what the workers counted, gathered by the supervisor, read over a unix socket.
+
+The workers count into shared memory (`fastpass.shm.counters`); the
+supervisor turns the blocks into one `Stats` record on request, and the
+client prints it as a table, JSON, or a live view.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import msgspec
+
+from fastpass import state
+from fastpass.kernel.abi import Opcode
+from fastpass.kernel.init import Negotiated
+from fastpass.shm import counters as C
+
+SCHEMA = 1
+
+
+class OpStats(msgspec.Struct):
+    name: str
+    count: int
+    errors: int
+    mean_us: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+
+
+class WorkerStats(msgspec.Struct):
+    index: int
+    pid: int
+    alive: bool
+    requests: int
+    rss_kib: int
+    nodes_from_others: int  # nodeids this worker served that another worker created
+    files_from_others: int  # fhs this worker served that another worker opened
+
+
+class Stats(msgspec.Struct):
+    schema: int
+    mountpoint: str
+    backing: str
+    supervisor_pid: int
+    uptime_s: float
+    workers: list[WorkerStats]
+    restarts: int
+    ops: list[OpStats]
+    errors: dict[str, int]  # errno name -> replies with that error
+    inodes: int  # live nodeids
+    open_handles: int
+    negotiated: Negotiated
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
+            record: state.MountState) -> Stats:  # fmt: skip
+    """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
+    workers = []
+    op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
+    errnos = [0] * C.ERRNOS
+    for index, block in enumerate(blocks):
+        ops = block.ops.tolist()
+        for i, v in enumerate(ops):
+            op_totals[i] += v
+        for i, v in enumerate(block.errnos.tolist()):
+            errnos[i] += v
+        pid = pids.get(index, block.misc[C.PID])
+        workers.append(WorkerStats(
+            index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
+            block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES],
+        ))  # fmt: skip
+    ops_out = []
+    for op in range(C.OPCODES):
+        base = op * C.OP_STRIDE
+        count = op_totals[base]
+        if not count:
+            continue
+        hist = op_totals[base + 3 : base + C.OP_STRIDE]
+        ops_out.append(OpStats(
+            Opcode(op).name if op in Opcode._value2member_map_ else f"op{op}", count, op_totals[base + 1],
+            op_totals[base + 2] / count / 1e3, C.percentile(hist, 0.5) / 1e3, C.percentile(hist, 0.9) / 1e3,
+            C.percentile(hist, 0.99) / 1e3,
+        ))  # fmt: skip
+    return Stats(
+        SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
+        restarts, sorted(ops_out, key=lambda o: -o.count),
+        {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles, record.negotiated,
+    )  # fmt: skip
+
+
+def socket_path(mountpoint: str) -> str:
+    return state.path_for(mountpoint).removesuffix(".json") + ".sock"
+
+
+class StatsUnavailable(Exception):
+    """No supervisor answers for that mountpoint."""
+
+
+def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:
+    path = socket_path(mountpoint)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"stats\n")
+            chunks = []
+            while chunk := s.recv(1 << 16):
+                chunks.append(chunk)
+    except OSError as e:
+        raise StatsUnavailable(f"no fastpass server answers for {mountpoint} ({e.strerror or e})") from None
+    return msgspec.json.decode(b"".join(chunks), type=Stats)
+
+
+def uptime(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def render(stats: Stats) -> object:
+    """A rich renderable of the record (tables of workers, operations and errors)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    n = stats.negotiated
+    head = Text(
+        f"{stats.backing} on {stats.mountpoint}: supervisor {stats.supervisor_pid}, up {uptime(stats.uptime_s)}, "
+        f"{len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
+        f"{stats.open_handles} open handles\nprotocol 7.{n.minor}: {' '.join(n.flags)}"
+    )
+    workers = Table(title="workers")
+    for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others"):
+        workers.add_column(col, justify="right")
+    for w in stats.workers:
+        workers.add_row(str(w.index), str(w.pid), "yes" if w.alive else "no", f"{w.requests:,}",
+                        f"{w.rss_kib / 1024:.1f}", f"{w.nodes_from_others:,}", f"{w.files_from_others:,}")  # fmt: skip
+    ops = Table(title="operations (latency in us)")
+    for col in ("op", "count", "errors", "mean", "p50", "p90", "p99"):
+        ops.add_column(col, justify="left" if col == "op" else "right")
+    for o in stats.ops:
+        ops.add_row(o.name, f"{o.count:,}", f"{o.errors:,}", f"{o.mean_us:.1f}", f"{o.p50_us:.0f}", f"{o.p90_us:.0f}",
+                    f"{o.p99_us:.0f}")  # fmt: skip
+    parts: list = [head, workers, ops]
+    if stats.errors:
+        errors = Table(title="errors by errno")
+        errors.add_column("errno")
+        errors.add_column("replies", justify="right")
+        for name, count in sorted(stats.errors.items(), key=lambda kv: -kv[1]):
+            errors.add_row(name, f"{count:,}")
+        parts.append(errors)
+    return Group(*parts)
