@@ -1,0 +1,152 @@
+"""Many threads and processes at once on a 4-worker mount: the result equals a plain directory's.
+
+Each actor (4 processes x 3 threads) runs its own seeded script of opens,
+reads, writes at offsets, renames across shared directories and unlinks,
+on names only it uses, inside directories all of them share.  Scripts are
+independent, so the same scripts run one after another on a plain
+directory must leave the same tree.  The kernel spreads the requests over
+the workers, so nodeids and file handles made by one worker are used by
+others; the workers' own counters must show it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+from pathlib import Path
+
+from tests.conftest import fastpass_mount, run_fastpass
+
+DIRS = ["d0", "d1", "d2", "d3/sub"]
+PROCESSES, THREADS, STEPS = 4, 3, 400
+
+
+def script(root: Path, actor: str) -> list[str]:
+    """Run one actor's seeded steps under `root`; returns what each read saw (for comparison)."""
+    rng = random.Random(actor)
+    seen: list[str] = []
+    files: dict[str, bytes] = {}  # live name -> content, tracked by the actor
+    held: dict[str, int] = {}  # name -> an fd kept open across steps
+    for step in range(STEPS):
+        op = rng.choice(["create", "write", "read", "rename", "unlink", "hold", "append"])
+        if op == "create" or not files:
+            name = f"{rng.choice(DIRS)}/{actor}-{step}"
+            data = rng.randbytes(rng.randrange(0, 20000))
+            (root / name).write_bytes(data)
+            files[name] = data
+            continue
+        name = rng.choice(sorted(files))
+        if op == "write":
+            off = rng.randrange(0, len(files[name]) + 1)
+            chunk = rng.randbytes(rng.randrange(1, 5000))
+            fd = held.get(name) or os.open(root / name, os.O_WRONLY)
+            os.pwrite(fd, chunk, off)
+            if name not in held:
+                os.close(fd)
+            data = bytearray(files[name])
+            data[off : off + len(chunk)] = chunk
+            files[name] = bytes(data)
+        elif op == "append":
+            chunk = rng.randbytes(rng.randrange(1, 3000))
+            with open(root / name, "ab") as f:
+                f.write(chunk)
+            files[name] += chunk
+        elif op == "read":
+            fd = held.get(name) or os.open(root / name, os.O_RDONLY)
+            got = os.pread(fd, len(files[name]) + 10, 0)
+            if name not in held:
+                os.close(fd)
+            seen.append(hashlib.sha256(got).hexdigest())
+        elif op == "rename":
+            new = f"{rng.choice(DIRS)}/{actor}-{step}"
+            os.rename(root / name, root / new)
+            files[new] = files.pop(name)
+            if name in held:
+                held[new] = held.pop(name)
+        elif op == "unlink":
+            os.unlink(root / name)
+            del files[name]
+            if name in held:  # still readable through the held fd: an unlinked open file
+                seen.append(hashlib.sha256(os.pread(held[name], 1 << 20, 0)).hexdigest())
+                os.close(held.pop(name))
+        elif op == "hold" and name not in held:
+            held[name] = os.open(root / name, os.O_RDWR)
+    for fd in held.values():
+        os.close(fd)
+    return seen
+
+
+def actors(process: int) -> list[str]:
+    return [f"p{process}t{t}" for t in range(THREADS)]
+
+
+def run_process(root: Path, process: int, out: Path) -> None:
+    """In a forked child: the process's threads, each its own script; results to `out` as JSON."""
+    results: dict[str, list[str]] = {}
+    errors: list[str] = []
+
+    def thread(actor: str) -> None:
+        try:
+            results[actor] = script(root, actor)
+        except Exception as e:  # reported to the parent, which fails the test
+            errors.append(f"{actor}: {e!r}")
+
+    threads = [threading.Thread(target=thread, args=(a,)) for a in actors(process)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.write_text(json.dumps({"results": results, "errors": errors}))
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(root))
+        out[rel] = (st.st_mode, st.st_size, hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "")
+    return out
+
+
+def test_many_actors_on_four_workers(tmp_path: Path) -> None:
+    with fastpass_mount(tmp_path, "--workers", "4") as m:
+        for d in DIRS:
+            (m.mnt / d).mkdir(parents=True)
+        pids = []
+        for p in range(PROCESSES):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    run_process(m.mnt, p, tmp_path / f"out{p}.json")
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for pid in pids:
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        r = run_fastpass("stats", str(m.mnt), "--json")
+        assert r.returncode == 0, r.stderr
+        stats = json.loads(r.stdout)
+        got_tree = tree(m.mnt)
+        assert got_tree == tree(m.backing)
+
+    plain = tmp_path / "plain"
+    for d in DIRS:
+        (plain / d).mkdir(parents=True)
+    for p in range(PROCESSES):
+        out = json.loads((tmp_path / f"out{p}.json").read_text())
+        assert not out["errors"], out["errors"]
+        for actor in actors(p):
+            assert out["results"][actor] == script(plain, actor), actor
+    assert got_tree == tree(plain)
+
+    workers = stats["workers"]
+    assert len(workers) == 4 and all(w["alive"] for w in workers)
+    assert sum(1 for w in workers if w["requests"] > 0) >= 2, workers
+    assert sum(w["nodes_from_others"] for w in workers) > 0, workers
+    assert sum(w["files_from_others"] for w in workers) > 0, workers
+    assert stats["restarts"] == 0
