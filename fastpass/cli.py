@@ -124,8 +124,6 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import msgspec
-
     from fastpass.bench import progress, report, runner
     from fastpass.bench.suites import SUITES
 
@@ -142,18 +140,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except runner.BenchError as e:
         return _fail(str(e))
     progress.table(record)
-    if args.json:
-        with open(args.json, "wb") as f:
-            f.write(msgspec.json.format(msgspec.json.encode(record)))
     if args.report:
         with open(args.report, "w") as f:
             f.write(report.markdown(record))
     if args.plot:
         report.plot(record, args.plot)
-    failed = [r.name for r in record.results if not r.ok]
+    return _finish(record, args.json, [r.name for r in record.results if not r.ok])
+
+
+def _finish(record: object, json_path: str | None, failed: list[str]) -> int:
+    """Write a bench or tune record as JSON on request; the exit status says if integrity held."""
+    if json_path:
+        import msgspec
+
+        with open(json_path, "wb") as f:
+            f.write(msgspec.json.format(msgspec.json.encode(record)))
     if failed:
         return _fail(f"integrity check failed: {', '.join(failed)}")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fastpass.bench import progress, runner, tune
+
+    names = args.workloads.split(",") if args.workloads else tune.SUITE
+    counts = list(range(1, args.max_workers + 1))
+    try:
+        tune.check(args.backing, names, counts, args.repeat)
+        with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step)
+    except runner.BenchError as e:
+        return _fail(str(e))
+    tune.table(record)
+    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}, the fewest within "
+          f"{tune.TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
+    if args.plot:
+        tune.plot(record, args.plot)
+    return _finish(record, args.json, [w.name for w in record.workloads if not w.ok])
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -225,6 +248,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune", help="measure which --workers count suits this machine")
+    t.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
+    t.add_argument("--workloads", help="comma-separated workload names (default: the tune suite)")
+    t.add_argument("--max-workers", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
+                   help="try 1 to N workers (default: twice the CPUs, %(default)s)")  # fmt: skip
+    t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
+    t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
+    t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
+    t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
+    t.set_defaults(func=cmd_tune)
     return p
 
 

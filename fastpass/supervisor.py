@@ -122,8 +122,13 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, shared: Shared
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         def on_term(signo: int, frame: object) -> None:
-            if os.getppid() != parent:  # the supervisor is gone: do not leave a dead mount
-                _detach(config.mountpoint)
+            if os.getppid() == parent:
+                raise SystemExit(128 + signo)  # told to stop alone: the supervisor replaces us
+            # The supervisor is gone: leave no dead mount and no stale record behind.
+            _detach(config.mountpoint)
+            state.remove(config.mountpoint)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stats.socket_path(config.mountpoint))
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, on_term)
@@ -144,6 +149,7 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, shared: Shared
         log.exception("worker failed")
         code = 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late SIGTERM must not unwind into supervisor code
         logging.shutdown()
         os._exit(code)
 
@@ -211,7 +217,10 @@ class Pool:
             signal.set_wakeup_fd(-1)  # the control loop's wakeup pipe is the supervisor's, not ours
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            _worker_main(self.config, self.session, self.root_fd, self.shared, self.record.pid, index)
+            try:
+                _worker_main(self.config, self.session, self.root_fd, self.shared, self.record.pid, index)
+            finally:
+                os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
         if self._loop is not None:
             self._watch(pid)

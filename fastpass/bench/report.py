@@ -11,7 +11,7 @@ import datetime
 from fastpass.bench.runner import BenchRecord, WorkloadResult
 
 
-def _num(value: float) -> str:
+def num(value: float) -> str:
     """Throughputs span 0.5 MB/s to 500,000 IOPS: no decimals once they would be noise."""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
@@ -19,8 +19,8 @@ def _num(value: float) -> str:
 def _row(r: WorkloadResult) -> str:
     fp = [p.fastpass.value for p in r.pairs]
     bind = [p.bind.value for p in r.pairs]
-    cells = [f"`{r.name}`", r.description, r.unit, _num(r.fastpass_median), _num(min(fp)), _num(max(fp)),
-             _num(r.bind_median), _num(min(bind)), _num(max(bind)), f"{r.ratio_median:.2f}",
+    cells = [f"`{r.name}`", r.description, r.unit, num(r.fastpass_median), num(min(fp)), num(max(fp)),
+             num(r.bind_median), num(min(bind)), num(max(bind)), f"{r.ratio_median:.2f}",
              "yes" if r.cold else "no", "yes" if r.ok else "**NO**"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
 

@@ -14,7 +14,9 @@ which a backing O_APPEND would wrongly move to the end.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
@@ -34,9 +36,21 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
+    """Create (or open, without O_EXCL) a regular file by name.
+
+    The name may have become something else in the backing since the kernel's
+    LOOKUP: opening a FIFO there would block the worker for good.  So the open
+    is non-blocking, and a result that is not a regular file is ESTALE, on
+    which the VFS looks the name up again and opens what is there itself.
+    """
     flags &= ~os.O_APPEND
-    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fs.inode_fd(req.nodeid))
+    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                 dir_fd=fs.inode_fd(req.nodeid))  # fmt: skip
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ESTALE, "not a regular file any more")
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
     except BaseException:
         os.close(fd)

@@ -1,0 +1,477 @@
+"""Several users on one mount, and a mount made by a user who is not root.
+
+With --allow-other each request runs with the caller's fsuid, fsgid and
+supplementary groups, so the backing's own permission checks and ownership
+rules apply to the caller.  Without it the kernel lets nobody but the
+mounter in.  A non-root user mounts through fusermount3.
+
+Acting as another user: the interpreter lives under /root (mode 0700), so a
+subprocess started with `user=1000` cannot exec it.  `as_user` forks this
+process and drops to the uid/gid/groups in the child (setgroups, setresgid,
+setresuid: no capability survives), runs a function there and sends its
+result or OSError back through a pipe.  `run_cli_as` does the same around
+`fastpass.cli.main()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import pickle
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from conftest import MNT_DETACH, _libc, fastpass_mount, is_mounted
+
+from fastpass import cli  # imported here: the forked child cannot read /root's site-packages
+
+UID = GID = 1000
+OTHER_GROUP = 4242
+
+
+# --- acting as another user ----------------------------------------------------------
+def _drop(uid: int, gid: int, groups: list[int]) -> None:
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def _wait_child(pid: int, deadline: float, what: str) -> int:
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"{what} did not finish in time")
+        time.sleep(0.005)
+
+
+def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, groups: list[int] | None = None,
+            timeout: float = 20) -> Any:  # fmt: skip
+    """fn(*args) run as uid/gid/groups in a forked child; its OSError is raised here."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        try:
+            os.close(r)
+            try:
+                _drop(uid, gid, list(groups or []))
+                result: tuple = ("ok", fn(*args))
+            except OSError as e:
+                result = ("oserror", e.errno, e.strerror, e.filename)
+            except BaseException:  # noqa: BLE001 - sent back to the parent
+                result = ("exc", traceback.format_exc())
+            data = pickle.dumps(result)
+            while data:
+                data = data[os.write(w, data) :]
+        finally:
+            os._exit(0)
+    os.close(w)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"{getattr(fn, '__name__', fn)} as uid {uid} hung")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+    _wait_child(pid, deadline + 5, "child")
+    result = pickle.loads(b"".join(chunks))
+    if result[0] == "oserror":
+        raise OSError(result[1], result[2], result[3])
+    if result[0] == "exc":
+        raise AssertionError(f"as uid {uid}:\n{result[1]}")
+    return result[1]
+
+
+def run_cli_as(uid: int, gid: int, groups: list[int], *argv: str, env: dict[str, str],
+               timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
+    """`fastpass ARGV` as uid/gid/groups in a forked child: (exit code, stdout, stderr)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            code = 125
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                _drop(uid, gid, groups)
+                os.environ.clear()
+                os.environ.update(env)
+                os.chdir("/")
+                try:
+                    code = cli.main(list(argv))
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else 2
+            except BaseException:  # noqa: BLE001 - reported on the child's stderr
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        status = _wait_child(pid, time.monotonic() + timeout, f"fastpass {' '.join(argv)} as uid {uid}")
+        out.seek(0)
+        err.seek(0)
+        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
+
+
+# --- fixtures ---------------------------------------------------------------------------
+def _mounts_under(path: Path) -> list[str]:
+    prefix = os.fsencode(str(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split(b" ")[4] for line in f]
+    return [os.fsdecode(p) for p in points if p == prefix or p.startswith(prefix + b"/")]
+
+
+@pytest.fixture(scope="session")
+def user1000():
+    """uid 1000 with a passwd entry (fusermount3 wants one); created with useradd if missing."""
+    created = False
+    try:
+        import pwd
+
+        pwd.getpwuid(UID)
+    except KeyError:
+        subprocess.run(["useradd", "-u", str(UID), "-U", "-M", "-s", "/usr/sbin/nologin", "fastpass-test"],
+                       check=True, capture_output=True)  # fmt: skip
+        created = True
+    yield UID
+    if created:
+        subprocess.run(["userdel", "fastpass-test"], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def dev_fuse_for_users(user1000):
+    """fusermount3 opens /dev/fuse as the user: make it 0666 as distributions do, for the session.
+
+    This machine has no udev rule for it (it comes up 0600 root).  The mode is
+    put back afterwards unless someone changed it meanwhile.
+    """
+    import stat as stat_
+
+    before = stat_.S_IMODE(os.stat("/dev/fuse").st_mode)
+    changed = before & 0o006 != 0o006
+    if changed:
+        os.chmod("/dev/fuse", 0o666)
+    yield
+    if changed and stat_.S_IMODE(os.stat("/dev/fuse").st_mode) == 0o666:
+        os.chmod("/dev/fuse", before)
+
+
+@pytest.fixture
+def world_dir():
+    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="fastpass-mu-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        if not _mounts_under(base):  # never delete through a mount
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["1", "4"], ids=["w1", "w4"])
+def shared(request, world_dir, user1000):
+    """A root mount with --allow-other (1 and 4 workers) of a backing dir with a world-writable `pub`."""
+    with fastpass_mount(world_dir, "--allow-other", "--workers", request.param) as m:
+        pub = m.backing / "pub"
+        pub.mkdir()
+        pub.chmod(0o777)
+        yield m
+
+
+# --- --allow-other: the caller's own credentials ----------------------------------------------
+def _create(path: Path, data: bytes) -> tuple[int, int]:
+    path.write_bytes(data)
+    st = os.stat(path)
+    return st.st_uid, st.st_gid
+
+
+def test_file_created_by_user_is_owned_by_user(shared):
+    owner = as_user(_create, shared.mnt / "pub" / "mine", b"data of 1000")
+    assert owner == (UID, GID), "the mount reports the wrong owner"
+    st = os.stat(shared.backing / "pub" / "mine")
+    assert (st.st_uid, st.st_gid) == (UID, GID), "the backing file is not owned by its creator"
+    assert (shared.backing / "pub" / "mine").read_bytes() == b"data of 1000"
+
+
+def test_directory_created_by_user_is_owned_by_user(shared):
+    def mkdir_and_fill(path: Path) -> tuple[int, int]:
+        os.mkdir(path, 0o755)
+        (path / "inner").write_text("x")
+        os.symlink("inner", path / "link")
+        st = os.stat(path)
+        return st.st_uid, st.st_gid
+
+    assert as_user(mkdir_and_fill, shared.mnt / "pub" / "dir") == (UID, GID)
+    for name in ("dir", "dir/inner", "dir/link"):
+        st = os.lstat(shared.backing / "pub" / name)
+        assert (st.st_uid, st.st_gid) == (UID, GID), name
+
+
+def test_user_cannot_read_root_private_file(shared):
+    secret = shared.backing / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    for mode in ("rb", "r+b", "ab"):
+        with pytest.raises(PermissionError) as exc:
+            as_user(lambda p, m: open(p, m).close(), shared.mnt / "secret", mode)
+        assert exc.value.errno == errno.EACCES, mode
+    # Root still can, through the same mount.
+    assert (shared.mnt / "secret").read_text() == "root only"
+
+
+def test_user_cannot_create_in_root_dir(shared):
+    root_dir = shared.backing / "rootdir"
+    root_dir.mkdir()
+    root_dir.chmod(0o755)
+    calls: list[tuple[str, Callable[[Path], Any]]] = [
+        ("create", lambda d: open(d / "new", "xb").close()),
+        ("mkdir", lambda d: os.mkdir(d / "newdir")),
+        ("symlink", lambda d: os.symlink("x", d / "newlink")),
+        ("mknod", lambda d: os.mkfifo(d / "fifo")),
+    ]
+    for what, call in calls:
+        with pytest.raises(PermissionError) as exc:
+            as_user(call, shared.mnt / "rootdir")
+        assert exc.value.errno == errno.EACCES, what
+    assert os.listdir(root_dir) == []
+
+
+def test_user_cannot_remove_or_rename_in_root_dir(shared):
+    root_dir = shared.backing / "rootdir"
+    root_dir.mkdir()
+    (root_dir / "f").write_text("x")
+    (root_dir / "f").chmod(0o666)
+    for what, call in [("unlink", lambda d: os.unlink(d / "f")), ("rename", lambda d: os.rename(d / "f", d / "g"))]:
+        with pytest.raises(PermissionError) as exc:
+            as_user(call, shared.mnt / "rootdir")
+        assert exc.value.errno == errno.EACCES, what
+    # ... but writing a world-writable file is allowed.
+    as_user(lambda p: p.write_text("written by 1000"), shared.mnt / "rootdir" / "f")
+    assert (root_dir / "f").read_text() == "written by 1000"
+    assert os.stat(root_dir / "f").st_uid == 0
+
+
+def test_user_cannot_chown_or_chmod_others_files(shared):
+    (shared.backing / "pub" / "rootfile").write_text("x")
+    with pytest.raises(PermissionError) as exc:
+        as_user(os.chmod, shared.mnt / "pub" / "rootfile", 0o777)
+    assert exc.value.errno == errno.EPERM
+    as_user(_create, shared.mnt / "pub" / "mine", b"")
+    with pytest.raises(PermissionError) as exc:
+        as_user(os.chown, shared.mnt / "pub" / "mine", 0, 0)
+    assert exc.value.errno == errno.EPERM
+    assert os.stat(shared.backing / "pub" / "mine").st_uid == UID
+
+
+def test_supplementary_groups(shared):
+    f = shared.backing / "group_file"
+    f.write_text("for group 4242")
+    os.chown(f, 0, OTHER_GROUP)
+    f.chmod(0o640)
+    read = lambda p: p.read_text()
+    assert as_user(read, shared.mnt / "group_file", groups=[OTHER_GROUP]) == "for group 4242"
+    with pytest.raises(PermissionError) as exc:
+        as_user(read, shared.mnt / "group_file", groups=[])
+    assert exc.value.errno == errno.EACCES
+    # And with the group again, right after (no stale per-caller cache either way).
+    assert as_user(read, shared.mnt / "group_file", groups=[OTHER_GROUP]) == "for group 4242"
+
+
+def test_supplementary_group_dir_create(shared):
+    d = shared.backing / "gdir"
+    d.mkdir()
+    os.chown(d, 0, OTHER_GROUP)
+    d.chmod(0o770)
+    as_user(lambda p: p.write_text("ok"), shared.mnt / "gdir" / "f", groups=[OTHER_GROUP])
+    st = os.stat(d / "f")
+    assert (st.st_uid, st.st_gid) == (UID, GID)
+    with pytest.raises(PermissionError):
+        as_user(lambda p: p.write_text("no"), shared.mnt / "gdir" / "g", groups=[])
+    assert not (d / "g").exists()
+
+
+def test_setgid_directory_group_inherited(shared):
+    d = shared.backing / "sgid"
+    d.mkdir()
+    os.chown(d, 0, OTHER_GROUP)
+    d.chmod(0o2777)
+    as_user(lambda p: p.write_text("x"), shared.mnt / "sgid" / "f")
+    st = os.stat(d / "f")
+    assert (st.st_uid, st.st_gid) == (UID, OTHER_GROUP)
+
+
+def test_caller_umask_applies(shared):
+    def make(d: Path) -> tuple[int, int, int]:
+        os.umask(0o027)
+        (d / "f").write_text("x")
+        os.mkdir(d / "dir")
+        os.mkfifo(d / "fifo")
+        return tuple(os.stat(d / n).st_mode & 0o7777 for n in ("f", "dir", "fifo"))  # type: ignore[return-value]
+
+    assert as_user(make, shared.mnt / "pub") == (0o640, 0o750, 0o640)
+    assert [os.stat(shared.backing / "pub" / n).st_mode & 0o7777 for n in ("f", "dir", "fifo")] == [0o640, 0o750, 0o640]
+
+
+def test_access_checks_the_caller(shared):
+    secret = shared.backing / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    mine = shared.backing / "pub" / "mine"
+    mine.write_text("x")
+    os.chown(mine, UID, GID)
+    mine.chmod(0o700)
+
+    def probe(p: Path) -> tuple[bool, bool, bool]:
+        return os.access(p, os.R_OK), os.access(p, os.W_OK), os.access(p, os.X_OK)
+
+    assert as_user(probe, shared.mnt / "secret") == (False, False, False)
+    assert as_user(probe, shared.mnt / "pub" / "mine") == (True, True, True)
+    assert probe(shared.mnt / "secret") == (True, True, False)  # root: no x bit, no X_OK
+
+
+def test_root_after_user_is_root_again(shared):
+    """The worker restores its own credentials after serving another user."""
+    as_user(_create, shared.mnt / "pub" / "u", b"")
+    (shared.mnt / "rootmade").write_text("x")
+    st = os.stat(shared.backing / "rootmade")
+    assert (st.st_uid, st.st_gid) == (0, 0)
+    os.chmod(shared.mnt / "pub" / "u", 0o600)  # root may chmod the user's file
+
+
+@pytest.mark.parametrize("workers", ["1", "4"], ids=["w1", "w4"])
+def test_without_allow_other_user_is_shut_out(world_dir, user1000, workers):
+    with fastpass_mount(world_dir, "--workers", workers) as m:
+        (m.backing / "f").write_text("x")
+        (m.backing / "f").chmod(0o644)
+        for call in (os.stat, os.listdir):
+            with pytest.raises(PermissionError) as exc:
+                as_user(call, m.mnt)
+            assert exc.value.errno == errno.EACCES, call
+        with pytest.raises(PermissionError) as exc:
+            as_user(lambda p: p.read_text(), m.mnt / "f")
+        assert exc.value.errno == errno.EACCES
+        assert (m.mnt / "f").read_text() == "x"  # the mounter is served
+
+
+# --- a mount made by uid 1000 through fusermount3 -------------------------------------------
+def _state_path(runtime: Path, mnt: Path) -> Path:
+    """Where fastpass as a non-root user keeps the mount's record (see fastpass.state)."""
+    digest = hashlib.sha1(os.fsencode(str(mnt))).hexdigest()[:16]
+    return runtime / "fastpass" / f"{digest}.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"  # pid 1 reaps late here
+    except FileNotFoundError:
+        return False
+
+
+def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
+    backing, mnt, runtime = world_dir / "backing", world_dir / "mnt", world_dir / "run"
+    for d in (backing, mnt, runtime):
+        d.mkdir()
+        os.chown(d, UID, GID)
+    runtime.chmod(0o700)
+    (backing / "existing").write_text("was there")
+    os.chown(backing / "existing", UID, GID)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime), "HOME": str(world_dir)}
+    log = runtime / "server.log"  # a file the user may create
+    pid = None
+    try:
+        code, out, err = run_cli_as(UID, GID, [], "mount", str(backing), str(mnt), "--log", str(log), env=env)
+        assert code == 0, f"mount as uid {UID} failed: {err}\nlog:\n{log.read_text() if log.exists() else ''}"
+        assert is_mounted(mnt)
+        record = _state_path(runtime, mnt)
+        assert record.exists(), "no state record in $XDG_RUNTIME_DIR/fastpass"
+        pid = msgspec.json.decode(record.read_bytes())["pid"]
+        assert os.stat(f"/proc/{pid}").st_uid == UID, "the server does not run as the user"
+
+        def roundtrip(m: Path) -> tuple[list[str], str, bytes, tuple[int, int]]:
+            (m / "new").write_bytes(b"written through a user mount")
+            os.mkdir(m / "sub")
+            (m / "sub" / "deep").write_text("deep")
+            st = os.stat(m / "new")
+            return sorted(os.listdir(m)), (m / "existing").read_text(), (m / "new").read_bytes(), (st.st_uid, st.st_gid)
+
+        names, existing, new, owner = as_user(roundtrip, mnt)
+        assert names == ["existing", "new", "sub"]
+        assert existing == "was there"
+        assert new == b"written through a user mount"
+        assert owner == (UID, GID)
+        assert (backing / "new").read_bytes() == b"written through a user mount"
+        assert (backing / "sub" / "deep").read_text() == "deep"
+        assert os.stat(backing / "new").st_uid == UID
+
+        code, out, err = run_cli_as(UID, GID, [], "unmount", str(mnt), env=env)
+        assert code == 0, f"unmount as uid {UID} failed: {out}{err}"
+        assert err == ""
+        assert not is_mounted(mnt)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid), "the user's server outlived `fastpass unmount`"
+        assert not record.exists(), "the state record outlived the mount"
+        text = log.read_text()
+        assert "Traceback" not in text and " ERROR " not in text, text
+    finally:
+        if is_mounted(mnt):  # last resort, as the user who mounted it
+            subprocess.run(["fusermount3", "-u", "-z", "--", str(mnt)], check=False, user=UID, group=GID, extra_groups=[],
+                           capture_output=True, timeout=15)  # fmt: skip
+        if is_mounted(mnt):
+            _libc.umount2(os.fsencode(str(mnt)), MNT_DETACH)
+        if pid is not None:
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_user_mount_refused_on_foreign_mountpoint(world_dir, user1000, dev_fuse_for_users):
+    """fusermount3 refuses a mountpoint the user cannot write: one clear line, nothing mounted."""
+    backing, mnt, runtime = world_dir / "backing", world_dir / "mnt", world_dir / "run"
+    for d in (backing, runtime):
+        d.mkdir()
+        os.chown(d, UID, GID)
+    mnt.mkdir()
+    mnt.chmod(0o755)  # root's
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime)}
+    try:
+        code, _out, err = run_cli_as(UID, GID, [], "mount", str(backing), str(mnt), env=env)
+        assert code != 0
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fastpass: error: "), err
+        assert str(mnt) in lines[0], "the message should name the mountpoint"
+        assert not is_mounted(mnt)
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", "--", str(mnt)], check=False, user=UID, group=GID, extra_groups=[],
+                           capture_output=True, timeout=15)  # fmt: skip

@@ -1,0 +1,79 @@
+"""`fastpass tune` end to end, as a user runs it: `python -m fastpass tune` in a subprocess.
+
+As in test_bench, TMPDIR points at a directory of the test's own, so a mount
+or mountpoint the command leaves behind is found there.  Two counts, two
+workloads that load several workers, half-second runs: the smallest run that
+still has a recommendation to check.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import msgspec
+import pytest
+from conftest import run_fastpass
+from test_bench import assert_no_mounts_left, mount_points
+from test_cli import assert_refused
+
+from fastpass.bench import tune
+
+WORKLOADS = ["randread-direct", "metadata"]
+MAX_WORKERS = 2
+
+
+def run_tune(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run `fastpass tune ARGS` from / with TMPDIR under `tmp`."""
+    tmpdir = tmp / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    return run_fastpass("tune", *args, timeout=60, cwd="/", env={**os.environ, "TMPDIR": str(tmpdir)})
+
+
+def test_end_to_end(tmp_path):
+    out = {ext: tmp_path / f"tune.{ext}" for ext in ("json", "png")}
+    before = mount_points()
+    r = run_tune(tmp_path, "--workloads", ",".join(WORKLOADS), "--max-workers", str(MAX_WORKERS), "--size", "4",
+                 "--seconds", "0.5", "--json", str(out["json"]), "--plot", str(out["png"]))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    assert_no_mounts_left(tmp_path, before)
+
+    record = msgspec.json.decode(out["json"].read_bytes(), type=tune.TuneRecord)
+    assert record.schema == tune.SCHEMA
+    assert record.machine.kernel == platform.release()
+    assert record.counts == list(range(1, MAX_WORKERS + 1))
+    assert [w.name for w in record.workloads] == WORKLOADS
+    for w in record.workloads:
+        assert w.ok, w.name
+        assert len(w.fastpass) == len(record.counts), w.name
+        assert all(v > 0 for v in w.fastpass) and w.bind > 0, w.name
+
+    # The score and the recommendation, recomputed from the medians alone.
+    scores = [statistics.geometric_mean(w.fastpass[i] / max(w.fastpass) for w in record.workloads)
+              for i in range(len(record.counts))]  # fmt: skip
+    assert record.scores == pytest.approx(scores)
+    good_enough = [n for n, s in zip(record.counts, scores) if s >= 0.95 * max(scores)]
+    assert record.workers == good_enough[0]
+    assert record.command == f"fastpass mount --workers {record.workers} BACKING MOUNTPOINT"
+    assert record.command in r.stdout
+
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workloads", "metadata,no-such-workload"], "unknown workload no-such-workload"),
+        (["--workloads", "metadata", "--max-workers", "0"], "at least 1"),
+    ],
+    ids=["unknown-workload", "no-worker-counts"],
+)
+def test_bad_arguments_are_refused(tmp_path, args, message):
+    before = mount_points()
+    r = run_tune(tmp_path, *args)
+    assert_refused(r.returncode, r.stdout, r.stderr, message)
+    assert_no_mounts_left(tmp_path, before)
