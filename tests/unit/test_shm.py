@@ -1,0 +1,149 @@
+"""The shared tables without a mount: index probing, generations, rings, and locks a dead process held."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastpass.fs.handles import HandleSpace, HandleTable
+from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
+from fastpass.shm.region import LOCK_INODES, Layout, Region
+
+
+def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable, Region]:
+    """Two workers' views (0 and 1) of one small inode table over `tmp_path`."""
+    layout = Layout()
+    space = InodeSpace(layout, capacity)
+    counters = CounterSpace(layout)
+    region = Region(layout.size)
+    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    InodeTable.format(space, region, root)
+    views = [InodeTable(space, region, os.open(tmp_path, os.O_PATH), 1000, w,
+                        WorkerCounters(counters, region, w).misc) for w in (0, 1)]  # fmt: skip
+    return views[0], views[1], region
+
+
+def test_a_nodeid_from_one_worker_resolves_in_another(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    a, b, _ = _tables(tmp_path)
+    inode, st_ = a.lookup(a.root, b"f")
+    seen = b.get(inode.nodeid)
+    assert seen.key == (st_.st_dev, st_.st_ino) and seen.handle == inode.handle
+    assert os.fstat(b.fd(seen)).st_ino == st_.st_ino  # b opened its own fd from the handle
+    assert b.lookup(b.root, b"f")[0].nodeid == inode.nodeid
+
+
+def test_forget_frees_once_and_the_slot_comes_back_with_a_new_generation(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    a, b, _ = _tables(tmp_path)
+    first, _ = a.lookup(a.root, b"f")
+    b.lookup(b.root, b"f")  # two lookups in all
+    a.forget(first.nodeid, 1)
+    assert b.get(first.nodeid).nodeid == first.nodeid  # still one lookup left
+    b.forget(first.nodeid, 1)
+    a.sync()
+    assert InodeTable.live(a._space, a._region) == 1  # the root alone
+    b.forget(first.nodeid, 1)  # a late forget of a freed nodeid changes nothing
+    again, _ = a.lookup(a.root, b"f")
+    assert again.nodeid & 0xFFFFFFFF == first.nodeid & 0xFFFFFFFF
+    assert again.generation == first.generation + 1 and again.nodeid != first.nodeid
+
+
+def test_a_reused_inode_number_gets_a_new_nodeid(tmp_path: Path) -> None:
+    """Same (st_dev, st_ino) but another handle: the table must not hand out the old nodeid."""
+    a, _b, _ = _tables(tmp_path)
+    (tmp_path / "f").write_text("x")
+    old, _ = a.lookup(a.root, b"f")
+    a._close_local(old)  # as if evicted: nothing pins the old inode any more
+    os.unlink(tmp_path / "f")
+    for i in range(200):  # ext4 hands the freed number out again soon
+        (tmp_path / f"g{i}").write_text("y")
+        if (tmp_path / f"g{i}").stat().st_ino == old.key[1]:
+            new, _ = a.lookup(a.root, f"g{i}".encode())
+            assert new.nodeid != old.nodeid and new.handle != old.handle
+            return
+    raise AssertionError("the backing never reused the inode number")  # pragma: no cover
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=200))
+def test_index_matches_a_dict_through_inserts_and_removals(tmp_path_factory, ops) -> None:
+    """Linear probing with backward-shift removal, on a tiny index so runs collide and wrap."""
+    a, _b, _ = _tables(tmp_path_factory.mktemp("idx"), capacity=24)
+    model: dict[tuple[int, int], int] = {}
+    slot = 100
+    for add, n in ops:
+        key = (7, n * 64)  # many keys share a home cell
+        if add and key not in model and len(model) < 24:
+            slot += 1
+            a._insert(key, slot)
+            model[key] = slot
+        elif not add and key in model:
+            i, found = a._find(key)
+            assert found == model.pop(key)
+            a._remove(i)
+        for k, v in model.items():
+            assert a._find(k)[1] == v
+        assert a._find((7, 99999))[1] == 0
+
+
+def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
+    region = Region(4096)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        region.lock(LOCK_INODES)
+        os.write(w, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(r, 1)  # the child holds the lock now
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    start = time.monotonic()
+    region.lock(LOCK_INODES)  # would block forever if the dead holder kept it
+    region.unlock(LOCK_INODES)
+    assert time.monotonic() - start < 1
+
+
+def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
+    layout = Layout()
+    space = HandleSpace(layout, 8)
+    counters = CounterSpace(layout)
+    region = Region(layout.size)
+    HandleTable.format(space, region)
+    a = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc)
+    b = HandleTable(space, region, 1, WorkerCounters(counters, region, 1).misc)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fh = a.add(fd, 5, os.O_RDONLY | os.O_CREAT | os.O_TRUNC)
+    assert b.slot(fh, 1) == (5, os.O_RDONLY)  # kind FILE; flags less what the opener did already
+    copy = os.open(tmp_path, os.O_RDONLY)
+    b.keep(fh, copy)
+    a.release(fh)
+    b.sync()
+    assert b.local(fh) is None
+    try:
+        os.fstat(copy)
+        raise AssertionError("the released copy is still open")
+    except OSError:
+        pass
+    assert a.add(os.open(tmp_path, os.O_RDONLY), 6, 0) != fh  # same slot, new generation
+
+
+def test_counters_and_percentiles() -> None:
+    layout = Layout()
+    space = CounterSpace(layout)
+    region = Region(layout.size)
+    c = WorkerCounters(space, region, 3)
+    for ns in (1000, 2000, 3000, 1_000_000):
+        c.record(3, ns, 0)
+    c.record(3, 500, -2)
+    assert c.ops[3 * 43] == 5 and c.ops[3 * 43 + 1] == 1 and c.errnos[2] == 1
+    hist = c.ops[3 * 43 + 3 : 3 * 43 + 43].tolist()
+    assert percentile(hist, 0.5) == 2048.0  # 2000 ns falls in [1024, 2048)
+    assert percentile(hist, 0.99) == float(1 << 20)
