@@ -32,7 +32,6 @@ def fs(backing: Path) -> Iterator[Fs]:
     try:
         yield fs
     finally:
-        fs.handles.close_all()
         fs.read_view.release()
         fs.read_buf.close()
         os.close(root_fd)

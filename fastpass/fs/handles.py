@@ -179,7 +179,3 @@ class HandleTable:
             for s in range(self._seen, seq):
                 self._close(U64.unpack_from(self._map, ring + (s % RING) * U64.size)[0])
         self._seen = seq
-
-    def close_all(self) -> None:
-        for fh in list(self._files):
-            self._close(fh)
