@@ -1,17 +1,20 @@
-"""The supervisor: checks, mounts, answers INIT, runs the worker, owns shutdown.
+"""The supervisor: checks, mounts, answers INIT, runs the worker pool, owns shutdown.
 
 Process layout: the supervisor keeps the session's device fd for the whole
-mount; each worker is a forked process that clones that fd
-(FUSE_DEV_IOC_CLONE) and serves requests from its clone.  Fork rather than
-spawn: the worker needs nothing but the fds and the config the supervisor
-already holds, and starts in a millisecond.  Workers are forked before the
-supervisor starts any thread.
+mount and the shared tables (`fastpass.fs.shared`); each worker is a forked
+process that clones the device fd (FUSE_DEV_IOC_CLONE) and serves requests
+from its clone, so the kernel hands each request to whichever worker is
+free.  Fork rather than spawn: a worker needs nothing but the fds, the
+shared mapping and the config the supervisor already holds, and starts in
+a millisecond.  Only the worker holds its clone, so the requests a dying
+worker had read end with an error (ECONNABORTED) instead of hanging; the
+supervisor starts a replacement on the same counters.
 
 Shutdown: SIGTERM or SIGINT to the supervisor unmounts (lazily if busy); the
-kernel then ends the connection, the worker's read returns ENODEV after it
-has answered what it was serving, and the supervisor exits when the worker
-has.  If the supervisor dies, the worker gets SIGTERM (PR_SET_PDEATHSIG),
-detaches the mount and exits, so no dead mount lingers.
+kernel then ends the connection, each worker's read returns ENODEV after it
+has answered what it was serving, and the supervisor exits when they all
+have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
+detach the mount and exit, so no dead mount lingers.
 """
 
 from __future__ import annotations
