@@ -147,3 +147,22 @@ def statx(fd: int, flags: int, mask: int, buf: ctypes.Array) -> None:
 def getdents64(fd: int, buf: ctypes.Array) -> int:
     """Fill `buf` with linux_dirent64 records from the directory fd's position; 0 at the end."""
     return _check(_libc.syscall(_SYS_GETDENTS64, fd, buf, len(buf)))
+
+
+# --- FUSE passthrough (Linux 6.9) ---------------------------------------------------
+class _BackingMap(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int32), ("flags", ctypes.c_uint32), ("padding", ctypes.c_uint64)]
+
+
+def backing_open(devfd: int, fd: int, request: int) -> int:
+    """FUSE_DEV_IOC_BACKING_OPEN: register `fd` as a backing file; returns its backing id (> 0).
+
+    The kernel keeps the calling thread's credentials with it for all I/O it passes through.
+    """
+    m = _BackingMap(fd, 0, 0)
+    return _check(_libc.ioctl(devfd, ctypes.c_ulong(request), ctypes.byref(m)))
+
+
+def backing_close(devfd: int, backing_id: int, request: int) -> None:
+    bid = ctypes.c_uint32(backing_id)
+    _check(_libc.ioctl(devfd, ctypes.c_ulong(request), ctypes.byref(bid)))

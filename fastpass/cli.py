@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -38,6 +39,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         log=os.path.realpath(args.log) if args.log else None,
         nonempty=args.nonempty,
         workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
+        passthrough=args.passthrough,
     )
     try:
         supervisor.check(config)
@@ -123,12 +125,19 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
+def _unwind_on_sigterm() -> None:
+    """SIGTERM ends a bench like Ctrl-C does: through the `finally` blocks that unmount."""
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, report, runner
     from fastpass.bench.suites import SUITES
 
+    _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--attr-timeout={args.attr_timeout}", f"--entry-timeout={args.entry_timeout}"]
+    options = [f"--attr-timeout={args.attr_timeout}", f"--entry-timeout={args.entry_timeout}",
+               f"--passthrough={args.passthrough}"]  # fmt: skip
     if args.workers is not None:
         options.append(f"--workers={args.workers}")
     if args.log:
@@ -163,6 +172,7 @@ def _finish(record: object, json_path: str | None, failed: list[str]) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, runner, tune
 
+    _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else tune.SUITE
     counts = list(range(1, args.max_workers + 1))
     try:
@@ -220,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
     m.add_argument("-w", "--workers", type=int, metavar="N",
                    help="worker processes (default: one per CPU as root, 1 otherwise)")  # fmt: skip
+    m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
+                   help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -244,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--report", metavar="FILE.md", help="write a Markdown report")
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
     b.add_argument("-w", "--workers", type=int, metavar="N", help="passed to the fastpass mount")
+    b.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")

@@ -24,6 +24,9 @@ class MountConfig(msgspec.Struct, frozen=True):
     nonempty: bool = False
     # Worker processes, each reading requests from its own clone of the device fd.
     workers: int = 1
+    # Kernel passthrough of regular files' reads, writes and mmap: "auto" uses it
+    # where the kernel offers it and we are root, "on" refuses to mount without it.
+    passthrough: str = "auto"
 
 
 def split_time(seconds: float) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from fastpass.config import MountConfig
 from fastpass.fs.context import Fs
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable, can_reopen, handle_of
+from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi, mount
@@ -80,6 +81,8 @@ def check(config: MountConfig) -> None:
         raise StartError(f"no {mount.DEVICE}: load the fuse module (modprobe fuse)")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
+    if config.passthrough == "on" and os.geteuid() != 0:
+        raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
     if config.workers < 1:
         raise StartError("--workers must be at least 1")
     if config.workers > 1 and not _handles_reopen(backing):
@@ -101,24 +104,30 @@ def _handles_reopen(backing: str) -> bool:
         os.close(fd)
 
 
-def _answer_init(session: int) -> Negotiated:
+def _answer_init(session: int, config: MountConfig) -> Negotiated:
     """Read FUSE_INIT from the new connection and answer it."""
     raw = os.read(session, abi.MIN_READ_BUFFER + abi.IN_HEADER.size + abi.WRITE_IN.size)
     _len, opcode, unique, *_ = abi.IN_HEADER.unpack_from(raw)
     if opcode != abi.Opcode.INIT:
         raise StartError(f"kernel sent opcode {opcode} before INIT")
     init_in = abi.INIT_IN.unpack_from(raw, abi.IN_HEADER.size)
+    extra = abi.InitFlag.PASSTHROUGH if config.passthrough != "off" and os.geteuid() == 0 else 0
+    # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
+    depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
     try:
-        body, negotiated = negotiate(init_in)
+        body, negotiated = negotiate(init_in, extra, depth)
     except KernelTooOld as e:
         os.write(session, abi.OUT_HEADER.pack(16, -71, unique))  # EPROTO ends the connection
         raise StartError(str(e)) from None
     os.write(session, abi.OUT_HEADER.pack(16 + len(body), 0, unique) + body)
+    if config.passthrough == "on" and not negotiated.has(abi.InitFlag.PASSTHROUGH):
+        raise StartError("--passthrough on: the kernel does not offer FUSE passthrough "
+                         "(Linux 6.9+ built with CONFIG_FUSE_PASSTHROUGH)")  # fmt: skip
     return negotiated
 
 
-def _worker_main(config: MountConfig, session: int, root_fd: int, shared: SharedState, parent: int,
-                 index: int) -> None:  # fmt: skip
+def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
+                 parent: int, index: int) -> None:  # fmt: skip
     """Body of a worker process; never returns."""
     code = 0
     try:
@@ -143,6 +152,8 @@ def _worker_main(config: MountConfig, session: int, root_fd: int, shared: Shared
         os.close(session)
         os.umask(0)  # the kernel applied the caller's umask already
         fs = Fs(config, root_fd, shared, index)
+        if negotiated.has(abi.InitFlag.PASSTHROUGH):
+            fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
         fs.counters.misc[PID] = os.getpid()
         fs.counters.misc[STARTED_NS] = time.time_ns()
         Worker(devfd, fs, build(), config.allow_other, config.debug).serve()
@@ -174,7 +185,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         except mount.MountError as e:
             raise StartError(str(e)) from None
         try:
-            negotiated = _answer_init(session)
+            negotiated = _answer_init(session, config)
         except BaseException:
             _detach(config.mountpoint)
             os.close(session)
@@ -221,7 +232,8 @@ class Pool:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             try:
-                _worker_main(self.config, self.session, self.root_fd, self.shared, self.record.pid, index)
+                _worker_main(self.config, self.record.negotiated, self.session, self.root_fd, self.shared,
+                             self.record.pid, index)  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index

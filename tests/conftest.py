@@ -1,9 +1,10 @@
 """Fixtures that mount for real and always clean up.
 
-`fs` runs a test three times: on fastpass with one worker and with four
-("native-1", "native-4") and on a plain bind mount of the same kind of
+`fs` runs a test three times: on fastpass with one worker serving every
+byte in userspace ("native-1"), on fastpass with four workers and kernel
+passthrough ("native-4"), and on a plain bind mount of the same kind of
 backing dir ("bind"), so every case is first checked against the real
-kernel's own answer.  `native` is fastpass alone (1 and 4 workers), and
+kernel's own answer.  `native` is fastpass alone (both configurations), and
 `fastpass_mount` mounts with chosen options.
 
 Teardown, even after a failure: `fastpass unmount`, then a lazy umount2 if
@@ -28,6 +29,7 @@ import pytest
 from hypothesis import settings
 
 from fastpass import state
+from fastpass.kernel.abi import InitFlag
 
 settings.register_profile("fastpass", deadline=None, max_examples=60)
 settings.load_profile("fastpass")
@@ -47,6 +49,7 @@ class Mounted:
     log: Path | None = None
     pid: int | None = None
     allowed_log_errors: list[str] = field(default_factory=list)
+    passthrough: bool = False  # regular files' data is passed through by the kernel
 
 
 def is_mounted(path: Path) -> bool:
@@ -69,7 +72,10 @@ def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
     r = run_fastpass("mount", str(backing), str(mnt), "--log", str(log), *options)
     if r.returncode != 0:
         raise RuntimeError(f"fastpass mount failed ({r.returncode}): {r.stderr}\nlog:\n{_read(log)}")
-    return Mounted("native", backing, mnt, log, server_pid(mnt))
+    record = state.read(str(mnt))
+    assert record is not None, "a mounted server leaves its record"
+    return Mounted("native", backing, mnt, log, record.pid,
+                   passthrough=record.negotiated.has(InitFlag.PASSTHROUGH))  # fmt: skip
 
 
 def _read(path: Path | None) -> str:
@@ -132,22 +138,21 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
         stop(m)
 
 
-ENGINES = ["native-1", "native-4", "bind"]  # fastpass with 1 and with 4 workers, then the kernel's reference
+# fastpass serving every byte in userspace with 1 worker; fastpass with 4 workers and kernel
+# passthrough of regular files; then the kernel's own answer, a bind mount.
+NATIVE = {"native-1": ("--workers", "1", "--passthrough", "off"), "native-4": ("--workers", "4", "--passthrough", "on")}
 
 
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=[*NATIVE, "bind"])
 def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
-    """A mount of an empty backing dir: fastpass (1 and 4 workers), then the bind-mount reference."""
-    if request.param == "bind":
-        cm = bind_mount(tmp_path)
-    else:
-        cm = fastpass_mount(tmp_path, "--workers", request.param.split("-")[1])
+    """A mount of an empty backing dir: fastpass (both configurations), then the bind-mount reference."""
+    cm = bind_mount(tmp_path) if request.param == "bind" else fastpass_mount(tmp_path, *NATIVE[request.param])
     with cm as m:
         yield m
 
 
-@pytest.fixture(params=["1", "4"], ids=["native-1", "native-4"])
+@pytest.fixture(params=list(NATIVE))
 def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
-    """fastpass alone, with 1 and with 4 workers."""
-    with fastpass_mount(tmp_path, "--workers", request.param) as m:
+    """fastpass alone, in both configurations."""
+    with fastpass_mount(tmp_path, *NATIVE[request.param]) as m:
         yield m

@@ -11,6 +11,7 @@ from fastpass import _linux
 from fastpass.config import MountConfig, split_time
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable, fd_budget
+from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
@@ -105,6 +106,7 @@ class Fs:
         self.dirent_buf = ctypes.create_string_buffer(64 * 1024)
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
+        self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here."""

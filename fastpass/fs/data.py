@@ -20,6 +20,8 @@ import stat
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.handles import PASSTHROUGH_MARK
+from fastpass.fs.inodes import Inode
 from fastpass.kernel import abi, encode
 
 # Flags the kernel has already acted on, or that must not reach the backing open.
@@ -29,10 +31,30 @@ _pwrite = os.pwrite
 _pack_write_out = abi.WRITE_OUT.pack
 
 
+def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
+    """Publish a backing open as an fh, in kernel passthrough where it is on; the fuse_open_out."""
+    open_flags = backing_id = 0
+    if fs.passthrough is not None:
+        uid = req.uid if fs.config.allow_other else fs.credentials.uid
+        open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
+    try:
+        fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
+    except BaseException:
+        if backing_id:
+            fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
+        raise
+    return encode.open_out(fh, open_flags, backing_id)
+
+
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     flags &= ~_STRIP
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_CLOEXEC)
-    return encode.open_out(fs.handles.add(fd, req.nodeid, flags), 0)
+    inode = fs.inodes.get(req.nodeid)
+    fd = os.open(proc_path(fs.inodes.fd(inode)), flags | os.O_CLOEXEC)
+    try:
+        return _opened(fs, req, inode, fd, flags)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
@@ -52,10 +74,10 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
+        return fs.entry(inode, st) + _opened(fs, req, inode, fd, flags)
     except BaseException:
         os.close(fd)
         raise
-    return fs.entry(inode, st) + encode.open_out(fs.handles.add(fd, inode.nodeid, flags), 0)
 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
@@ -64,11 +86,10 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         inode = fs.inodes.add(path_fd, os.fstat(path_fd))
-        entry = fs.entry(inode, os.fstat(fd))
+        return fs.entry(inode, os.fstat(fd)) + _opened(fs, req, inode, fd, flags)
     except BaseException:
         os.close(fd)
         raise
-    return entry + encode.open_out(fs.handles.add(fd, inode.nodeid, flags), 0)
 
 
 def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> memoryview:
@@ -88,7 +109,9 @@ def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
 
 
 def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
-    fs.handles.release(fh)
+    nodeid, passthrough = fs.handles.release(fh)
+    if passthrough and fs.passthrough is not None:
+        fs.passthrough.release(nodeid)
 
 
 def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:

@@ -34,13 +34,14 @@ from collections import deque
 from fastpass.shm.counters import FOREIGN_FILES
 from fastpass.shm.region import LOCK_HANDLES, U32, U64, Layout, Region
 
-SLOT = struct.Struct("<IIQiI")  # generation, kind, nodeid, open flags, creating worker
+SLOT = struct.Struct("<IIQII")  # generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-ring sequence
 RING = 4096
 FREE, FILE, DIR = 0, 1, 2
 _MASK32 = 0xFFFFFFFF
+PASSTHROUGH_MARK = 1 << 31  # kept with the open flags: the fh holds one of its inode's passthrough opens
 # Already done by the opener; a copy must not do them again.
-_NOT_AGAIN = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_TMPFILE
+_NOT_AGAIN = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_TMPFILE | PASSTHROUGH_MARK
 
 
 def _badf() -> OSError:
@@ -137,8 +138,8 @@ class HandleTable:
     def keep(self, fh: int, obj: int | DirHandle) -> None:
         self._files[fh] = obj
 
-    def release(self, fh: int) -> None:
-        """Free the fh for every worker and close this worker's copy."""
+    def release(self, fh: int) -> tuple[int, bool]:
+        """Free the fh for every worker and close this worker's copy; (nodeid, was a passthrough open)."""
         slot = fh & _MASK32
         space, region = self._space, self._region
         if not 0 < slot <= space.capacity:
@@ -146,7 +147,7 @@ class HandleTable:
         off = space.slots + slot * SLOT.size
         region.lock(LOCK_HANDLES)
         try:
-            gen, kind = SLOT.unpack_from(self._map, off)[:2]
+            gen, kind, nodeid, flags, _creator = SLOT.unpack_from(self._map, off)
             if kind == FREE or gen != fh >> 32:
                 raise _badf()
             SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0, 0)
@@ -157,6 +158,7 @@ class HandleTable:
         finally:
             region.unlock(LOCK_HANDLES)
         self._close(fh)
+        return nodeid, bool(flags & PASSTHROUGH_MARK)
 
     def _close(self, fh: int) -> None:
         obj = self._files.pop(fh, None)

@@ -34,6 +34,7 @@ import os
 import resource
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 
 from fastpass import _linux
 from fastpass.kernel.abi import ROOT_ID
@@ -41,8 +42,11 @@ from fastpass.shm.counters import FOREIGN_NODES
 from fastpass.shm.region import LOCK_INODES, U32, U64, Layout, Region
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-# generation, live, nlookup, dev, ino, mount_id, handle length, creating worker, handle
-SLOT = struct.Struct("<IIqQQiHH128s")
+# generation, live, nlookup, dev, ino, mount_id, handle length, creating worker,
+# passthrough backing id, passthrough opens, uid it was registered as, handle
+SLOT = struct.Struct("<IIqQQiHHiiI4x128s")
+_BACKING_AT = 40  # offset of the passthrough fields in a slot
+_BACKING = struct.Struct("<iiI")
 ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
 RING = 4096  # freed nodeids remembered for the other workers
@@ -123,7 +127,8 @@ class InodeTable:
         handle, mount_id = handle_of(root_fd)
         h = handle or b""
         key = (st.st_dev, st.st_ino)
-        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), 0, h)
+        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), 0,
+                       0, 0, 0, h)  # fmt: skip
         HEADER.pack_into(region.map, space.header, _ROOT_SLOT + 1, 0, 0)
         i = hash(key) & (space.index_size - 1)
         ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
@@ -158,7 +163,7 @@ class InodeTable:
                     handle: bytes | None) -> None:  # fmt: skip
         h = handle or b""
         SLOT.pack_into(self._map, self._space.slots + slot * SLOT.size, gen, live, nlookup, key[0], key[1], mount_id,
-                       len(h), self._worker, h)  # fmt: skip
+                       len(h), self._worker, 0, 0, 0, h)  # fmt: skip
 
     def _set_nlookup(self, slot: int, nlookup: int) -> None:
         struct.pack_into("<q", self._map, self._space.slots + slot * SLOT.size + 8, nlookup)
@@ -240,7 +245,7 @@ class InodeTable:
         slot = nodeid & _MASK32
         if not 1 < slot <= self._space.capacity:
             raise _stale()
-        gen, live, _n, dev, ino, mount_id, hlen, creator, handle = self._read_slot(slot)
+        gen, live, _n, dev, ino, mount_id, hlen, creator, *_passthrough, handle = self._read_slot(slot)
         if not live or gen != nodeid >> 32:
             raise _stale()
         if creator != self._worker:
@@ -366,7 +371,7 @@ class InodeTable:
             i, slot = self._find(key)
             if slot:
                 gen, _live, nlookup, *_ = row = self._read_slot(slot)
-                if handle is None or handle == row[8][: row[6]]:
+                if handle is None or handle == row[11][: row[6]]:
                     self._set_nlookup(slot, nlookup + 1)
                 else:  # a reused inode number: the name gets a new slot
                     self._remove(i)
@@ -387,6 +392,48 @@ class InodeTable:
         else:
             os.close(fd)
         return inode
+
+    def attach_backing(self, inode: Inode, uid: int, register: Callable[[], int]) -> tuple[int, bool]:
+        """The inode's passthrough backing id for one more open, registering one if it has none.
+
+        The kernel allows one backing file per inode while any passthrough open
+        of it lives, so the id and its open count are shared by every worker.
+        Returns (backing id, own_io): own_io means the id was registered with
+        another uid's credentials, so this open may use it only for mmap and
+        must do its reads and writes in userspace.  `register()` gives the id,
+        or 0 when it cannot; then (0, False).
+        """
+        off = self._space.slots + (inode.nodeid & _MASK32) * SLOT.size + _BACKING_AT
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            backing_id, opens, owner = _BACKING.unpack_from(self._map, off)
+            if backing_id > 0:
+                _BACKING.pack_into(self._map, off, backing_id, opens + 1, owner)
+                return backing_id, owner != uid
+            backing_id = register()
+            if backing_id > 0:
+                _BACKING.pack_into(self._map, off, backing_id, 1, uid)
+            return backing_id, False
+        finally:
+            region.unlock(LOCK_INODES)
+
+    def detach_backing(self, nodeid: int, unregister: Callable[[int], None]) -> None:
+        """One passthrough open fewer; the last one closes the backing id (once, whichever worker)."""
+        off = self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            backing_id, opens, owner = _BACKING.unpack_from(self._map, off)
+            if backing_id <= 0:
+                return
+            if opens > 1:
+                _BACKING.pack_into(self._map, off, backing_id, opens - 1, owner)
+                return
+            _BACKING.pack_into(self._map, off, 0, 0, 0)
+            unregister(backing_id)
+        finally:
+            region.unlock(LOCK_INODES)
 
     def forget(self, nodeid: int, nlookup: int) -> None:
         if nodeid == ROOT_ID:

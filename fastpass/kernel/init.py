@@ -57,11 +57,15 @@ def _names(bits: int) -> list[str]:
     return [f.name for f in F if bits & f and f.name]
 
 
-def negotiate(init_in: tuple, extra: int = 0) -> tuple[bytes, Negotiated]:
-    """Reply body for INIT given the decoded fuse_init_in and extra wanted flags."""
+def negotiate(init_in: tuple, extra: int = 0, stack_depth: int = 1) -> tuple[bytes, Negotiated]:
+    """Reply body for INIT given the decoded fuse_init_in and extra wanted flags.
+
+    `stack_depth` is max_stack_depth for PASSTHROUGH: 1 when the backing is not
+    itself stacked, 2 when it is on overlayfs or another FUSE mount.
+    """
     major, minor, max_readahead, flags, flags2 = init_in
     offered = flags | (flags2 << 32 if flags & F.INIT_EXT else 0)
-    if major != abi.KERNEL_VERSION or (major == abi.KERNEL_VERSION and minor < MIN_MINOR):
+    if major != abi.KERNEL_VERSION or minor < MIN_MINOR:
         raise KernelTooOld(f"kernel FUSE protocol {major}.{minor} is too old: fastpass needs 7.{MIN_MINOR} (Linux 5.4) or newer")
     use = offered & (WANTED | extra)
     our_minor = min(minor, abi.KERNEL_MINOR_VERSION)
@@ -70,7 +74,7 @@ def negotiate(init_in: tuple, extra: int = 0) -> tuple[bytes, Negotiated]:
         use & 0xFFFFFFFF, MAX_BACKGROUND, CONGESTION_THRESHOLD, MAX_WRITE,
         1,  # time_gran: nanoseconds
         MAX_PAGES, 0, use >> 32,
-        1 if use & F.PASSTHROUGH else 0,  # max_stack_depth
+        stack_depth if use & F.PASSTHROUGH else 0,  # max_stack_depth
         0,  # request_timeout: none
     )  # fmt: skip
     return reply, Negotiated(

@@ -53,6 +53,20 @@ def mount_entry(path: str) -> MountEntry | None:
     return found
 
 
+def fstype_of(path: str) -> str:
+    """The filesystem type of the mount holding `path` (absolute, resolved), from mountinfo."""
+    real = os.fsencode(path)
+    best, fstype = b"", ""
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.partition(b" - ")
+            point = _unescape(left.split(b" ")[4])
+            inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
+            if inside and len(point) >= len(best):
+                best, fstype = point, os.fsdecode(right.split(b" ")[0])
+    return fstype
+
+
 def is_mountpoint(path: str) -> bool:
     return mount_entry(path) is not None
 

@@ -1,0 +1,71 @@
+"""Kernel passthrough: regular files whose reads, writes and mmap never reach userspace.
+
+Facts that shape it (`shared/fuse-abi.md` section 9, Linux 6.9-6.18):
+
+* A backing file is registered on the connection (FUSE_DEV_IOC_BACKING_OPEN
+  on any device fd, so any worker) and named by an id in the OPEN/CREATE
+  reply with FOPEN_PASSTHROUGH.  The kernel then serves read, write, splice
+  and mmap on that file itself, with the credentials of the thread that
+  registered it.
+* While an inode has a passthrough open, every new open of it must carry
+  FOPEN_PASSTHROUGH with the same id, else the application's open(2) fails
+  with EIO.  So the id lives in the shared inode slot with its open count
+  (`InodeTable.attach_backing`), and the last release, on whichever worker,
+  closes it once.
+* For each passthrough open the kernel opens its own backing file from the
+  registered one's path, with the application's open flags (O_APPEND and
+  O_DIRECT included), and does that I/O with the registrant's credentials.
+  So the opener's own fd is registered while the request runs with the
+  opener's credentials: passthrough I/O can do no more on the backing than
+  the opener could.  A later open by another uid still carries the id (the
+  rule above) plus FOPEN_DIRECT_IO, so its reads and writes come to
+  userspace and run there; only its mmap uses the backing file.
+* Linux 6.18 does not carry RWF_NOAPPEND into the backing write: on an
+  O_APPEND file such a write appends.
+* KEEP_CACHE and the writeback cache are never used with it (EIO otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastpass import _linux
+from fastpass.fs.inodes import Inode, InodeTable
+from fastpass.kernel import abi
+from fastpass.kernel.abi import FopenFlag
+from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
+
+log = logging.getLogger("fastpass.passthrough")
+
+
+class Passthrough:
+    def __init__(self, devfd: int, inodes: InodeTable, misc: memoryview):
+        self._devfd = devfd
+        self._inodes = inodes
+        self._misc = misc
+        self._warned: set[int] = set()
+
+    def open(self, inode: Inode, fd: int, uid: int) -> tuple[int, int]:
+        """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd`."""
+
+        def register() -> int:
+            try:
+                return _linux.backing_open(self._devfd, fd, abi.DEV_IOC_BACKING_OPEN)
+            except OSError as e:
+                if e.errno not in self._warned:
+                    self._warned.add(e.errno)
+                    log.warning("passthrough registration failed (%s): such files are served in userspace",
+                                e.strerror)  # fmt: skip
+                return 0
+
+        backing_id, own_io = self._inodes.attach_backing(inode, uid, register)
+        if not backing_id:
+            self._misc[OPENS_USERSPACE] += 1
+            return 0, 0
+        self._misc[OPENS_USERSPACE if own_io else OPENS_PASSTHROUGH] += 1
+        return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
+
+    def release(self, nodeid: int) -> None:
+        self._inodes.detach_backing(
+            nodeid, lambda backing_id: _linux.backing_close(self._devfd, backing_id, abi.DEV_IOC_BACKING_CLOSE)
+        )
