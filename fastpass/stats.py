@@ -14,7 +14,7 @@ import time
 import msgspec
 
 from fastpass import state
-from fastpass.kernel.abi import Opcode
+from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.kernel.init import Negotiated
 from fastpass.shm import counters as C
 
@@ -39,6 +39,8 @@ class WorkerStats(msgspec.Struct):
     rss_kib: int
     nodes_from_others: int  # nodeids this worker served that another worker created
     files_from_others: int  # fhs this worker served that another worker opened
+    opens_passthrough: int  # opens whose reads and writes the kernel passes through
+    opens_userspace: int  # opens of regular files served here
 
 
 class Stats(msgspec.Struct):
@@ -53,6 +55,7 @@ class Stats(msgspec.Struct):
     errors: dict[str, int]  # errno name -> replies with that error
     inodes: int  # live nodeids
     open_handles: int
+    passthrough: bool  # the kernel agreed to FUSE_PASSTHROUGH (writeback cache is then off)
     negotiated: Negotiated
 
 
@@ -82,7 +85,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         pid = pids.get(index, block.misc[C.PID])
         workers.append(WorkerStats(
             index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
-            block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES],
+            block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
+            block.misc[C.OPENS_USERSPACE],
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -99,7 +103,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
     return Stats(
         SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
         restarts, sorted(ops_out, key=lambda o: -o.count),
-        {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles, record.negotiated,
+        {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
+        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
     )  # fmt: skip
 
 
@@ -142,14 +147,17 @@ def render(stats: Stats) -> object:
     head = Text(
         f"{stats.backing} on {stats.mountpoint}: supervisor {stats.supervisor_pid}, up {uptime(stats.uptime_s)}, "
         f"{len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
-        f"{stats.open_handles} open handles\nprotocol 7.{n.minor}: {' '.join(n.flags)}"
+        f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
+        f"{'on' if 'WRITEBACK_CACHE' in n.flags else 'off'}; protocol 7.{n.minor}: {' '.join(n.flags)}"
     )
     workers = Table(title="workers")
-    for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others"):
+    for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others",
+                "opens passthrough", "opens userspace"):  # fmt: skip
         workers.add_column(col, justify="right")
     for w in stats.workers:
         workers.add_row(str(w.index), str(w.pid), "yes" if w.alive else "no", f"{w.requests:,}",
-                        f"{w.rss_kib / 1024:.1f}", f"{w.nodes_from_others:,}", f"{w.files_from_others:,}")  # fmt: skip
+                        f"{w.rss_kib / 1024:.1f}", f"{w.nodes_from_others:,}", f"{w.files_from_others:,}",
+                        f"{w.opens_passthrough:,}", f"{w.opens_userspace:,}")  # fmt: skip
     ops = Table(title="operations (latency in us)")
     for col in ("op", "count", "errors", "mean", "p50", "p90", "p99"):
         ops.add_column(col, justify="left" if col == "op" else "right")

@@ -153,7 +153,7 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
         os.umask(0)  # the kernel applied the caller's umask already
         fs = Fs(config, root_fd, shared, index)
         if negotiated.has(abi.InitFlag.PASSTHROUGH):
-            fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
+            fs.passthrough = Passthrough(devfd, fs.inodes)
         fs.counters.misc[PID] = os.getpid()
         fs.counters.misc[STARTED_NS] = time.time_ns()
         Worker(devfd, fs, build(), config.allow_other, config.debug).serve()

@@ -23,6 +23,8 @@ from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import PASSTHROUGH_MARK
 from fastpass.fs.inodes import Inode
 from fastpass.kernel import abi, encode
+from fastpass.kernel.abi import FopenFlag
+from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
 
 # Flags the kernel has already acted on, or that must not reach the backing open.
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
@@ -43,6 +45,8 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
         if backing_id:
             fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
         raise
+    passed = backing_id and not open_flags & FopenFlag.DIRECT_IO
+    fs.counters.misc[OPENS_PASSTHROUGH if passed else OPENS_USERSPACE] += 1
     return encode.open_out(fh, open_flags, backing_id)
 
 

@@ -33,16 +33,14 @@ from fastpass import _linux
 from fastpass.fs.inodes import Inode, InodeTable
 from fastpass.kernel import abi
 from fastpass.kernel.abi import FopenFlag
-from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
 
 log = logging.getLogger("fastpass.passthrough")
 
 
 class Passthrough:
-    def __init__(self, devfd: int, inodes: InodeTable, misc: memoryview):
+    def __init__(self, devfd: int, inodes: InodeTable):
         self._devfd = devfd
         self._inodes = inodes
-        self._misc = misc
         self._warned: set[int] = set()
 
     def open(self, inode: Inode, fd: int, uid: int) -> tuple[int, int]:
@@ -60,9 +58,7 @@ class Passthrough:
 
         backing_id, own_io = self._inodes.attach_backing(inode, uid, register)
         if not backing_id:
-            self._misc[OPENS_USERSPACE] += 1
             return 0, 0
-        self._misc[OPENS_USERSPACE if own_io else OPENS_PASSTHROUGH] += 1
         return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
 
     def release(self, nodeid: int) -> None:

@@ -1,0 +1,107 @@
+"""Kernel passthrough: file data that never reaches the server, with the backing's own semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from pathlib import Path
+
+from tests.conftest import fastpass_mount, run_fastpass
+from tests.integration.test_cli import NOBODY, assert_refused, mounts_under, run_cli_as, world_dir  # noqa: F401
+
+MiB = 1 << 20
+
+
+def stats(mnt: Path) -> dict:
+    r = run_fastpass("stats", str(mnt), "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def op_count(s: dict, name: str) -> int:
+    return sum(o["count"] for o in s["ops"] if o["name"] == name)
+
+
+def test_data_never_reaches_the_server(tmp_path: Path) -> None:
+    """32 MiB written and read back twice: the workers see no READ and no WRITE at all."""
+    with fastpass_mount(tmp_path, "--workers", "4", "--passthrough", "on") as m:
+        data = os.urandom(32 * MiB)
+        with open(m.mnt / "big", "wb") as f:
+            for off in range(0, len(data), MiB):
+                f.write(data[off : off + MiB])
+        for _ in range(2):
+            assert hashlib.sha256((m.mnt / "big").read_bytes()).digest() == hashlib.sha256(data).digest()
+        assert (m.backing / "big").read_bytes() == data
+        assert (m.mnt / "big").stat().st_size == len(data)
+        s = stats(m.mnt)
+        assert s["passthrough"] is True
+        assert op_count(s, "READ") == 0 and op_count(s, "WRITE") == 0, s["ops"]
+        assert op_count(s, "OPEN") + op_count(s, "CREATE") >= 3
+        assert sum(w["opens_passthrough"] for w in s["workers"]) >= 3
+        assert sum(w["opens_userspace"] for w in s["workers"]) == 0
+
+
+def test_off_serves_every_byte(tmp_path: Path) -> None:
+    with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", "off") as m:
+        (m.mnt / "f").write_bytes(os.urandom(4 * MiB))
+        assert (m.mnt / "f").read_bytes() == (m.backing / "f").read_bytes()
+        s = stats(m.mnt)
+        assert s["passthrough"] is False
+        assert op_count(s, "WRITE") > 0 and op_count(s, "READ") > 0
+        assert sum(w["opens_passthrough"] for w in s["workers"]) == 0
+
+
+def test_mmap_direct_and_append_behave_as_on_the_backing(tmp_path: Path) -> None:
+    with fastpass_mount(tmp_path, "--workers", "4", "--passthrough", "on") as m:
+        (m.mnt / "f").write_bytes(b"\0" * (2 * MiB))
+        with open(m.mnt / "f", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:  # shared mapping, written back
+            mm[4096:4101] = b"hello"
+            mm.flush()
+        assert (m.backing / "f").read_bytes()[4096:4101] == b"hello"
+
+        buf = mmap.mmap(-1, MiB)  # page-aligned, as O_DIRECT wants
+        buf[:] = os.urandom(MiB)
+        fd = os.open(m.mnt / "d", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+        try:
+            assert os.pwritev(fd, [buf], 0) == MiB
+            back = mmap.mmap(-1, MiB)
+            assert os.preadv(fd, [back], 0) == MiB and back[:] == buf[:]
+        finally:
+            os.close(fd)
+        assert (m.backing / "d").read_bytes() == buf[:]
+
+        a = os.open(m.mnt / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        b = os.open(m.mnt / "log", os.O_WRONLY | os.O_APPEND)
+        try:
+            for fd_, line in [(a, b"one\n"), (b, b"two\n"), (a, b"three\n")]:
+                os.write(fd_, line)
+        finally:
+            os.close(a)
+            os.close(b)
+        assert (m.backing / "log").read_bytes() == b"one\ntwo\nthree\n" == (m.mnt / "log").read_bytes()
+        s = stats(m.mnt)
+        assert op_count(s, "READ") == 0 and op_count(s, "WRITE") == 0, s["ops"]
+
+
+def test_reopening_many_times_releases_every_backing_id(tmp_path: Path) -> None:
+    """Each last close frees the inode's backing id (a leak would exhaust or wedge the inode)."""
+    with fastpass_mount(tmp_path, "--workers", "4", "--passthrough", "on") as m:
+        for i in range(300):
+            with open(m.mnt / f"f{i % 7}", "ab") as f:
+                f.write(b"x")
+            assert (m.mnt / f"f{i % 7}").read_bytes() == b"x" * (i // 7 + 1)
+        assert stats(m.mnt)["open_handles"] == 0
+
+
+def test_on_without_root_is_refused(world_dir: Path) -> None:  # noqa: F811
+    backing, mnt = world_dir / "b", world_dir / "m"
+    backing.mkdir()
+    mnt.mkdir()
+    for d in (backing, mnt):
+        os.chown(d, NOBODY, NOBODY)
+    code, out, err = run_cli_as(NOBODY, NOBODY, [], "mount", str(backing), str(mnt), "--workers", "1",
+                                "--passthrough", "on")  # fmt: skip
+    assert_refused(code, out, err, "--passthrough on needs root")
+    assert not mounts_under(world_dir)
