@@ -22,12 +22,23 @@ def bar(total: int) -> Iterator[Callable[[str, int], None]]:
         p.update(task, description="done", completed=total)
 
 
+def _spread(median: float, values: list[float], fmt: str = ",.1f") -> str:
+    """The median, and the min-max range under it when there was more than one round."""
+    text = format(median, fmt)
+    if len(values) > 1:
+        text += f"\n[dim]{format(min(values), fmt)}-{format(max(values), fmt)}[/dim]"
+    return text
+
+
 def table(record: BenchRecord) -> None:
-    t = Table(title=f"fastpass / bind mount, same backing, {record.repeat} round(s)")
+    t = Table(title=f"fastpass / bind mount, same backing, median of {record.repeat} round(s) (min-max below)")
     for name, justify in (("workload", "left"), ("unit", "left"), ("fastpass", "right"), ("bind", "right"),
                           ("ratio", "right"), ("cold", "center"), ("verified", "center")):  # fmt: skip
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in record.results:
-        t.add_row(r.name, r.unit, f"{r.fastpass_median:,.1f}", f"{r.bind_median:,.1f}", f"{r.ratio_median:.2f}",
-                  "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")  # fmt: skip
-    Console().print(t)
+        t.add_row(r.name, r.unit, _spread(r.fastpass_median, [p.fastpass.value for p in r.pairs]),
+                  _spread(r.bind_median, [p.bind.value for p in r.pairs]), _spread(r.ratio_median,
+                  [p.ratio for p in r.pairs], ".2f"), "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")  # fmt: skip
+    console = Console()
+    console.width = max(console.width, 110)  # ranges stay readable when stdout is not a wide terminal
+    console.print(t)
