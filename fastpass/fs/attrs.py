@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
@@ -20,6 +21,25 @@ def getattr_(fs: Fs, req: Request, getattr_flags: int, fh: int) -> bytes:
         except OSError:
             pass  # a directory fh or a stale one: the inode answers
     return fs.attr(_fstat(fs.inode_fd(req.nodeid)))
+
+
+def kill_suidgid(fd: int) -> None:
+    """What the kernel asks for under HANDLE_KILLPRIV_V2 when a caller without CAP_FSETID
+    writes, truncates or chowns: drop set-user-ID, set-group-ID where group execute is set
+    (without it, that bit means mandatory locking and stays) and file capabilities, as the
+    VFS would."""
+    path = proc_path(fd)
+    mode = os.fstat(fd).st_mode
+    kill = stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0)
+    if mode & kill:
+        os.chmod(path, stat.S_IMODE(mode) & ~kill)
+    try:  # file capabilities go too, as the VFS's killpriv drops them (looked for first: anyone may look)
+        os.getxattr(path, "security.capability")
+    except OSError as e:
+        if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+            raise
+        return
+    os.removexattr(path, "security.capability")
 
 
 def _time(valid: int, set_flag: int, now_flag: int, sec: int, nsec: int) -> tuple[int, int]:
@@ -58,6 +78,8 @@ def setattr_(fs: Fs, req: Request, valid: int, fh: int, size: int, lock_owner: i
             _time(valid, Fattr.ATIME, Fattr.ATIME_NOW, atime, atimensec),
             _time(valid, Fattr.MTIME, Fattr.MTIME_NOW, mtime, mtimensec),
         )
+    if valid & Fattr.KILL_SUIDGID:
+        kill_suidgid(fd if fd >= 0 else ifd)
     # FATTR_CTIME: the backing sets ctime itself on every change above.
     return fs.attr(_fstat(fd if fd >= 0 else ifd))
 

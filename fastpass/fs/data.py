@@ -19,6 +19,7 @@ import os
 import stat
 
 from fastpass import _linux
+from fastpass.fs.attrs import kill_suidgid
 from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import PASSTHROUGH_MARK
 from fastpass.fs.inodes import Inode
@@ -55,6 +56,8 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     inode = fs.inodes.get(req.nodeid)
     fd = os.open(proc_path(fs.inodes.fd(inode)), flags | os.O_CLOEXEC)
     try:
+        if open_flags & abi.OPEN_KILL_SUIDGID:
+            kill_suidgid(fd)
         return _opened(fs, req, inode, fd, flags)
     except BaseException:
         os.close(fd)
@@ -77,6 +80,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
             raise OSError(errno.ESTALE, "not a regular file any more")
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
+        if open_flags & abi.OPEN_KILL_SUIDGID:
+            kill_suidgid(fd)
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
         return fs.entry(inode, st) + _opened(fs, req, inode, fd, flags)
     except BaseException:
@@ -104,7 +109,11 @@ def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int,
 
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
-    return _pack_write_out(_pwrite(fs.file_fd(fh), data, offset))
+    fd = fs.file_fd(fh)
+    n = _pwrite(fd, data, offset)
+    if write_flags & abi.WRITE_KILL_SUIDGID:
+        kill_suidgid(fd)
+    return _pack_write_out(n)
 
 
 def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:

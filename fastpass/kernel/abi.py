@@ -166,6 +166,8 @@ FALLOCATE_IN = struct.Struct("<QQQI4x")  # fh, offset, length, mode, (padding)
 COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")
 COPY_FILE_RANGE_OUT = struct.Struct("<Q")  # bytes_copied (7.45)
 WRITE_CACHE = 1 << 0  # write_flags: delayed write from the page cache
+WRITE_KILL_SUIDGID = 1 << 2  # write_flags (7.33): clear suid/sgid, the writer lacks CAP_FSETID
+OPEN_KILL_SUIDGID = 1 << 0  # fuse_open_in/fuse_create_in.open_flags (7.33): O_TRUNC by such a caller
 
 # --- misc ----------------------------------------------------------------
 # blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, padding, spare[6]

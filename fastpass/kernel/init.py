@@ -32,6 +32,11 @@ WANTED = (
     | F.PARALLEL_DIROPS  # lookups and readdir in one directory run in parallel
     | F.MAX_PAGES
     | F.INIT_EXT
+    # We clear suid/sgid when the kernel says so (KILL_SUIDGID on WRITE, SETATTR,
+    # OPEN); in exchange it stops asking GETXATTR security.capability before
+    # every write, a round trip per write even in passthrough (measured: 8,193
+    # GETXATTRs for 8,192 random 4 KiB writes).
+    | F.HANDLE_KILLPRIV_V2
 )
 
 
