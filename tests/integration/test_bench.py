@@ -20,10 +20,11 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import run_fastpass
-from test_cli import NOBODY, assert_refused, run_cli_as, world_dir  # noqa: F401 (world_dir: a fixture)
+from test_cli import NOBODY, assert_refused, world_dir  # noqa: F401 (world_dir: a fixture)
 
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
 from fastpass.bench import progress, report, runner  # noqa: F401
+from tests.users import run_cli_as
 
 WORKLOADS = ["seqread", "seqwrite", "metadata", "readdir", "smallfiles", "randread-cold"]
 REPEAT = 2

@@ -13,22 +13,19 @@ same code path as `python -m fastpass`, minus the exec.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import pytest
 from conftest import MNT_DETACH, MS_BIND, fastpass_mount, is_mounted, run_fastpass, server_pid
 
-from fastpass import cli  # imported here: the forked child cannot read /root's site-packages
+from tests.users import run_cli_as
 
 _libc = ctypes.CDLL(None, use_errno=True)
 NOBODY = 65534
@@ -85,51 +82,6 @@ def bind(src: Path, dst: Path) -> None:
 def unbind(dst: Path) -> None:
     if is_mounted(dst):
         _libc.umount2(os.fsencode(str(dst)), MNT_DETACH)
-
-
-def run_cli_as(uid: int, gid: int, groups: list[int], *argv: str, env: dict[str, str] | None = None,
-               timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
-    """Run `fastpass ARGV` as uid/gid/groups in a forked child; (exit code, stdout, stderr)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # child: never returns
-            code = 125
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                os.setgroups(groups)
-                os.setresgid(gid, gid, gid)
-                os.setresuid(uid, uid, uid)
-                if env is not None:
-                    os.environ.clear()
-                    os.environ.update(env)
-                os.chdir("/")
-                try:
-                    code = cli.main(list(argv))
-                except SystemExit as e:  # argparse
-                    code = e.code if isinstance(e.code, int) else 2
-            except BaseException:  # noqa: BLE001 - reported on the child's stderr
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise TimeoutError(f"fastpass {' '.join(argv)} as uid {uid} did not finish in {timeout}s")
-            time.sleep(0.01)
-        out.seek(0)
-        err.seek(0)
-        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ result or OSError back through a pipe.  `run_cli_as` does the same around
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -24,7 +23,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -36,31 +34,13 @@ import msgspec
 import pytest
 from conftest import MNT_DETACH, _libc, fastpass_mount, is_mounted
 
-from fastpass import cli  # imported here: the forked child cannot read /root's site-packages
+from tests.users import drop, run_cli_as, wait_child
 
 UID = GID = 1000
 OTHER_GROUP = 4242
 
 
 # --- acting as another user ----------------------------------------------------------
-def _drop(uid: int, gid: int, groups: list[int]) -> None:
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-
-
-def _wait_child(pid: int, deadline: float, what: str) -> int:
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise TimeoutError(f"{what} did not finish in time")
-        time.sleep(0.005)
-
-
 def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, groups: list[int] | None = None,
             timeout: float = 20) -> Any:  # fmt: skip
     """fn(*args) run as uid/gid/groups in a forked child; its OSError is raised here."""
@@ -70,7 +50,7 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, 
         try:
             os.close(r)
             try:
-                _drop(uid, gid, list(groups or []))
+                drop(uid, gid, list(groups or []))
                 result: tuple = ("ok", fn(*args))
             except OSError as e:
                 result = ("oserror", e.errno, e.strerror, e.filename)
@@ -97,46 +77,13 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, 
             chunks.append(chunk)
     finally:
         os.close(r)
-    _wait_child(pid, deadline + 5, "child")
+    wait_child(pid, deadline + 5, "child")
     result = pickle.loads(b"".join(chunks))
     if result[0] == "oserror":
         raise OSError(result[1], result[2], result[3])
     if result[0] == "exc":
         raise AssertionError(f"as uid {uid}:\n{result[1]}")
     return result[1]
-
-
-def run_cli_as(uid: int, gid: int, groups: list[int], *argv: str, env: dict[str, str],
-               timeout: float = 30) -> tuple[int, str, str]:  # fmt: skip
-    """`fastpass ARGV` as uid/gid/groups in a forked child: (exit code, stdout, stderr)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # child: never returns
-            code = 125
-            try:
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
-                _drop(uid, gid, groups)
-                os.environ.clear()
-                os.environ.update(env)
-                os.chdir("/")
-                try:
-                    code = cli.main(list(argv))
-                except SystemExit as e:
-                    code = e.code if isinstance(e.code, int) else 2
-            except BaseException:  # noqa: BLE001 - reported on the child's stderr
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        status = _wait_child(pid, time.monotonic() + timeout, f"fastpass {' '.join(argv)} as uid {uid}")
-        out.seek(0)
-        err.seek(0)
-        return os.waitstatus_to_exitcode(status), out.read().decode(), err.read().decode()
 
 
 # --- fixtures ---------------------------------------------------------------------------

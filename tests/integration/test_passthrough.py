@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from tests.conftest import fastpass_mount, run_fastpass
-from tests.integration.test_cli import NOBODY, assert_refused, mounts_under, run_cli_as, world_dir  # noqa: F401
+from tests.integration.test_cli import NOBODY, assert_refused, mounts_under, world_dir  # noqa: F401
+from tests.users import run_cli_as
 
 MiB = 1 << 20
 
@@ -29,8 +30,7 @@ def test_data_never_reaches_the_server(tmp_path: Path) -> None:
     with fastpass_mount(tmp_path, "--workers", "4", "--passthrough", "on") as m:
         data = os.urandom(32 * MiB)
         with open(m.mnt / "big", "wb") as f:
-            for off in range(0, len(data), MiB):
-                f.write(data[off : off + MiB])
+            f.writelines(data[off : off + MiB] for off in range(0, len(data), MiB))
         for _ in range(2):
             assert hashlib.sha256((m.mnt / "big").read_bytes()).digest() == hashlib.sha256(data).digest()
         assert (m.backing / "big").read_bytes() == data
