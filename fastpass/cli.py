@@ -10,7 +10,7 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import MountConfig
+from fastpass.config import DEFAULT_MAX_INODES, MountConfig
 from fastpass.kernel import mount
 
 
@@ -40,6 +40,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         nonempty=args.nonempty,
         workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
         passthrough=args.passthrough,
+        max_inodes=args.max_inodes,
     )
     try:
         supervisor.check(config)
@@ -230,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
     m.add_argument("-w", "--workers", type=int, metavar="N",
                    help="worker processes (default: one per CPU as root, 1 otherwise)")  # fmt: skip
+    m.add_argument("--max-inodes", type=int, default=DEFAULT_MAX_INODES, metavar="N",
+                   help="inodes the kernel may know at once (default %(default)s)")  # fmt: skip
     m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
                    help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
     m.set_defaults(func=cmd_mount)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+DEFAULT_MAX_INODES = 1 << 20
+
 
 class MountConfig(msgspec.Struct, frozen=True):
     backing: str
@@ -27,6 +29,9 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Kernel passthrough of regular files' reads, writes and mmap: "auto" uses it
     # where the kernel offers it and we are root, "on" refuses to mount without it.
     passthrough: str = "auto"
+    # Inodes the kernel may know at once (184 bytes of shared memory each, touched
+    # as used); a lookup past it fails with ENFILE until the kernel forgets some.
+    max_inodes: int = DEFAULT_MAX_INODES
 
 
 def split_time(seconds: float) -> tuple[int, int]:

@@ -83,6 +83,8 @@ def check(config: MountConfig) -> None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
     if config.passthrough == "on" and os.geteuid() != 0:
         raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
+    if config.max_inodes < 16:
+        raise StartError("--max-inodes must be at least 16")
     if config.workers < 1:
         raise StartError("--workers must be at least 1")
     if config.workers > 1 and not _handles_reopen(backing):
@@ -198,7 +200,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    pool = Pool(config, session, root_fd, SharedState(root_fd), record)
+    pool = Pool(config, session, root_fd, SharedState(root_fd, config.max_inodes), record)
     return pool.serve(ready)
 
 

@@ -7,12 +7,11 @@ from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
 
-DEFAULT_MAX_INODES = 1 << 20  # 168 B a slot: 176 MiB of address space, touched only as slots are used
 DEFAULT_MAX_HANDLES = 1 << 18  # 24 B a slot
 
 
 class SharedState:
-    def __init__(self, root_fd: int, max_inodes: int = DEFAULT_MAX_INODES, max_handles: int = DEFAULT_MAX_HANDLES):
+    def __init__(self, root_fd: int, max_inodes: int, max_handles: int = DEFAULT_MAX_HANDLES):
         layout = Layout()
         self.inodes = InodeSpace(layout, max_inodes)
         self.handles = HandleSpace(layout, max_handles)

@@ -55,3 +55,20 @@ def test_erofs_from_a_read_only_backing(tmp_path: Path, small_backing: Path) -> 
             with pytest.raises(OSError) as info:
                 attempt()
             assert info.value.errno == errno.EROFS
+
+
+def test_a_full_inode_table_is_enfile_until_the_kernel_forgets(tmp_path: Path) -> None:
+    with fastpass_mount(tmp_path, "--max-inodes", "16", "--workers", "2") as m:
+        made = []
+        with pytest.raises(OSError) as info:
+            for i in range(64):
+                (m.mnt / f"f{i}").write_bytes(b"x")
+                made.append(i)
+        assert info.value.errno == errno.ENFILE
+        assert 10 <= len(made) < 16
+        for i in made:  # what was made before is intact
+            assert (m.backing / f"f{i}").read_bytes() == b"x"
+        with open("/proc/sys/vm/drop_caches", "w") as f:  # the kernel forgets unused inodes
+            f.write("2")
+        (m.mnt / "after").write_bytes(b"y")
+        assert (m.backing / "after").read_bytes() == b"y"
