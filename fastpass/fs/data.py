@@ -14,6 +14,7 @@ which a backing O_APPEND would wrongly move to the end.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -71,10 +72,21 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
     LOOKUP: opening a FIFO there would block the worker for good.  So the open
     is non-blocking, and a result that is not a regular file is ESTALE, on
     which the VFS looks the name up again and opens what is there itself.
+    The file is made with O_EXCL first, so fastpass knows whether it made it:
+    if answering fails afterwards (a full inode table, say), a file it made is
+    removed again and the backing is left as it was.
     """
     flags &= ~os.O_APPEND
-    fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
-                 dir_fd=fs.inode_fd(req.nodeid))  # fmt: skip
+    dir_fd = fs.inode_fd(req.nodeid)
+    how = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+        made = True
+    except FileExistsError:
+        if flags & os.O_EXCL:
+            raise
+        fd = os.open(name, how & ~os.O_CREAT, dir_fd=dir_fd)
+        made = False
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.ESTALE, "not a regular file any more")
@@ -83,9 +95,16 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
-        return fs.entry(inode, st) + _opened(fs, req, inode, fd, flags)
+        try:
+            return fs.entry(inode, st) + _opened(fs, req, inode, fd, flags)
+        except BaseException:
+            fs.inodes.forget(inode.nodeid, 1)  # the kernel never hears of this lookup
+            raise
     except BaseException:
         os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
         raise
 
 

@@ -68,6 +68,7 @@ def test_a_full_inode_table_is_enfile_until_the_kernel_forgets(tmp_path: Path) -
         assert 10 <= len(made) < 16
         for i in made:  # what was made before is intact
             assert (m.backing / f"f{i}").read_bytes() == b"x"
+        assert sorted(os.listdir(m.backing)) == sorted(f"f{i}" for i in made)  # the refused one is not there
         with open("/proc/sys/vm/drop_caches", "w") as f:  # the kernel forgets unused inodes
             f.write("2")
         (m.mnt / "after").write_bytes(b"y")
