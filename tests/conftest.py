@@ -52,6 +52,15 @@ class Mounted:
     passthrough: bool = False  # regular files' data is passed through by the kernel
 
 
+def err(fn, *args, **kw) -> int:
+    """The errno `fn` fails with, 0 if it succeeds."""
+    try:
+        fn(*args, **kw)
+    except OSError as e:
+        return e.errno
+    return 0
+
+
 def is_mounted(path: Path) -> bool:
     target = os.fsencode(str(path))
     with open("/proc/self/mountinfo", "rb") as f:

@@ -12,6 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from tests.conftest import err
+
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -71,15 +73,6 @@ class DirStream:
 
     def close(self) -> None:
         libc.closedir(self.d)
-
-
-def err(fn, *args, **kw) -> int:
-    """The errno `fn` fails with, 0 if it succeeds."""
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def test_mkdir_rmdir_nested(fs):

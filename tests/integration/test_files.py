@@ -14,6 +14,8 @@ import mmap
 import os
 import stat
 
+from tests.conftest import err
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 AT_FDCWD = -100
@@ -23,15 +25,6 @@ RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
 RWF_NOAPPEND = 0x20  # Linux 6.9
 MiB = 1 << 20
-
-
-def err(fn, *args, **kw) -> int:
-    """The errno `fn` fails with, 0 if it succeeds."""
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def renameat2(old, new, flags: int) -> None:

@@ -13,6 +13,8 @@ import socket
 import stat
 from pathlib import Path
 
+from tests.conftest import err
+
 TARGETS = [
     ("rel", b"data"),
     ("abs_outside", b"/etc/passwd"),
@@ -24,15 +26,6 @@ TARGETS = [
     ("longest", b"q/" * 2047 + b"e"),  # 4095 bytes: PATH_MAX - 1
     ("bytes", b"\xff\xfe not utf-8 \n"),
 ]
-
-
-def err(fn, *args, **kw) -> int:
-    """The errno `fn` fails with, 0 if it succeeds."""
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def test_symlinks(fs):

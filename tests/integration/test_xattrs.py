@@ -12,20 +12,13 @@ import ctypes
 import errno
 import os
 
+from tests.conftest import err
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.getxattr.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 libc.getxattr.restype = ctypes.c_ssize_t
 libc.listxattr.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
 libc.listxattr.restype = ctypes.c_ssize_t
-
-
-def err(fn, *args, **kw) -> int:
-    """The errno `fn` fails with, 0 if it succeeds."""
-    try:
-        fn(*args, **kw)
-    except OSError as e:
-        return e.errno
-    return 0
 
 
 def raw_getxattr(path, name: str, size: int) -> tuple[int, bytes]:
