@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -165,3 +167,30 @@ def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
     """fastpass alone, in both configurations."""
     with fastpass_mount(tmp_path, *NATIVE[request.param]) as m:
         yield m
+
+
+def mounts_under(path: Path) -> list[tuple[str, str]]:
+    """(mount point, fstype) of every mount at or below `path`, from our mountinfo."""
+    prefix = os.fsencode(str(path))
+    found = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.rstrip(b"\n").partition(b" - ")
+            point = left.split(b" ")[4]
+            if point == prefix or point.startswith(prefix + b"/"):
+                found.append((os.fsdecode(point), os.fsdecode(right.split(b" ")[0])))
+    return found
+
+
+@pytest.fixture
+def world_dir():
+    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="fastpass-test-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        for point, _ in reversed(mounts_under(base)):  # only ours: everything here is ours
+            _libc.umount2(os.fsencode(point), MNT_DETACH)
+        if not mounts_under(base):
+            shutil.rmtree(base, ignore_errors=True)

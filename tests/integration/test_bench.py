@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from conftest import run_fastpass
-from test_cli import NOBODY, assert_refused, world_dir  # noqa: F401 (world_dir: a fixture)
+from test_cli import NOBODY, assert_refused
 
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
 from fastpass.bench import progress, report, runner  # noqa: F401
@@ -131,7 +131,7 @@ def test_bad_arguments_are_refused(tmp_path, args, message):
     assert_no_mounts_left(tmp_path, before)
 
 
-def test_cold_workload_needs_root(world_dir, monkeypatch):  # noqa: F811 (the fixture)
+def test_cold_workload_needs_root(world_dir, monkeypatch):
     """As nobody, refused before the bench creates or mounts anything.
 
     The forked child inherits tempfile's directory: one nobody may write in, so

@@ -16,14 +16,12 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import MNT_DETACH, MS_BIND, fastpass_mount, is_mounted, run_fastpass, server_pid
+from conftest import MNT_DETACH, MS_BIND, fastpass_mount, is_mounted, mounts_under, run_fastpass, server_pid
 
 from tests.users import run_cli_as
 
@@ -32,19 +30,6 @@ NOBODY = 65534
 
 
 # --- helpers -------------------------------------------------------------------
-def mounts_under(path: Path) -> list[tuple[str, str]]:
-    """(mount point, fstype) of every mount at or below `path`, from our mountinfo."""
-    prefix = os.fsencode(str(path))
-    found = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            left, _, right = line.rstrip(b"\n").partition(b" - ")
-            point = left.split(b" ")[4]
-            if point == prefix or point.startswith(prefix + b"/"):
-                found.append((os.fsdecode(point), os.fsdecode(right.split(b" ")[0])))
-    return found
-
-
 def processes_mentioning(text: str) -> list[int]:
     """Pids (not zombies) whose command line contains `text`: a daemon keeps its CLI's argv."""
     needle = text.encode()
@@ -82,20 +67,6 @@ def bind(src: Path, dst: Path) -> None:
 def unbind(dst: Path) -> None:
     if is_mounted(dst):
         _libc.umount2(os.fsencode(str(dst)), MNT_DETACH)
-
-
-@pytest.fixture
-def world_dir():
-    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-cli-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        for point, _ in reversed(mounts_under(base)):  # only ours: everything here is ours
-            _libc.umount2(os.fsencode(point), MNT_DETACH)
-        if not mounts_under(base):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def refuse_mount(tmp_path: Path, backing: Path, mnt: Path, *must_contain: str, options: tuple[str, ...] = ()) -> str:

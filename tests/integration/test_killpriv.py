@@ -17,7 +17,7 @@ import stat
 import pytest
 
 from tests.conftest import bind_mount, fastpass_mount
-from tests.integration.test_multiuser import GID, UID, as_user, user1000, world_dir  # noqa: F401
+from tests.integration.test_multiuser import GID, UID, as_user, user1000  # noqa: F401 (a fixture)
 
 
 def _write(path, data: bytes) -> None:

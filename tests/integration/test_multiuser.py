@@ -20,10 +20,8 @@ import hashlib
 import os
 import pickle
 import select
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -87,13 +85,6 @@ def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, 
 
 
 # --- fixtures ---------------------------------------------------------------------------
-def _mounts_under(path: Path) -> list[str]:
-    prefix = os.fsencode(str(path))
-    with open("/proc/self/mountinfo", "rb") as f:
-        points = [line.split(b" ")[4] for line in f]
-    return [os.fsdecode(p) for p in points if p == prefix or p.startswith(prefix + b"/")]
-
-
 @pytest.fixture(scope="session")
 def user1000():
     """uid 1000 with a passwd entry (fusermount3 wants one); created with useradd if missing."""
@@ -127,18 +118,6 @@ def dev_fuse_for_users(user1000):
     yield
     if changed and stat_.S_IMODE(os.stat("/dev/fuse").st_mode) == 0o666:
         os.chmod("/dev/fuse", before)
-
-
-@pytest.fixture
-def world_dir():
-    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-mu-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        if not _mounts_under(base):  # never delete through a mount
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["1", "4"], ids=["w1", "w4"])

@@ -8,8 +8,8 @@ import mmap
 import os
 from pathlib import Path
 
-from tests.conftest import fastpass_mount, run_fastpass
-from tests.integration.test_cli import NOBODY, assert_refused, mounts_under, world_dir  # noqa: F401
+from tests.conftest import fastpass_mount, mounts_under, run_fastpass
+from tests.integration.test_cli import NOBODY, assert_refused
 from tests.users import run_cli_as
 
 MiB = 1 << 20
@@ -95,7 +95,7 @@ def test_reopening_many_times_releases_every_backing_id(tmp_path: Path) -> None:
         assert stats(m.mnt)["open_handles"] == 0
 
 
-def test_on_without_root_is_refused(world_dir: Path) -> None:  # noqa: F811
+def test_on_without_root_is_refused(world_dir: Path) -> None:
     backing, mnt = world_dir / "b", world_dir / "m"
     backing.mkdir()
     mnt.mkdir()
