@@ -32,11 +32,10 @@ import struct
 from collections import deque
 
 from fastpass.shm.counters import FOREIGN_FILES
-from fastpass.shm.region import LOCK_HANDLES, U32, U64, Layout, Region
+from fastpass.shm.region import LOCK_HANDLES, RING, U32, U64, Layout, Region, ring_push, ring_since
 
 SLOT = struct.Struct("<IIQII")  # generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-ring sequence
-RING = 4096
 FREE, FILE, DIR = 0, 1, 2
 _MASK32 = 0xFFFFFFFF
 PASSTHROUGH_MARK = 1 << 31  # kept with the open flags: the fh holds one of its inode's passthrough opens
@@ -153,12 +152,16 @@ class HandleTable:
             SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0, 0)
             fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
             U32.pack_into(self._map, space.free + depth * U32.size, slot)
-            U64.pack_into(self._map, space.ring + (seq % RING) * U64.size, fh)
+            ring_push(region, space.ring, seq, fh)
             HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
         finally:
             region.unlock(LOCK_HANDLES)
         self._close(fh)
         return nodeid, bool(flags & PASSTHROUGH_MARK)
+
+    def _live(self, fh: int) -> bool:
+        gen, kind = SLOT.unpack_from(self._map, self._space.slots + (fh & _MASK32) * SLOT.size)[:2]
+        return kind != FREE and gen == fh >> 32
 
     def _close(self, fh: int) -> None:
         obj = self._files.pop(fh, None)
@@ -170,14 +173,9 @@ class HandleTable:
         seq = self._ring_seq()
         if seq == self._seen:
             return
-        if seq - self._seen > RING:  # fell behind the ring: check every copy
-            space = self._space
-            for fh in list(self._files):
-                gen, kind = SLOT.unpack_from(self._map, space.slots + (fh & _MASK32) * SLOT.size)[:2]
-                if kind == FREE or gen != fh >> 32:
-                    self._close(fh)
-        else:
-            ring = self._space.ring
-            for s in range(self._seen, seq):
-                self._close(U64.unpack_from(self._map, ring + (s % RING) * U64.size)[0])
+        released = ring_since(self._region, self._space.ring, self._seen, seq)
+        if released is None:  # fell behind the ring: check every copy
+            released = [fh for fh in self._files if not self._live(fh)]
+        for fh in released:
+            self._close(fh)
         self._seen = seq

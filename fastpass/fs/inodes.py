@@ -39,7 +39,7 @@ from collections.abc import Callable
 from fastpass import _linux
 from fastpass.kernel.abi import ROOT_ID
 from fastpass.shm.counters import FOREIGN_NODES
-from fastpass.shm.region import LOCK_INODES, U32, U64, Layout, Region
+from fastpass.shm.region import LOCK_INODES, RING, U32, U64, Layout, Region, ring_push, ring_since
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # generation, live, nlookup, dev, ino, mount_id, handle length, creating worker,
@@ -49,7 +49,6 @@ _BACKING_AT = 40  # offset of the passthrough fields in a slot
 _BACKING = struct.Struct("<iiI")
 ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
-RING = 4096  # freed nodeids remembered for the other workers
 _MASK32 = 0xFFFFFFFF
 _ROOT_SLOT = 1
 
@@ -228,7 +227,7 @@ class InodeTable:
         struct.pack_into("<II", self._map, space.slots + slot * SLOT.size, (gen + 1) & _MASK32, 0)
         fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
         U32.pack_into(self._map, space.free + depth * U32.size, slot)
-        U64.pack_into(self._map, space.ring + (seq % RING) * U64.size, gen << 32 | slot)
+        ring_push(self._region, space.ring, seq, gen << 32 | slot)
         HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
 
     # --- what the operations use ----------------------------------------------------------
@@ -315,15 +314,11 @@ class InodeTable:
         seq = self._ring_seq()
         if seq == self._seen:
             return
-        if seq - self._seen > RING:  # fell behind the ring: check every view
-            for nodeid in [n for n in self._local if n != ROOT_ID]:
-                gen, live = self._read_slot(nodeid & _MASK32)[:2]
-                if not live or gen != nodeid >> 32:
-                    self._drop(nodeid)
-        else:
-            ring = self._space.ring
-            for s in range(self._seen, seq):
-                self._drop(U64.unpack_from(self._map, ring + (s % RING) * U64.size)[0])
+        freed = ring_since(self._region, self._space.ring, self._seen, seq)
+        if freed is None:  # fell behind the ring: check every view
+            freed = [n for n in self._local if n != ROOT_ID and self._read_slot(n & _MASK32)[:2] != (n >> 32, 1)]
+        for nodeid in freed:
+            self._drop(nodeid)
         self._seen = seq
 
     def lookup(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:

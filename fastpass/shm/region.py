@@ -57,3 +57,19 @@ class Region:
 
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
+
+
+RING = 4096  # ids a ring remembers; a reader further behind re-checks everything it holds
+
+
+def ring_push(region: Region, ring: int, seq: int, value: int) -> None:
+    """Append `value` as entry number `seq` of the ring at offset `ring` (caller holds the table's lock)."""
+    U64.pack_into(region.map, ring + (seq % RING) * U64.size, value)
+
+
+def ring_since(region: Region, ring: int, seen: int, seq: int) -> list[int] | None:
+    """Entries `seen`..`seq` of a ring, or None when they were overwritten (the reader fell behind)."""
+    if seq - seen > RING:
+        return None
+    m = region.map
+    return [U64.unpack_from(m, ring + (s % RING) * U64.size)[0] for s in range(seen, seq)]

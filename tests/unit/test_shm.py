@@ -7,13 +7,14 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
-from fastpass.shm.region import LOCK_INODES, Layout, Region
+from fastpass.shm.region import LOCK_INODES, RING, Layout, Region
 
 
 def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable, Region]:
@@ -147,3 +148,23 @@ def test_counters_and_percentiles() -> None:
     hist = c.ops[3 * 43 + 3 : 3 * 43 + 43].tolist()
     assert percentile(hist, 0.5) == 2048.0  # 2000 ns falls in [1024, 2048)
     assert percentile(hist, 0.99) == float(1 << 20)
+
+
+def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: Path) -> None:
+    layout = Layout()
+    space = HandleSpace(layout, 8)
+    counters = CounterSpace(layout)
+    region = Region(layout.size)
+    HandleTable.format(space, region)
+    a = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc)
+    b = HandleTable(space, region, 1, WorkerCounters(counters, region, 1).misc)
+    fh = a.add(os.open(tmp_path, os.O_RDONLY), 5, 0)
+    copy = os.open(tmp_path, os.O_RDONLY)
+    b.keep(fh, copy)
+    a.release(fh)
+    for _ in range(RING + 10):  # the ring wraps: b cannot read which fhs went
+        a.release(a.add(os.open(tmp_path, os.O_RDONLY), 6, 0))
+    b.sync()
+    assert b.local(fh) is None
+    with pytest.raises(OSError):
+        os.fstat(copy)
