@@ -37,4 +37,4 @@ class MountConfig(msgspec.Struct, frozen=True):
 def split_time(seconds: float) -> tuple[int, int]:
     """(sec, nsec) of a timeout, the form every FUSE reply carries."""
     whole = int(seconds)
-    return whole, int(round((seconds - whole) * 1e9))
+    return whole, round((seconds - whole) * 1e9)

@@ -123,7 +123,7 @@ class Worker:
             except OSError as e:
                 error = -(e.errno or errno.EIO)
                 body = None
-            except Exception as e:  # a bug: EIO for the caller, the worker lives on
+            except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the worker lives on
                 error = -errno.EIO
                 body = None
                 self._unexpected(route.name, opcode, e)

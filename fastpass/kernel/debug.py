@@ -11,7 +11,7 @@ _OPEN_FLAGS = [
     (name, getattr(os, name))
     for name in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK",
                  "O_DSYNC", "O_DIRECT", "O_LARGEFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC",
-                 "O_SYNC", "O_PATH", "O_TMPFILE")  # fmt: skip
+                 "O_SYNC", "O_PATH", "O_TMPFILE")
     if hasattr(os, name)
 ]
 

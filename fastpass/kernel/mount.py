@@ -148,7 +148,7 @@ def _mount_fusermount(backing: str, mountpoint: str, opts: list[str]) -> int:
                                 stderr=subprocess.PIPE)  # fmt: skip
         theirs.close()
         fds = array.array("i")
-        msg, anc, _flags, _addr = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+        _msg, anc, _flags, _addr = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
         err = proc.communicate()[1].decode(errors="replace").strip()
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -175,10 +175,10 @@ def unmount(mountpoint: str) -> bool:
 
 def _unmount_fusermount(mountpoint: str) -> bool:
     exe = shutil.which("fusermount3") or "fusermount3"
-    r = subprocess.run([exe, "-u", "--", mountpoint], capture_output=True, text=True)
+    r = subprocess.run([exe, "-u", "--", mountpoint], capture_output=True, text=True, check=False)
     if r.returncode == 0:
         return True
-    r = subprocess.run([exe, "-u", "-z", "--", mountpoint], capture_output=True, text=True)
+    r = subprocess.run([exe, "-u", "-z", "--", mountpoint], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise MountError(f"unmount {mountpoint}: {r.stderr.strip()}")
     return False
