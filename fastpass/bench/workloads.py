@@ -107,7 +107,9 @@ class FioWorkload(Workload):
             args += ["--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0"]
             if self.rw == "write":
                 args.append("--end_fsync=1")
-        else:  # writes run once over their file (verify needs that); reads for a fixed time
+        if self.rw == "randrw":  # a mix runs for a fixed time, checking each 1024 blocks it writes as it goes
+            args += ["--verify_backlog=1024", f"--runtime={seconds}", "--time_based"]
+        elif not self.writes:  # other writers run once over their file (verify needs that); reads for a time
             args += [f"--runtime={seconds}", "--time_based"]
         r = subprocess.run(args, capture_output=True, text=True, check=False)
         if r.returncode != 0 and "verify" not in r.stderr + r.stdout:
@@ -127,7 +129,7 @@ FIO_WORKLOADS = (
                 numjobs=2, max_mb=32),
     FioWorkload("randwrite-direct", "4 KiB random write, O_DIRECT, 2 jobs, verified", writes=True, rw="randwrite",
                 bs="4k", numjobs=2, direct=True, max_mb=32),
-    FioWorkload("mixed", "4 KiB random 70/30 read/write, 2 jobs, verified", writes=True, rw="randrw", bs="4k",
-                numjobs=2, mixread=70, max_mb=32),
+    FioWorkload("mixed", "4 KiB random 70/30 read/write, 2 jobs, verified as it goes", writes=True, rw="randrw",
+                bs="4k", numjobs=2, mixread=70),
     FioWorkload("mmapread", "1 MiB sequential read through mmap", rw="read", bs="1M", ioengine="mmap"),
 )
