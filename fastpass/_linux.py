@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -34,6 +35,15 @@ def _check(ret: int, *what: object) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), *what)
     return ret
+
+
+def _call(fn: Callable[..., int], *args: object) -> int:
+    """Call into libc, retrying on EINTR as the os module does (PEP 475): a worker's periodic
+    SIGALRM must never surface as the caller's errno."""
+    while True:
+        ret = fn(*args)
+        if ret >= 0 or ctypes.get_errno() != errno.EINTR:
+            return _check(ret)
 
 
 def _fs(path: str | bytes) -> bytes:
@@ -74,7 +84,7 @@ def fsuid(uid: int) -> Iterator[None]:
 
 
 def set_pdeathsig(sig: int) -> None:
-    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
+    _call(_libc.prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 # --- file handles ------------------------------------------------------------
@@ -92,14 +102,14 @@ def name_to_handle(fd: int) -> tuple[bytes, int]:
     fh = _FileHandle()
     fh.handle_bytes = MAX_HANDLE_SZ
     mount_id = ctypes.c_int()
-    _check(_libc.name_to_handle_at(fd, b"", ctypes.byref(fh), ctypes.byref(mount_id), AT_EMPTY_PATH))
+    _call(_libc.name_to_handle_at, fd, b"", ctypes.byref(fh), ctypes.byref(mount_id), AT_EMPTY_PATH)
     return ctypes.string_at(ctypes.addressof(fh), _HANDLE_HEAD + fh.handle_bytes), mount_id.value
 
 
 def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     """Reopen an inode from its handle; needs CAP_DAC_READ_SEARCH.  ESTALE if it is gone."""
     buf = ctypes.create_string_buffer(handle, len(handle))
-    return _check(_libc.open_by_handle_at(mount_fd, buf, flags))
+    return _call(_libc.open_by_handle_at, mount_fd, buf, flags)
 
 
 # --- *at calls with AT_EMPTY_PATH ----------------------------------------------
@@ -108,7 +118,7 @@ _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.
 
 def fchown_empty(fd: int, uid: int, gid: int) -> None:
     """chown the inode behind an O_PATH fd without following a symlink (-1 leaves a field)."""
-    _check(_libc.fchownat(fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+    _call(_libc.fchownat, fd, b"", uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
 
 
 class _Timespec(ctypes.Structure):
@@ -121,32 +131,32 @@ _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Times
 def utimens_empty(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
     """utimensat on the inode behind an O_PATH fd; nsec may be UTIME_NOW or UTIME_OMIT."""
     ts = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
-    _check(_libc.utimensat(fd, b"", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+    _call(_libc.utimensat, fd, b"", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
 
 
 def renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> None:
-    _check(_libc.syscall(_SYS_RENAMEAT2, olddir, ctypes.c_char_p(old), newdir, ctypes.c_char_p(new), ctypes.c_uint(flags)))
+    _call(_libc.syscall, _SYS_RENAMEAT2, olddir, ctypes.c_char_p(old), newdir, ctypes.c_char_p(new), ctypes.c_uint(flags))
 
 
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    _check(_libc.fallocate(fd, mode, offset, length))
+    _call(_libc.fallocate, fd, mode, offset, length)
 
 
 def syncfs(fd: int) -> None:
-    _check(_libc.syncfs(fd))
+    _call(_libc.syncfs, fd)
 
 
 def statx(fd: int, flags: int, mask: int, buf: ctypes.Array) -> None:
     """statx(2) of the inode behind `fd` into `buf` (256 bytes, the fuse_statx layout)."""
-    _check(_libc.syscall(_SYS_STATX, fd, ctypes.c_char_p(b""), flags | AT_EMPTY_PATH, ctypes.c_uint(mask), buf))
+    _call(_libc.syscall, _SYS_STATX, fd, ctypes.c_char_p(b""), flags | AT_EMPTY_PATH, ctypes.c_uint(mask), buf)
 
 
 def getdents64(fd: int, buf: ctypes.Array) -> int:
     """Fill `buf` with linux_dirent64 records from the directory fd's position; 0 at the end."""
-    return _check(_libc.syscall(_SYS_GETDENTS64, fd, buf, len(buf)))
+    return _call(_libc.syscall, _SYS_GETDENTS64, fd, buf, len(buf))
 
 
 # --- FUSE passthrough (Linux 6.9) ---------------------------------------------------
@@ -160,9 +170,9 @@ def backing_open(devfd: int, fd: int, request: int) -> int:
     The kernel keeps the calling thread's credentials with it for all I/O it passes through.
     """
     m = _BackingMap(fd, 0, 0)
-    return _check(_libc.ioctl(devfd, ctypes.c_ulong(request), ctypes.byref(m)))
+    return _call(_libc.ioctl, devfd, ctypes.c_ulong(request), ctypes.byref(m))
 
 
 def backing_close(devfd: int, backing_id: int, request: int) -> None:
     bid = ctypes.c_uint32(backing_id)
-    _check(_libc.ioctl(devfd, ctypes.c_ulong(request), ctypes.byref(bid)))
+    _call(_libc.ioctl, devfd, ctypes.c_ulong(request), ctypes.byref(bid))

@@ -47,6 +47,7 @@ from fastpass.worker import Worker
 log = logging.getLogger("fastpass")
 
 
+IDLE_SYNC = 1.0  # seconds between an idle worker's looks at what other workers freed
 MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
 
@@ -158,7 +159,10 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
             fs.passthrough = Passthrough(devfd, fs.inodes)
         fs.counters.misc[PID] = os.getpid()
         fs.counters.misc[STARTED_NS] = time.time_ns()
-        Worker(devfd, fs, build(), config.allow_other, config.debug).serve()
+        worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
+        signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
+        signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
+        worker.serve()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     except BaseException:

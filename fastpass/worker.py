@@ -45,6 +45,17 @@ class Worker:
         self.unexpected = 0
         self._mem = mmap.mmap(-1, _PAGE + MAX_WRITE + _PAGE)
         self.buf = memoryview(self._mem)[_PAGE - _HEAD :]
+        self.waiting = False  # blocked in read(), between requests
+
+    def idle_sync(self) -> None:
+        """For a periodic signal: let go of what other workers freed, if no request is in progress.
+
+        A worker syncs before each request, so an idle one would otherwise keep
+        its fds for released files and forgotten inodes (and an unlinked file's
+        blocks with them) until its next request.
+        """
+        if self.waiting:
+            self.fs.sync()
 
     def _reply(self, unique: int, error: int, body: object = None) -> None:
         try:
@@ -76,14 +87,17 @@ class Worker:
         clock = time.perf_counter_ns
         while True:
             sync()
+            self.waiting = True
             try:
                 n = readv(devfd, bufs)
             except OSError as e:
+                self.waiting = False
                 if e.errno == errno.ENOENT:  # interrupted before we read it
                     continue
                 if e.errno in (errno.ENODEV, errno.ECONNABORTED):
                     return
                 raise
+            self.waiting = False
             if n < abi.IN_HEADER.size:
                 if n == 0:  # end of stream: a socket in tests; /dev/fuse never returns 0
                     return

@@ -150,3 +150,44 @@ def test_many_actors_on_four_workers(tmp_path: Path) -> None:
     assert sum(w["nodes_from_others"] for w in workers) > 0, workers
     assert sum(w["files_from_others"] for w in workers) > 0, workers
     assert stats["restarts"] == 0
+
+
+def _deleted_fds(pids: list[int], backing: Path) -> list[str]:
+    """Links of the workers' fds that point at removed files of the backing dir."""
+    found = []
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(backing)) and target.endswith("(deleted)"):
+                found.append(f"{pid}: {target}")
+    return found
+
+
+def test_idle_workers_let_go_of_removed_files(tmp_path: Path) -> None:
+    """Every worker that touched a file closes its fds once it is released and removed, busy or idle,
+    so the backing frees its blocks as it would on a bind mount."""
+    import time
+
+    from tests.conftest import server_pid
+
+    with fastpass_mount(tmp_path, "--workers", "4", "--passthrough", "off") as m:
+        (m.mnt / "big").write_bytes(os.urandom(8 << 20))
+        files = [open(m.mnt / "big", "rb") for _ in range(8)]  # noqa: SIM115 - held open across the threads
+        threads = [threading.Thread(target=f.read) for f in files]  # opens and reads land on several workers
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for f in files:
+            f.close()
+        os.unlink(m.mnt / "big")
+        sup = server_pid(m.mnt)
+        with open(f"/proc/{sup}/task/{sup}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        deadline = time.monotonic() + 5
+        while _deleted_fds(workers, m.backing) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _deleted_fds(workers, m.backing)
