@@ -100,7 +100,7 @@ def test_getattr_dispatch(benchmark, fs: Fs, backing: Path) -> None:
         route = routes[opcode]
         args = route.decode(view[HDR:n])
         body = route.handler(fs, Request(unique, opcode, nodeid, uid, gid, pid), *args)
-        return encode.header(unique, 0, len(body)) + body
+        return abi.OUT_HEADER.pack(16 + len(body), 0, unique) + body  # as Worker._reply frames it
 
     got = benchmark(run)
     assert struct.unpack_from("<IiQ", got) == (16 + abi.ATTR_OUT_SIZE, 0, 2)

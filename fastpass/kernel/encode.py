@@ -15,7 +15,6 @@ _NS = 1_000_000_000
 _U64 = (1 << 64) - 1  # times before 1970 travel as two's complement; the kernel reads them signed
 _pack_entry = abi.ENTRY_OUT.pack
 _pack_attr_out = abi.ATTR_OUT.pack
-_pack_attr = abi.ATTR.pack
 _pack_open = abi.OPEN_OUT.pack
 _pack_dirent = abi.DIRENT.pack
 _PAD = b"\0" * abi.DIRENT_ALIGN
@@ -33,10 +32,6 @@ def attr_values(st: os.stat_result) -> tuple:
         st.st_ino, st.st_size, st.st_blocks, a & _U64, m & _U64, c & _U64, an, mn, cn,
         st.st_mode, st.st_nlink, st.st_uid, st.st_gid, rdev, st.st_blksize, 0,
     )  # fmt: skip
-
-
-def attr(st: os.stat_result) -> bytes:
-    return _pack_attr(*attr_values(st))
 
 
 def entry_out(nodeid: int, generation: int, entry_valid: tuple[int, int], attr_valid: tuple[int, int], st: os.stat_result) -> bytes:
@@ -71,7 +66,3 @@ def dirent(ino: int, off: int, dtype: int, name: bytes) -> bytes:
 def dirent_size(name: bytes, plus: bool) -> int:
     base = abi.NAME_OFFSET_DIRENTPLUS if plus else abi.NAME_OFFSET
     return (base + len(name) + 7) & ~7
-
-
-def header(unique: int, error: int, body_len: int = 0) -> bytes:
-    return abi.OUT_HEADER.pack(abi.OUT_HEADER.size + body_len, error, unique)

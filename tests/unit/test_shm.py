@@ -112,14 +112,19 @@ def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
     assert time.monotonic() - start < 1
 
 
-def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
+def _handle_tables() -> tuple[HandleTable, HandleTable]:
+    """Two workers' views (0 and 1) of one 8-slot handle table."""
     layout = Layout()
     space = HandleSpace(layout, 8)
     counters = CounterSpace(layout)
     region = Region(layout.size)
     HandleTable.format(space, region)
-    a = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc)
-    b = HandleTable(space, region, 1, WorkerCounters(counters, region, 1).misc)
+    a, b = (HandleTable(space, region, w, WorkerCounters(counters, region, w).misc) for w in (0, 1))
+    return a, b
+
+
+def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
+    a, b = _handle_tables()
     fd = os.open(tmp_path, os.O_RDONLY)
     fh = a.add(fd, 5, os.O_RDONLY | os.O_CREAT | os.O_TRUNC)
     assert b.slot(fh, 1) == (5, os.O_RDONLY)  # kind FILE; flags less what the opener did already
@@ -151,13 +156,7 @@ def test_counters_and_percentiles() -> None:
 
 
 def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: Path) -> None:
-    layout = Layout()
-    space = HandleSpace(layout, 8)
-    counters = CounterSpace(layout)
-    region = Region(layout.size)
-    HandleTable.format(space, region)
-    a = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc)
-    b = HandleTable(space, region, 1, WorkerCounters(counters, region, 1).misc)
+    a, b = _handle_tables()
     fh = a.add(os.open(tmp_path, os.O_RDONLY), 5, 0)
     copy = os.open(tmp_path, os.O_RDONLY)
     b.keep(fh, copy)
