@@ -24,6 +24,7 @@ MS_NODEV = 4
 MNT_DETACH = 2
 MAX_HANDLE_SZ = 128
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 STATX_BASIC_STATS = 0x7FF
 _SYS_GETDENTS64 = 217
 _SYS_STATX = 332
@@ -85,6 +86,11 @@ def fsuid(uid: int) -> Iterator[None]:
 
 def set_pdeathsig(sig: int) -> None:
     _call(_libc.prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+def set_name(name: str) -> None:
+    """The process's name in ps, top and /proc/PID/comm (15 bytes at most)."""
+    _call(_libc.prctl, PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
 # --- file handles ------------------------------------------------------------
@@ -176,3 +182,33 @@ def backing_open(devfd: int, fd: int, request: int) -> int:
 def backing_close(devfd: int, backing_id: int, request: int) -> None:
     bid = ctypes.c_uint32(backing_id)
     _call(_libc.ioctl, devfd, ctypes.c_ulong(request), ctypes.byref(bid))
+
+
+# --- fanotify (the watcher) ---------------------------------------------------------
+FAN_CLOEXEC = 0x1
+FAN_REPORT_FID = 0x200
+FAN_REPORT_DIR_FID = 0x400
+FAN_REPORT_NAME = 0x800
+FAN_REPORT_TARGET_FID = 0x1000
+FAN_MARK_ADD = 0x1
+FAN_MARK_FILESYSTEM = 0x100
+FAN_MODIFY = 0x2
+FAN_ATTRIB = 0x4
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+FAN_Q_OVERFLOW = 0x4000
+FAN_ONDIR = 0x40000000
+FAN_EVENT_INFO_TYPE_FID = 1
+FAN_EVENT_INFO_TYPE_DFID_NAME = 2
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+
+
+def fanotify_init(flags: int, event_f_flags: int) -> int:
+    return _call(_libc.fanotify_init, flags, event_f_flags)
+
+
+def fanotify_mark(fd: int, flags: int, mask: int, path: str) -> None:
+    _call(_libc.fanotify_mark, fd, flags, mask, -100, _fs(path))  # AT_FDCWD

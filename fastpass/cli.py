@@ -10,7 +10,7 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import DEFAULT_MAX_INODES, MountConfig
+from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_MAX_INODES, MountConfig
 from fastpass.kernel import mount
 
 
@@ -41,6 +41,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
         passthrough=args.passthrough,
         max_inodes=args.max_inodes,
+        cache=args.cache,
+        cache_size=args.cache_size,
+        revalidate=args.revalidate,
     )
     try:
         supervisor.check(config)
@@ -137,8 +140,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--attr-timeout={args.attr_timeout}", f"--entry-timeout={args.entry_timeout}",
-               f"--passthrough={args.passthrough}"]  # fmt: skip
+    options = [f"--passthrough={args.passthrough}", f"--cache={args.cache}"]
+    for name in ("attr_timeout", "entry_timeout"):
+        if getattr(args, name) is not None:
+            options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     if args.workers is not None:
         options.append(f"--workers={args.workers}")
     if args.log:
@@ -224,8 +229,18 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; log to stderr")
     m.add_argument("--allow-other", action="store_true", help="let other users in, each with their own credentials")
     m.add_argument("--default-permissions", action="store_true", help="let the kernel check mode bits")
-    m.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="kernel attribute cache time")
-    m.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="kernel name cache time")
+    m.add_argument("--attr-timeout", type=float, metavar="S",
+                   help="kernel attribute cache time (default: set by --cache, see README)")  # fmt: skip
+    m.add_argument("--entry-timeout", type=float, metavar="S",
+                   help="kernel name cache time (default: set by --cache, see README)")  # fmt: skip
+    m.add_argument("--cache", choices=CACHE_MODES, default="auto",
+                   help="auto: shared attribute cache, outside changes pushed to the kernel; off: no cache in "
+                        "fastpass, the kernel trusts 1 s; strict: nothing cached anywhere (default %(default)s)")  # fmt: skip
+    m.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE, metavar="N",
+                   help="entries of the shared attribute cache (default %(default)s)")  # fmt: skip
+    m.add_argument("--revalidate", type=float, default=0.0, metavar="S",
+                   help="with --cache auto: ask the backing again after S seconds instead of watching it "
+                        "for changes (for network filesystems; chosen with S=1 where watching is impossible)")  # fmt: skip
     m.add_argument("--debug", action="store_true", help="log every request and reply")
     m.add_argument("--log", metavar="FILE", help="log file (background mode)")
     m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
@@ -260,8 +275,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
     b.add_argument("-w", "--workers", type=int, metavar="N", help="passed to the fastpass mount")
     b.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto", help="passed to the fastpass mount")
-    b.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
-    b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
+    b.add_argument("--cache", choices=CACHE_MODES, default="auto", help="passed to the fastpass mount")
+    b.add_argument("--attr-timeout", type=float, metavar="S", help="passed to the fastpass mount")
+    b.add_argument("--entry-timeout", type=float, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.set_defaults(func=cmd_bench)
 

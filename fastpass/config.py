@@ -5,6 +5,11 @@ from __future__ import annotations
 import msgspec
 
 DEFAULT_MAX_INODES = 1 << 20
+DEFAULT_CACHE_SIZE = 1 << 16
+DEFAULT_TIMEOUT = 1.0  # s the kernel trusts what it has when nobody tells it of changes
+WATCHED_TIMEOUT = 60.0  # s it trusts them when every outside change is pushed to it
+DEFAULT_REVALIDATE = 1.0  # s, where the backing gives no change events
+CACHE_MODES = ("auto", "off", "strict")
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -15,9 +20,10 @@ class MountConfig(msgspec.Struct, frozen=True):
     allow_other: bool = False
     # Let the kernel check mode bits before asking fastpass (fewer requests).
     default_permissions: bool = False
-    # How long (s) the kernel may trust attributes and names without asking.
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
+    # How long (s) the kernel may trust attributes and names without asking;
+    # None: what the cache mode implies (`resolve`).
+    attr_timeout: float | None = None
+    entry_timeout: float | None = None
     # One log line per request and per reply.
     debug: bool = False
     # Where the server logs when it runs in the background.
@@ -32,6 +38,35 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Inodes the kernel may know at once (184 bytes of shared memory each, touched
     # as used); a lookup past it fails with ENFILE until the kernel forgets some.
     max_inodes: int = DEFAULT_MAX_INODES
+    # Attribute caching and coherence with the backing (README, "Caching"): "auto" shares
+    # a cache between workers and pushes changes made behind fastpass's back to the kernel;
+    # "off" keeps no cache in fastpass; "strict" lets nothing be cached anywhere.
+    cache: str = "auto"
+    # Entries of the shared attribute cache (128 bytes each, touched as used).
+    cache_size: int = DEFAULT_CACHE_SIZE
+    # With cache auto: trust attributes and names this long (s) and then ask the backing
+    # again, instead of watching it for changes.  0: watch where the backing allows,
+    # else revalidate every DEFAULT_REVALIDATE seconds.
+    revalidate: float = 0.0
+
+
+def resolve(config: MountConfig, watched: bool) -> MountConfig:
+    """The kernel timeouts and revalidation period a mount runs with, once it is known whether
+    the backing's changes are watched."""
+    if config.cache == "strict":
+        return msgspec.structs.replace(config, attr_timeout=0.0, entry_timeout=0.0, revalidate=0.0)
+    if config.cache == "off":
+        default, bound, revalidate = DEFAULT_TIMEOUT, None, 0.0
+    elif watched:
+        default, bound, revalidate = WATCHED_TIMEOUT, None, 0.0
+    else:
+        revalidate = config.revalidate or DEFAULT_REVALIDATE
+        default, bound = revalidate, revalidate
+    attr = default if config.attr_timeout is None else config.attr_timeout
+    entry = default if config.entry_timeout is None else config.entry_timeout
+    if bound is not None:
+        attr, entry = min(attr, bound), min(entry, bound)
+    return msgspec.structs.replace(config, attr_timeout=attr, entry_timeout=entry, revalidate=revalidate)
 
 
 def split_time(seconds: float) -> tuple[int, int]:

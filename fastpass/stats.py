@@ -43,6 +43,20 @@ class WorkerStats(msgspec.Struct):
     opens_userspace: int  # opens of regular files served here
 
 
+class CacheStats(msgspec.Struct):
+    mode: str  # --cache: auto, off or strict
+    coherence: str  # how outside changes reach the kernel: "fanotify", "revalidate 1 s", or "kernel timeouts"
+    attr_timeout: float  # s the kernel trusts attributes
+    entry_timeout: float  # s the kernel trusts names
+    size: int  # entries of the shared attribute cache
+    hits: int
+    misses: int
+    hit_rate: float  # hits / (hits + misses), 0 before any use
+    evictions: int  # fills that replaced another inode's entry
+    invalidations: int  # notifications the watcher sent the kernel
+    watcher_pid: int  # 0 without a watcher
+
+
 class Stats(msgspec.Struct):
     schema: int
     mountpoint: str
@@ -57,6 +71,7 @@ class Stats(msgspec.Struct):
     open_handles: int
     passthrough: bool  # the kernel agreed to FUSE_PASSTHROUGH (writeback cache is then off)
     negotiated: Negotiated
+    cache: CacheStats
 
 
 def _rss_kib(pid: int) -> int:
@@ -70,8 +85,24 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pid: int,
+           record: state.MountState) -> CacheStats:  # fmt: skip
+    config = record.config
+    if config.cache != "auto":
+        coherence = "kernel timeouts"
+    else:
+        coherence = f"revalidate {config.revalidate:g} s" if config.revalidate else "fanotify"
+    hits = sum(b.misc[C.CACHE_HITS] for b in blocks)
+    misses = sum(b.misc[C.CACHE_MISSES] for b in blocks)
+    return CacheStats(
+        config.cache, coherence, config.attr_timeout or 0.0, config.entry_timeout or 0.0,
+        config.cache_size if config.cache == "auto" else 0, hits, misses, hits / (hits + misses) if hits else 0.0,
+        sum(b.misc[C.CACHE_EVICTIONS] for b in [*blocks, watcher]), watcher.misc[C.INVALIDATIONS], watcher_pid,
+    )  # fmt: skip
+
+
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
-            record: state.MountState) -> Stats:  # fmt: skip
+            record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int) -> Stats:  # fmt: skip
     """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
     workers = []
     op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
@@ -104,7 +135,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
         restarts, sorted(ops_out, key=lambda o: -o.count),
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
-        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
+        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated, _cache(blocks, watcher, watcher_pid, record),
     )  # fmt: skip
 
 
@@ -164,7 +195,14 @@ def render(stats: Stats) -> object:
     for o in stats.ops:
         ops.add_row(o.name, f"{o.count:,}", f"{o.errors:,}", f"{o.mean_us:.1f}", f"{o.p50_us:.0f}", f"{o.p90_us:.0f}",
                     f"{o.p99_us:.0f}")  # fmt: skip
-    parts: list = [head, workers, ops]
+    c = stats.cache
+    cache = Text(
+        f"cache {c.mode}: outside changes by {c.coherence}; kernel timeouts attr {c.attr_timeout:g} s, "
+        f"entry {c.entry_timeout:g} s"
+        + (f"; {c.size:,} entries, hit rate {c.hit_rate:.1%} ({c.hits:,} hits, {c.misses:,} misses), "
+           f"{c.evictions:,} evictions, {c.invalidations:,} invalidations sent" if c.mode == "auto" else "")
+    )  # fmt: skip
+    parts: list = [head, cache, workers, ops]
     if stats.errors:
         errors = Table(title="errors by errno")
         errors.add_column("errno")

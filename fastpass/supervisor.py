@@ -32,7 +32,8 @@ import msgspec
 import uvloop
 
 from fastpass import _linux, state, stats
-from fastpass.config import MountConfig
+from fastpass.config import CACHE_MODES, MountConfig, resolve
+from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable, can_reopen, handle_of
@@ -41,7 +42,8 @@ from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
-from fastpass.shm.counters import PID, STARTED_NS, WorkerCounters
+from fastpass.fs.watcher import Watcher, open_watch
+from fastpass.shm.counters import MAX_WORKERS, PID, STARTED_NS, WorkerCounters
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -50,6 +52,9 @@ log = logging.getLogger("fastpass")
 IDLE_SYNC = 1.0  # seconds between an idle worker's looks at what other workers freed
 MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
+WATCHER = MAX_WORKERS - 1  # the counter block of the watcher process; workers take those below
+WATCHER_NAME = "fastpass-watch"  # process names, as ps shows them
+WORKER_NAME = "fastpass-w{}"
 
 
 class StartError(Exception):
@@ -86,8 +91,19 @@ def check(config: MountConfig) -> None:
         raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
     if config.max_inodes < 16:
         raise StartError("--max-inodes must be at least 16")
-    if config.workers < 1:
-        raise StartError("--workers must be at least 1")
+    if not 1 <= config.workers <= WATCHER:
+        raise StartError(f"--workers must be from 1 to {WATCHER}")
+    if config.cache not in CACHE_MODES:
+        raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
+    if config.cache_size < 1:
+        raise StartError("--cache-size must be at least 1")
+    if config.revalidate < 0:
+        raise StartError("--revalidate must not be negative")
+    if config.revalidate and config.cache != "auto":
+        raise StartError("--revalidate applies to --cache auto only")
+    for name, value in (("--attr-timeout", config.attr_timeout), ("--entry-timeout", config.entry_timeout)):
+        if value is not None and value < 0:
+            raise StartError(f"{name} must not be negative")
     if config.workers > 1 and not _handles_reopen(backing):
         why = "not root" if os.geteuid() != 0 else f"the filesystem of {backing} has no usable file handles"
         raise StartError(f"--workers {config.workers} needs workers to reopen inodes by file handle, and {why}: "
@@ -129,9 +145,13 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
     return negotiated
 
 
-def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
-                 parent: int, index: int) -> None:  # fmt: skip
-    """Body of a worker process; never returns."""
+def _child(config: MountConfig, parent: int, name: str, body: Callable[[], None]) -> None:
+    """Run a worker's or the watcher's body in a forked child; never returns.
+
+    SIGTERM from the supervisor stops the child alone (it is replaced if need
+    be); a SIGTERM after the supervisor died (PR_SET_PDEATHSIG) also detaches
+    the mount and removes its record, so no dead mount lingers.
+    """
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -149,20 +169,10 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _linux.set_pdeathsig(signal.SIGTERM)
+        _linux.set_name(name)
         if os.getppid() != parent:
             on_term(signal.SIGTERM, None)
-        devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
-        os.close(session)
-        os.umask(0)  # the kernel applied the caller's umask already
-        fs = Fs(config, root_fd, shared, index)
-        if negotiated.has(abi.InitFlag.PASSTHROUGH):
-            fs.passthrough = Passthrough(devfd, fs.inodes)
-        fs.counters.misc[PID] = os.getpid()
-        fs.counters.misc[STARTED_NS] = time.time_ns()
-        worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
-        signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
-        signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
-        worker.serve()
+        body()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
     except BaseException:
@@ -172,6 +182,39 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late SIGTERM must not unwind into supervisor code
         logging.shutdown()
         os._exit(code)
+
+
+def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
+           index: int) -> None:  # fmt: skip
+    """A worker: serve requests from its own clone of the device fd until the connection ends."""
+    devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
+    os.close(session)
+    os.umask(0)  # the kernel applied the caller's umask already
+    fs = Fs(config, root_fd, shared, index)
+    if negotiated.has(abi.InitFlag.PASSTHROUGH):
+        fs.passthrough = Passthrough(devfd, fs.inodes)
+    fs.counters.misc[PID] = os.getpid()
+    fs.counters.misc[STARTED_NS] = time.time_ns()
+    worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
+    signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
+    signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
+    worker.serve()
+
+
+def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int) -> None:
+    """The watcher: push changes other processes make in the backing to the kernel."""
+    counters = WorkerCounters(shared.counters, shared.region, WATCHER)
+    counters.misc[PID] = os.getpid()
+    counters.misc[STARTED_NS] = time.time_ns()
+    cache = (AttrCache(shared.attrs, shared.region, counters.misc, config.revalidate, atime_policy(root_fd))
+             if config.cache == "auto" else None)  # fmt: skip
+    pids = [WorkerCounters(shared.counters, shared.region, i).misc for i in range(config.workers)]
+    supervisor = os.getppid()
+
+    def own(pid: int) -> bool:
+        return pid == supervisor or any(misc[PID] == pid for misc in pids)
+
+    Watcher(fan_fd, session, config.backing, shared.inodes, shared.region, cache, own, counters.misc).run()
 
 
 def _detach(mountpoint: str) -> None:
@@ -202,10 +245,18 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
+    fan_fd = -1
+    if config.cache == "auto" and not config.revalidate:
+        watch = open_watch(config.backing, mount.fstype_of(config.backing))
+        if isinstance(watch, str):
+            log.info("not watching the backing for changes (%s): revalidating by time", watch)
+        else:
+            fan_fd = watch
+    config = resolve(config, fan_fd >= 0)
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    pool = Pool(config, session, root_fd, SharedState(root_fd, config.max_inodes), record)
-    return pool.serve(ready)
+    shared = SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)
+    return Pool(config, session, root_fd, shared, record, fan_fd).serve(ready)
 
 
 class Pool:
@@ -217,13 +268,14 @@ class Pool:
     """
 
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
-                 record: state.MountState):  # fmt: skip
+                 record: state.MountState, fan_fd: int):  # fmt: skip
         self.config = config
         self.session = session
         self.root_fd = root_fd
         self.shared = shared
         self.record = record
-        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.fan_fd = fan_fd  # the watcher's fanotify fd, -1 without one
+        self.workers: dict[int, int] = {}  # pid -> worker index (WATCHER for the watcher)
         self.stopping = False
         self.failed = False
         self.restarts = 0
@@ -232,14 +284,20 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start_worker(self, index: int) -> int:
+        """Fork worker `index`, or the watcher for index WATCHER."""
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)  # the control loop's wakeup pipe is the supervisor's, not ours
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            config, shared = self.config, self.shared
             try:
-                _worker_main(self.config, self.record.negotiated, self.session, self.root_fd, self.shared,
-                             self.record.pid, index)  # fmt: skip
+                if index == WATCHER:
+                    _child(config, self.record.pid, WATCHER_NAME,
+                           lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd))  # fmt: skip
+                else:
+                    _child(config, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
+                                                                   self.root_fd, shared, index))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
@@ -272,7 +330,8 @@ class Pool:
                 continue
             index = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
-            if code == 0 or self.stopping:
+            serving = any(i != WATCHER for i in self.workers.values())
+            if code == 0 or self.stopping or (index == WATCHER and not serving):
                 continue  # the connection ended (unmount): the others follow
             now = time.monotonic()
             self._recent = [t for t in self._recent if now - t < RESTART_WINDOW] + [now]
@@ -284,6 +343,9 @@ class Pool:
                 continue
             self.restarts += 1
             log.error("worker %d exited with %d; replaced by %d", pid, code, self.start_worker(index))
+        if set(self.workers.values()) == {WATCHER}:
+            for pid in self.workers:  # the connection ended: nothing left to watch for
+                os.kill(pid, signal.SIGTERM)
         if not self.workers and self._done is not None and not self._done.done():
             self._done.set_result(None)
 
@@ -293,7 +355,10 @@ class Pool:
         pids = {index: pid for pid, index in self.workers.items()}
         inodes = InodeTable.live(shared.inodes, shared.region)
         handles = HandleTable.live(shared.handles, shared.region)
-        return msgspec.json.encode(stats.collect(blocks, pids, self.restarts, inodes, handles, self.record))
+        watcher = WorkerCounters(shared.counters, shared.region, WATCHER)
+        watcher_pid = next((pid for pid, index in self.workers.items() if index == WATCHER), 0)
+        return msgspec.json.encode(stats.collect(blocks, pids, self.restarts, inodes, handles, self.record, watcher,
+                                                 watcher_pid))  # fmt: skip
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -328,6 +393,8 @@ class Pool:
         """Run the workers until the mount ends; returns the exit code."""
         for index in range(self.config.workers):
             self.start_worker(index)
+        if self.fan_fd >= 0:
+            self.start_worker(WATCHER)
         uvloop.run(self._control(ready))
         if mount.is_ours(self.config.mountpoint, self.config.backing):
             _detach(self.config.mountpoint)

@@ -54,6 +54,16 @@ class Mounted:
     passthrough: bool = False  # regular files' data is passed through by the kernel
 
 
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
 def err(fn, *args, **kw) -> int:
     """The errno `fn` fails with, 0 if it succeeds."""
     try:

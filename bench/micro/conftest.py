@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpass.config import MountConfig
+from fastpass.config import MountConfig, resolve
 from fastpass.fs.context import Fs
 from fastpass.fs.shared import SharedState
 
@@ -26,9 +26,9 @@ def backing(tmp_path: Path) -> Path:
 @pytest.fixture
 def fs(backing: Path) -> Iterator[Fs]:
     """What a worker builds at start: Fs over the shared tables the supervisor made."""
-    config = MountConfig(backing=str(backing), mountpoint="/nonexistent")
+    config = resolve(MountConfig(backing=str(backing), mountpoint="/nonexistent"), watched=True)
     root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fs = Fs(config, root_fd, SharedState(root_fd, max_inodes=4096, max_handles=1024))
+    fs = Fs(config, root_fd, SharedState(root_fd, max_inodes=4096, cache_size=1024, max_handles=1024))
     try:
         yield fs
     finally:

@@ -48,7 +48,7 @@ def test_write_decode_128k(benchmark) -> None:
 
 def test_getattr_reply_encode(benchmark, backing: Path) -> None:
     st = os.stat(backing / "file")
-    got = benchmark(encode.attr_out, (1, 0), st)
+    got = benchmark(lambda: encode.attr_out((1, 0), encode.attr(st)))
     assert len(got) == abi.ATTR_OUT_SIZE
     assert abi.ATTR_OUT.unpack(got)[3] == st.st_ino
 

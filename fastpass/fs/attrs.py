@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
@@ -12,15 +13,21 @@ from fastpass.kernel import abi
 from fastpass.kernel.abi import Fattr
 
 _fstat = os.fstat
+_clock = time.monotonic_ns
 
 
 def getattr_(fs: Fs, req: Request, getattr_flags: int, fh: int) -> bytes:
+    nodeid = req.nodeid
+    cached = fs.cached_attr(nodeid)
+    if cached is not None:
+        return cached
+    t0 = _clock()
     if getattr_flags & abi.GETATTR_FH:
         try:
-            return fs.attr(_fstat(fs.file_fd(fh)))
+            return fs.attr(nodeid, _fstat(fs.file_fd(fh)), t0)
         except OSError:
             pass  # a directory fh or a stale one: the inode answers
-    return fs.attr(_fstat(fs.inode_fd(req.nodeid)))
+    return fs.attr(nodeid, _fstat(fs.inode_fd(nodeid)), t0)
 
 
 def kill_suidgid(fd: int) -> None:
@@ -81,7 +88,8 @@ def setattr_(fs: Fs, req: Request, valid: int, fh: int, size: int, lock_owner: i
     if valid & Fattr.KILL_SUIDGID:
         kill_suidgid(fd if fd >= 0 else ifd)
     # FATTR_CTIME: the backing sets ctime itself on every change above.
-    return fs.attr(_fstat(fd if fd >= 0 else ifd))
+    t0 = _clock()
+    return fs.attr(req.nodeid, _fstat(fd if fd >= 0 else ifd), t0)
 
 
 def statx(fs: Fs, req: Request, getattr_flags: int, fh: int, sx_flags: int, sx_mask: int) -> bytes:

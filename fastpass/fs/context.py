@@ -9,6 +9,7 @@ import time
 
 from fastpass import _linux
 from fastpass.config import MountConfig, split_time
+from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable, fd_budget
 from fastpass.fs.passthrough import Passthrough
@@ -16,6 +17,9 @@ from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
 from fastpass.shm.counters import WorkerCounters
+
+
+_clock = time.monotonic_ns
 
 
 class Request:
@@ -107,6 +111,8 @@ class Fs:
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
+        self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
+                      if config.cache == "auto" else None)  # fmt: skip
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here."""
@@ -142,13 +148,55 @@ class Fs:
         inodes = self.inodes
         return inodes.fd(inodes.get(nodeid))
 
-    def entry(self, inode: Inode, st: os.stat_result) -> bytes:
-        return encode.entry_out(inode.nodeid, inode.generation, self.entry_valid, self.attr_valid, st)
+    # --- attributes: the backing's, through the shared cache ---------------------------
+    def entry(self, inode: Inode, st: os.stat_result, t0: int) -> bytes:
+        """fuse_entry_out for a backing stat begun at monotonic time `t0`, kept in the cache."""
+        attr = encode.attr(st)
+        if self.cache is not None:
+            self.cache.put(inode.nodeid, t0, attr)
+        return encode.entry_out(inode.nodeid, inode.generation, self.entry_valid, self.attr_valid, attr)
 
     def lookup_entry(self, parent_nodeid: int, name: bytes) -> bytes:
         inodes = self.inodes
+        t0 = _clock()
         inode, st = inodes.lookup(inodes.get(parent_nodeid), name)
-        return self.entry(inode, st)
+        return self.entry(inode, st, t0)
 
-    def attr(self, st: os.stat_result) -> bytes:
-        return encode.attr_out(self.attr_valid, st)
+    def attr(self, nodeid: int, st: os.stat_result, t0: int) -> bytes:
+        """fuse_attr_out for a backing stat begun at `t0`, kept in the cache."""
+        attr = encode.attr(st)
+        if self.cache is not None:
+            self.cache.put(nodeid, t0, attr)
+        return encode.attr_out(self.attr_valid, attr)
+
+    def cached_attr(self, nodeid: int) -> bytes | None:
+        """fuse_attr_out from the shared cache, or None: ask the backing.  An inode with a
+        passthrough open is never answered from it (the kernel changes such files itself)."""
+        cache = self.cache
+        if cache is None or (self.passthrough is not None and self.inodes.in_passthrough(nodeid)):
+            return None
+        attr = cache.get(nodeid)
+        return None if attr is None else encode.attr_out(self.attr_valid, attr)
+
+    def refresh(self, nodeid: int, fd: int) -> None:
+        """After a change made through `fd`: the cache takes the backing's attributes from now."""
+        if self.cache is not None:
+            t0 = _clock()
+            self.cache.put(nodeid, t0, encode.attr(os.fstat(fd)))
+
+    def changed(self, *nodeids: int) -> None:
+        """These inodes changed as a side effect (a parent's mtime, a victim's link count)."""
+        if self.cache is not None:
+            for nodeid in nodeids:
+                if nodeid:
+                    self.cache.changed(nodeid)
+
+    def known(self, dir_fd: int, name: bytes) -> int:
+        """The nodeid the kernel may hold for `name` (before it is removed or replaced), or 0."""
+        if self.cache is None:
+            return 0
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return 0
+        return self.inodes.nodeid_of((st.st_dev, st.st_ino))

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 
 from fastpass import _linux
 from fastpass.fs.attrs import kill_suidgid
@@ -31,6 +32,7 @@ from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
 # Flags the kernel has already acted on, or that must not reach the backing open.
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
 _preadv = os.preadv
+_clock = time.monotonic_ns
 _pwrite = os.pwrite
 _pack_write_out = abi.WRITE_OUT.pack
 
@@ -59,6 +61,8 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     try:
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
+        if flags & os.O_TRUNC or open_flags & abi.OPEN_KILL_SUIDGID:
+            fs.refresh(inode.nodeid, fd)
         return _opened(fs, req, inode, fd, flags)
     except BaseException:
         os.close(fd)
@@ -94,9 +98,12 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
             os.set_blocking(fd, True)
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
+        if made:
+            fs.changed(req.nodeid)
+        t0 = _clock()
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
         try:
-            return fs.entry(inode, st) + _opened(fs, req, inode, fd, flags)
+            return fs.entry(inode, st, t0) + _opened(fs, req, inode, fd, flags)
         except BaseException:
             fs.inodes.forget(inode.nodeid, 1)  # the kernel never hears of this lookup
             raise
@@ -113,8 +120,9 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
     fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
+        t0 = _clock()
         inode = fs.inodes.add(path_fd, os.fstat(path_fd))
-        return fs.entry(inode, os.fstat(fd)) + _opened(fs, req, inode, fd, flags)
+        return fs.entry(inode, os.fstat(fd), t0) + _opened(fs, req, inode, fd, flags)
     except BaseException:
         os.close(fd)
         raise
@@ -123,6 +131,8 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
 def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> memoryview:
     view = fs.read_view
     n = _preadv(fs.file_fd(fh), [view[:size]], offset)
+    if fs.cache is not None:
+        fs.cache.read(req.nodeid)
     return view[:n]
 
 
@@ -132,6 +142,7 @@ def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: in
     n = _pwrite(fd, data, offset)
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
+    fs.refresh(req.nodeid, fd)
     return _pack_write_out(n)
 
 
@@ -143,6 +154,8 @@ def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
 def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
     nodeid, passthrough = fs.handles.release(fh)
     if passthrough and fs.passthrough is not None:
+        # The kernel wrote it without us: the cache forgets it before it may answer for it again.
+        fs.changed(nodeid)
         fs.passthrough.release(nodeid)
 
 
@@ -155,7 +168,9 @@ def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
 
 
 def fallocate(fs: Fs, req: Request, fh: int, offset: int, length: int, mode: int) -> None:
-    _linux.fallocate(fs.file_fd(fh), mode, offset, length)
+    fd = fs.file_fd(fh)
+    _linux.fallocate(fd, mode, offset, length)
+    fs.refresh(req.nodeid, fd)
 
 
 def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
@@ -165,18 +180,22 @@ def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
 _MAX_32 = 0xFFFFF000  # the largest page-aligned count a 32-bit reply can carry
 
 
-def _copy(fs: Fs, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
+def _copy(fs: Fs, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int, length: int,
+          flags: int) -> int:  # fmt: skip
     if flags:
         raise OSError(22, "copy_file_range flags must be 0")
-    return os.copy_file_range(fs.file_fd(fh_in), fs.file_fd(fh_out), length, off_in, off_out)
+    out = fs.file_fd(fh_out)
+    n = os.copy_file_range(fs.file_fd(fh_in), out, length, off_in, off_out)
+    fs.refresh(nodeid_out, out)
+    return n
 
 
 def copy_file_range(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int,
                     length: int, flags: int) -> bytes:  # fmt: skip
-    return _pack_write_out(_copy(fs, fh_in, off_in, fh_out, off_out, min(length, _MAX_32), flags))
+    return _pack_write_out(_copy(fs, fh_in, off_in, nodeid_out, fh_out, off_out, min(length, _MAX_32), flags))
 
 
 def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out: int, fh_out: int, off_out: int,
                        length: int, flags: int) -> bytes:  # fmt: skip
     """7.45: the same with a 64-bit count in the reply."""
-    return abi.COPY_FILE_RANGE_OUT.pack(_copy(fs, fh_in, off_in, fh_out, off_out, length, flags))
+    return abi.COPY_FILE_RANGE_OUT.pack(_copy(fs, fh_in, off_in, nodeid_out, fh_out, off_out, length, flags))

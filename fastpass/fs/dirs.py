@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
@@ -25,6 +26,7 @@ from fastpass.kernel import encode
 _DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; d_name follows
 _NAME_AT = _DIRENT64.size
 _DOTS = (b".", b"..")
+_clock = time.monotonic_ns
 
 
 def opendir(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
@@ -80,6 +82,8 @@ def _entries(fs: Fs, nodeid: int, h: DirHandle, offset: int):
 
 def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> bytes:
     h = fs.dir_handle(fh)
+    if fs.cache is not None:
+        fs.cache.read(req.nodeid)
     out = []
     used = 0
     dirent = encode.dirent
@@ -97,6 +101,8 @@ def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: i
 def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int,
                 flags: int) -> bytes:  # fmt: skip
     h = fs.dir_handle(fh)
+    if fs.cache is not None:
+        fs.cache.read(req.nodeid)
     inodes = fs.inodes
     parent = inodes.get(req.nodeid)
     out = []
@@ -109,8 +115,9 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
         entry = _NO_ENTRY
         if name not in _DOTS:
             try:
+                t0 = _clock()
                 inode, st = inodes.lookup(parent, name)
-                entry = fs.entry(inode, st)
+                entry = fs.entry(inode, st, t0)
             except OSError:
                 pass  # gone since getdents: the name without attributes
         out.append(entry)

@@ -30,6 +30,7 @@ Facts that shape it:
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import resource
 import struct
@@ -47,6 +48,7 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 SLOT = struct.Struct("<IIqQQiHHiiI4x128s")
 _BACKING_AT = 40  # offset of the passthrough fields in a slot
 _BACKING = struct.Struct("<iiI")
+_I32 = struct.Struct("<i")
 ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
 _MASK32 = 0xFFFFFFFF
@@ -118,6 +120,32 @@ class InodeSpace:
         self.ring = layout.take(U64.size * RING)
 
 
+def _probe(m: mmap.mmap, space: InodeSpace, key: tuple[int, int]) -> tuple[int, int]:
+    mask = space.index_size - 1
+    i = hash(key) & mask
+    while True:
+        dev, ino, slot, used = ENTRY.unpack_from(m, space.index + i * ENTRY.size)
+        if not used or (dev, ino) == key:
+            return i, slot if used else 0
+        i = (i + 1) & mask
+
+
+def nodeid_of(space: InodeSpace, region: Region, key: tuple[int, int], handle: bytes | None) -> int:
+    """The live nodeid of backing inode `key`, or 0 if the kernel does not know it.  With a
+    handle, a slot holding another handle (a reused inode number) does not count."""
+    region.lock(LOCK_INODES)
+    try:
+        _, slot = _probe(region.map, space, key)
+        if not slot:
+            return 0
+        gen, live, *_, hlen, _creator, _bid, _opens, _uid, h = SLOT.unpack_from(region.map, space.slots + slot * SLOT.size)
+    finally:
+        region.unlock(LOCK_INODES)
+    if not live or (handle is not None and hlen and h[:hlen] != handle):
+        return 0
+    return gen << 32 | slot
+
+
 class InodeTable:
     @staticmethod
     def format(space: InodeSpace, region: Region, root_fd: int) -> None:
@@ -175,12 +203,7 @@ class InodeTable:
 
     def _find(self, key: tuple[int, int]) -> tuple[int, int]:
         """(index position, slot) of `key`, slot 0 if absent (position is then the free cell)."""
-        i = hash(key) & self._mask
-        while True:
-            dev, ino, slot, used = self._entry_at(i)
-            if not used or (dev, ino) == key:
-                return i, slot if used else 0
-            i = (i + 1) & self._mask
+        return _probe(self._map, self._space, key)
 
     def _insert(self, key: tuple[int, int], slot: int) -> None:
         i, _ = self._find(key)
@@ -387,6 +410,14 @@ class InodeTable:
         else:
             os.close(fd)
         return inode
+
+    def nodeid_of(self, key: tuple[int, int]) -> int:
+        """The live nodeid of backing inode `key`, or 0."""
+        return nodeid_of(self._space, self._region, key, None)
+
+    def in_passthrough(self, nodeid: int) -> bool:
+        """Whether the inode has a passthrough open: the kernel then changes its data and size itself."""
+        return _I32.unpack_from(self._map, self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT)[0] > 0
 
     def attach_backing(self, inode: Inode, uid: int, register: Callable[[], int]) -> tuple[int, bool]:
         """The inode's passthrough backing id for one more open, registering one if it has none.

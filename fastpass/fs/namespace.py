@@ -9,6 +9,7 @@ after creation, so their attributes are the backing's own.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
@@ -31,23 +32,27 @@ def batch_forget(fs: Fs, req: Request, forgets: list[tuple[int, int]]) -> None:
 
 def mkdir(fs: Fs, req: Request, mode: int, umask: int, name: bytes) -> bytes:
     os.mkdir(name, mode, dir_fd=fs.inode_fd(req.nodeid))
+    fs.changed(req.nodeid)
     return fs.lookup_entry(req.nodeid, name)
 
 
 def mknod(fs: Fs, req: Request, mode: int, rdev: int, umask: int, name: bytes) -> bytes:
     os.mknod(name, mode, os.makedev(*abi.new_decode_dev(rdev)), dir_fd=fs.inode_fd(req.nodeid))
+    fs.changed(req.nodeid)
     return fs.lookup_entry(req.nodeid, name)
 
 
 def symlink(fs: Fs, req: Request, name: bytes, target: bytes) -> bytes:
     os.symlink(target, name, dir_fd=fs.inode_fd(req.nodeid))
+    fs.changed(req.nodeid)
     return fs.lookup_entry(req.nodeid, name)
 
 
 def link(fs: Fs, req: Request, oldnodeid: int, newname: bytes) -> bytes:
     # linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the magic link does not.
     os.link(proc_path(fs.inode_fd(oldnodeid)), newname, dst_dir_fd=fs.inode_fd(req.nodeid), follow_symlinks=True)
-    return fs.lookup_entry(req.nodeid, newname)
+    fs.changed(req.nodeid)
+    return fs.lookup_entry(req.nodeid, newname)  # the linked inode's new count goes to the cache
 
 
 def readlink(fs: Fs, req: Request) -> bytes:
@@ -55,20 +60,32 @@ def readlink(fs: Fs, req: Request) -> bytes:
 
 
 def unlink(fs: Fs, req: Request, name: bytes) -> None:
-    os.unlink(name, dir_fd=fs.inode_fd(req.nodeid))
+    dir_fd = fs.inode_fd(req.nodeid)
+    victim = fs.known(dir_fd, name)
+    os.unlink(name, dir_fd=dir_fd)
+    fs.changed(req.nodeid, victim)  # its link count and ctime moved
 
 
 def rmdir(fs: Fs, req: Request, name: bytes) -> None:
-    os.rmdir(name, dir_fd=fs.inode_fd(req.nodeid))
+    dir_fd = fs.inode_fd(req.nodeid)
+    victim = fs.known(dir_fd, name)
+    os.rmdir(name, dir_fd=dir_fd)
+    fs.changed(req.nodeid, victim)
+
+
+def _renamed(fs: Fs, req: Request, newdir: int, old: bytes, new: bytes, call: Callable[[int, int], None]) -> None:
+    """Run a rename; the cache forgets both directories, the moved inode (ctime) and a replaced one."""
+    src, dst = fs.inode_fd(req.nodeid), fs.inode_fd(newdir)
+    moved, replaced = fs.known(src, old), fs.known(dst, new)
+    call(src, dst)
+    fs.changed(req.nodeid, newdir, moved, replaced)
 
 
 def rename(fs: Fs, req: Request, newdir: int, old: bytes, new: bytes) -> None:
-    os.rename(old, new, src_dir_fd=fs.inode_fd(req.nodeid), dst_dir_fd=fs.inode_fd(newdir))
+    _renamed(fs, req, newdir, old, new, lambda src, dst: os.rename(old, new, src_dir_fd=src, dst_dir_fd=dst))
 
 
 def rename2(fs: Fs, req: Request, newdir: int, flags: int, old: bytes, new: bytes) -> None:
     """NOREPLACE, EXCHANGE and WHITEOUT (the only flags the kernel forwards) go to the backing,
     which answers EINVAL for combinations it refuses, as renameat2(2) on it would."""
-    if not flags:
-        return rename(fs, req, newdir, old, new)
-    _linux.renameat2(fs.inode_fd(req.nodeid), old, fs.inode_fd(newdir), new, flags)
+    _renamed(fs, req, newdir, old, new, lambda src, dst: _linux.renameat2(src, old, dst, new, flags))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fastpass.fs.attrcache import AttrSpace
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace
@@ -11,10 +12,11 @@ DEFAULT_MAX_HANDLES = 1 << 18  # 24 B a slot
 
 
 class SharedState:
-    def __init__(self, root_fd: int, max_inodes: int, max_handles: int = DEFAULT_MAX_HANDLES):
+    def __init__(self, root_fd: int, max_inodes: int, cache_size: int = 0, max_handles: int = DEFAULT_MAX_HANDLES):
         layout = Layout()
         self.inodes = InodeSpace(layout, max_inodes)
         self.handles = HandleSpace(layout, max_handles)
+        self.attrs = AttrSpace(layout, cache_size)
         self.counters = CounterSpace(layout)
         self.region = Region(layout.size)
         InodeTable.format(self.inodes, self.region, root_fd)

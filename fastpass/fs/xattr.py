@@ -32,7 +32,9 @@ def listxattr(fs: Fs, req: Request, size: int) -> bytes:
 
 def setxattr(fs: Fs, req: Request, size: int, flags: int, name: bytes, value: bytes) -> None:
     os.setxattr(proc_path(fs.inode_fd(req.nodeid)), name, value, flags)
+    fs.changed(req.nodeid)  # ctime; a POSIX ACL may change the mode too
 
 
 def removexattr(fs: Fs, req: Request, name: bytes) -> None:
     os.removexattr(proc_path(fs.inode_fd(req.nodeid)), name)
+    fs.changed(req.nodeid)

@@ -14,7 +14,9 @@ from fastpass.kernel import abi
 _NS = 1_000_000_000
 _U64 = (1 << 64) - 1  # times before 1970 travel as two's complement; the kernel reads them signed
 _pack_entry = abi.ENTRY_OUT.pack
-_pack_attr_out = abi.ATTR_OUT.pack
+_pack_attr = abi.ATTR.pack
+_pack_attr_head = abi.ATTR_OUT_HEAD.pack
+_pack_entry_head = abi.ENTRY_OUT_HEAD.pack
 _pack_open = abi.OPEN_OUT.pack
 _pack_dirent = abi.DIRENT.pack
 _PAD = b"\0" * abi.DIRENT_ALIGN
@@ -34,17 +36,24 @@ def attr_values(st: os.stat_result) -> tuple:
     )  # fmt: skip
 
 
-def entry_out(nodeid: int, generation: int, entry_valid: tuple[int, int], attr_valid: tuple[int, int], st: os.stat_result) -> bytes:
-    """fuse_entry_out; nodeid 0 with a valid time is a cached negative entry."""
-    return _pack_entry(nodeid, generation, entry_valid[0], attr_valid[0], entry_valid[1], attr_valid[1], *attr_values(st))
+def attr(st: os.stat_result) -> bytes:
+    """The packed fuse_attr of a backing stat result (what the attribute cache keeps)."""
+    return _pack_attr(*attr_values(st))
+
+
+def entry_out(nodeid: int, generation: int, entry_valid: tuple[int, int], attr_valid: tuple[int, int], attr: bytes) -> bytes:
+    """fuse_entry_out around a packed fuse_attr."""
+    return _pack_entry_head(nodeid, generation, entry_valid[0], attr_valid[0], entry_valid[1], attr_valid[1]) + attr
 
 
 def negative_entry(entry_valid: tuple[int, int]) -> bytes:
+    """nodeid 0 with a valid time: a cached negative entry."""
     return _pack_entry(0, 0, entry_valid[0], 0, entry_valid[1], 0, *((0,) * 16))
 
 
-def attr_out(attr_valid: tuple[int, int], st: os.stat_result) -> bytes:
-    return _pack_attr_out(attr_valid[0], attr_valid[1], 0, *attr_values(st))
+def attr_out(attr_valid: tuple[int, int], attr: bytes) -> bytes:
+    """fuse_attr_out around a packed fuse_attr."""
+    return _pack_attr_head(attr_valid[0], attr_valid[1], 0) + attr
 
 
 def open_out(fh: int, open_flags: int, backing_id: int = 0) -> bytes:
@@ -66,3 +75,23 @@ def dirent(ino: int, off: int, dtype: int, name: bytes) -> bytes:
 def dirent_size(name: bytes, plus: bool) -> int:
     base = abi.NAME_OFFSET_DIRENTPLUS if plus else abi.NAME_OFFSET
     return (base + len(name) + 7) & ~7
+
+
+def notification(code: int, body: bytes) -> bytes:
+    """A server-to-kernel message: an out-header with unique 0 and the notify code in `error`."""
+    return abi.OUT_HEADER.pack(16 + len(body), code, 0) + body
+
+
+def inval_inode(nodeid: int, data: bool) -> bytes:
+    """Drop the kernel's attributes of `nodeid`, and its cached pages too if `data`."""
+    return notification(abi.NotifyCode.INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(nodeid, 0 if data else -1, 0))
+
+
+def inval_entry(parent: int, name: bytes) -> bytes:
+    """Drop the kernel's dentry `name` in `parent`: its next use looks the name up again."""
+    return notification(abi.NotifyCode.INVAL_ENTRY, abi.NOTIFY_INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
+
+
+def delete(parent: int, child: int, name: bytes) -> bytes:
+    """`name` in `parent`, which was `child`, is gone: the kernel drops the dentry and unlinks the inode."""
+    return notification(abi.NotifyCode.DELETE, abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0) + name + b"\0")

@@ -21,7 +21,10 @@ BUCKETS = 40  # latency < 2**39 ns (9 minutes)
 ERRNOS = 256
 OP_STRIDE = 3 + BUCKETS  # count, errors, total_ns, histogram
 # misc fields of a block
-PID, STARTED_NS, FOREIGN_NODES, FOREIGN_FILES, OPENS_PASSTHROUGH, OPENS_USERSPACE, MISC = 0, 1, 2, 3, 4, 5, 8
+PID, STARTED_NS, FOREIGN_NODES, FOREIGN_FILES, OPENS_PASSTHROUGH, OPENS_USERSPACE = 0, 1, 2, 3, 4, 5
+CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS = 6, 7, 8  # the shared attribute cache, as this process used it
+INVALIDATIONS = 9  # notifications the watcher sent the kernel (the watcher's block only)
+MISC = 16
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 
 

@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mounted, fastpass_mount, is_mounted, run_fastpass, server_pid
+from conftest import Mounted, fastpass_mount, is_mounted, run_fastpass, server_pid, wait_for
 
 from fastpass import state
+from fastpass.supervisor import WATCHER_NAME
 
 ACCESS_TIMEOUT = 5
 POOL = pytest.mark.parametrize("workers", [1, 4], ids=["w1", "w4"])
@@ -50,21 +51,22 @@ def wchan(pid: int) -> str:
         return ""
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
 
 
-def children(pid: int) -> list[int]:
+def children(pid: int, watcher: bool = False) -> list[int]:
+    """The supervisor's live workers (and its watcher process too, if asked)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split() if alive(int(c))]
+            pids = [int(c) for c in f.read().split() if alive(int(c))]
     except FileNotFoundError:
         return []
+    return [c for c in pids if watcher or comm(c) != WATCHER_NAME]
 
 
 @contextlib.contextmanager
@@ -137,7 +139,7 @@ def forget_server(m: Mounted) -> None:
 def unmount_and_check(m: Mounted) -> None:
     """`fastpass unmount`, then every process of this mount must be gone."""
     sup = m.pid
-    everyone = [sup, *children(sup)] if sup else []
+    everyone = [sup, *children(sup, watcher=True)] if sup else []
     r = run_fastpass("unmount", str(m.mnt), timeout=15)
     assert r.returncode == 0, r.stderr
     assert not is_mounted(m.mnt)

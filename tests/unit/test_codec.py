@@ -328,7 +328,7 @@ def _attr_expect(st_: os.stat_result, rdev: int = 0) -> tuple:
 
 
 def test_entry_out_round_trip(stat_file: os.stat_result) -> None:
-    raw = encode.entry_out(42, 7, (1, 500_000_000), (2, 250_000_000), stat_file)
+    raw = encode.entry_out(42, 7, (1, 500_000_000), (2, 250_000_000), encode.attr(stat_file))
     assert len(raw) == 128
     got = ENTRY.unpack(raw)
     assert got[:6] == (42, 7, 1, 2, 500_000_000, 250_000_000)
@@ -340,7 +340,7 @@ def test_entry_out_round_trip(stat_file: os.stat_result) -> None:
 
 
 def test_attr_out_round_trip(stat_file: os.stat_result) -> None:
-    raw = encode.attr_out((3, 999_999_999), stat_file)
+    raw = encode.attr_out((3, 999_999_999), encode.attr(stat_file))
     assert len(raw) == 104
     got = ATTR_OUT.unpack(raw)
     assert got[:3] == (3, 999_999_999, 0)  # attr_valid, attr_valid_nsec, dummy
@@ -349,7 +349,7 @@ def test_attr_out_round_trip(stat_file: os.stat_result) -> None:
 
 def test_attr_of_a_directory(tmp_path: Path) -> None:
     st_ = os.stat(tmp_path)
-    got = abi.ATTR.unpack(encode.attr_out((0, 0), st_)[abi.ATTR_OUT_HEAD.size :])
+    got = abi.ATTR.unpack(encode.attr_out((0, 0), encode.attr(st_))[abi.ATTR_OUT_HEAD.size :])
     assert stat.S_ISDIR(got[9]) and got[0] == st_.st_ino and got[10] == st_.st_nlink
 
 
@@ -376,7 +376,7 @@ def test_attr_negative_times_pre_1970() -> None:
     time64_t, so -1.5 s must go out as sec = 2**64 - 2 (two's complement of -2), nsec = 500000000 --
     what libfuse sends (`attr->mtime = st->st_mtime`)."""
     fake = _fake_stat(st_mtime_ns=-1_500_000_000, st_atime_ns=-1, st_ctime_ns=MTIME_NS)
-    raw = encode.attr_out((1, 0), fake)  # type: ignore[arg-type]
+    raw = encode.attr_out((1, 0), encode.attr(fake))  # type: ignore[arg-type]
     got = ATTR_OUT.unpack(raw)
     assert (got[6], got[9]) == ((-1 & 0xFFFFFFFFFFFFFFFF), 999_999_999)  # atime -1 ns = -1 s + 999999999 ns
     assert (got[7], got[10]) == ((-2 & 0xFFFFFFFFFFFFFFFF), 500_000_000)  # mtime -1.5 s

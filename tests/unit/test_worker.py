@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpass.config import MountConfig
+from fastpass.config import MountConfig, resolve
 from fastpass.fs.context import Fs
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
@@ -29,7 +29,8 @@ def channel(tmp_path: Path):
     (tmp_path / "file").write_bytes(b"0123456789")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     root_fd = os.open(tmp_path, os.O_PATH)
-    fs = Fs(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), root_fd, SharedState(root_fd, 4096, 1024))
+    config = resolve(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), watched=False)
+    fs = Fs(config, root_fd, SharedState(root_fd, 4096, cache_size=1024, max_handles=1024))
     worker = Worker(theirs.fileno(), fs, build(), allow_other=False, debug=False)
     t = threading.Thread(target=worker.serve, daemon=True)
     t.start()

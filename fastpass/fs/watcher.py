@@ -1,0 +1,192 @@
+"""Changes made behind fastpass's back, pushed to the kernel: the fanotify watcher process.
+
+Why fanotify and not inotify:
+
+* one filesystem mark covers the whole backing tree, directories made later
+  included; inotify needs a watch per directory, added after each mkdir
+  (racing the first changes inside it) and capped by max_user_watches;
+* each event carries the pid of the process that made the change, so the
+  changes the workers made themselves are not echoed back as invalidations
+  (the kernel already knows about those from the replies);
+* events name inodes by file handle, the identity the inode table keeps.
+
+It needs CAP_SYS_ADMIN and a local filesystem; elsewhere (not root, network
+filesystems, whose other clients' changes raise no events here) the cache
+falls back to revalidation by time (`--revalidate`).
+
+For each change from another process, the watcher drops the inode's
+shared-cache entry first and then tells the kernel: FUSE_NOTIFY_INVAL_INODE
+for changed attributes (with the page cache for changed data),
+FUSE_NOTIFY_INVAL_ENTRY for a name created, removed or renamed (so a name
+the kernel would trust for its entry timeout is looked up again), and
+FUSE_NOTIFY_DELETE where the removed inode is one the kernel knows.  Events
+are read in batches after a short pause, so a burst of writes to one file
+costs one notification.
+
+A change by the kernel's own passthrough I/O carries the writing
+application's pid and is indistinguishable from an outside change; it costs
+one attribute invalidation.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import struct
+import time
+from collections.abc import Callable
+
+from fastpass import _linux
+from fastpass.fs.attrcache import AttrCache
+from fastpass.fs.inodes import InodeSpace, nodeid_of
+from fastpass.kernel import encode
+from fastpass.shm.counters import INVALIDATIONS
+from fastpass.shm.region import Region
+
+log = logging.getLogger("fastpass.watcher")
+
+_INIT = (_linux.FAN_CLOEXEC | _linux.FAN_REPORT_FID | _linux.FAN_REPORT_DIR_FID | _linux.FAN_REPORT_NAME
+         | _linux.FAN_REPORT_TARGET_FID)  # fmt: skip
+_DATA = _linux.FAN_MODIFY
+_ENTRY = _linux.FAN_CREATE | _linux.FAN_DELETE | _linux.FAN_MOVED_FROM | _linux.FAN_MOVED_TO
+_MASK = _DATA | _linux.FAN_ATTRIB | _ENTRY | _linux.FAN_ONDIR
+_META = struct.Struct("<IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
+_INFO = struct.Struct("<BBH")  # info_type, pad, len
+_HANDLE_AT = _INFO.size + 8  # after the record header and the fsid
+_HANDLE_HEAD = struct.Struct("<Ii")  # handle_bytes, handle_type
+BATCH_PAUSE = 0.005  # s: lets a burst of events on one inode merge into one
+# Filesystems whose changes can come from elsewhere without an event here.
+REMOTE = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "fuse", "fuseblk",
+                    "gfs2", "ocfs2", "lustre", "virtiofs"})  # fmt: skip
+
+
+def open_watch(backing: str, fstype: str) -> int | str:
+    """A fanotify fd marking the backing's filesystem, or why there cannot be one."""
+    if fstype.split(".")[0] in REMOTE:
+        return f"{fstype} reports no changes made by other clients"
+    if os.geteuid() != 0:
+        return "fanotify needs root"
+    try:
+        fd = _linux.fanotify_init(_INIT, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return f"fanotify_init: {e.strerror}"
+    try:
+        _linux.fanotify_mark(fd, _linux.FAN_MARK_ADD | _linux.FAN_MARK_FILESYSTEM, _MASK, backing)
+    except OSError as e:
+        os.close(fd)
+        return f"fanotify_mark on {fstype}: {e.strerror}"
+    return fd
+
+
+class Changes:
+    """What one batch of events asks the kernel to forget, deduplicated."""
+
+    def __init__(self) -> None:
+        self.inodes: dict[int, bool] = {}  # nodeid -> data changed too
+        self.entries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> removed child nodeid or 0
+        self.overflow = False
+
+
+def parse(buf: memoryview, own: Callable[[int], bool], resolve: Callable[[bytes], int]) -> Changes:
+    """Turn raw fanotify events into changes, skipping those made by `own` pids."""
+    changes = Changes()
+    pos, end = 0, len(buf)
+    while pos + _META.size <= end:
+        event_len, _vers, _res, meta_len, mask, _fd, pid = _META.unpack_from(buf, pos)
+        if event_len < _META.size:
+            break
+        if mask & _linux.FAN_Q_OVERFLOW:
+            changes.overflow = True
+        elif not own(pid):
+            _event(buf, pos + meta_len, pos + event_len, mask, resolve, changes)
+        pos += event_len
+    return changes
+
+
+def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[bytes], int], changes: Changes) -> None:
+    child = 0
+    places: list[tuple[int, bytes]] = []
+    while pos + _INFO.size <= end:
+        kind, _pad, length = _INFO.unpack_from(buf, pos)
+        if length < _INFO.size:
+            return
+        hstart = pos + _HANDLE_AT
+        nbytes, _type = _HANDLE_HEAD.unpack_from(buf, hstart)
+        hend = hstart + _HANDLE_HEAD.size + nbytes
+        nodeid = resolve(bytes(buf[hstart:hend]))
+        if kind == _linux.FAN_EVENT_INFO_TYPE_FID:
+            child = nodeid
+        elif kind == _linux.FAN_EVENT_INFO_TYPE_DFID_NAME and nodeid and mask & _ENTRY:
+            places.append((nodeid, bytes(buf[hend : pos + length]).split(b"\0", 1)[0]))
+        pos += length
+    if child:
+        changes.inodes[child] = changes.inodes.get(child, False) or bool(mask & _DATA)
+    for parent, name in places:
+        changes.inodes.setdefault(parent, False)  # its mtime, size and link count moved
+        changes.entries[(parent, name)] = child if mask & _linux.FAN_DELETE else 0
+
+
+class Watcher:
+    """Reads the fanotify fd and notifies the kernel on the session's device fd."""
+
+    def __init__(self, fan_fd: int, devfd: int, backing: str, inodes: InodeSpace, region: Region,
+                 cache: AttrCache | None, own: Callable[[int], bool], counters: memoryview):  # fmt: skip
+        self.fan_fd = fan_fd
+        self.devfd = devfd
+        self.mount_fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.inodes = inodes
+        self.region = region
+        self.cache = cache
+        self.own = own
+        self.counters = counters
+        self._keys: dict[bytes, tuple[int, int]] = {}  # handle -> (st_dev, st_ino), kept for deleted inodes
+
+    def resolve(self, handle: bytes) -> int:
+        """The nodeid the kernel knows for a handle from an event, or 0."""
+        key = self._keys.get(handle)
+        if key is None:
+            try:
+                fd = _linux.open_by_handle(self.mount_fd, handle, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return 0  # gone, and never seen
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            key = (st.st_dev, st.st_ino)
+            if len(self._keys) > 65536:
+                self._keys.clear()
+            self._keys[handle] = key
+        return nodeid_of(self.inodes, self.region, key, handle)
+
+    def _notify(self, message: bytes) -> None:
+        try:
+            os.write(self.devfd, message)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the kernel holds no such inode or name
+                raise
+        self.counters[INVALIDATIONS] += 1
+
+    def apply(self, changes: Changes) -> None:
+        cache = self.cache
+        if changes.overflow:
+            log.warning("fanotify queue overflowed: changes made meanwhile show within the kernel timeouts")
+        for nodeid, data in changes.inodes.items():
+            if cache is not None:
+                cache.changed(nodeid)  # before the kernel asks again
+            self._notify(encode.inval_inode(nodeid, data))
+        for (parent, name), child in changes.entries.items():
+            self._notify(encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
+
+    def run(self) -> None:
+        """Forever: the supervisor ends this process when the mount ends."""
+        buf = bytearray(256 * 1024)
+        poller = select.poll()
+        poller.register(self.fan_fd, select.POLLIN)
+        while True:
+            poller.poll()
+            time.sleep(BATCH_PAUSE)
+            n = os.readv(self.fan_fd, [buf])
+            self.apply(parse(memoryview(buf)[:n], self.own, self.resolve))
