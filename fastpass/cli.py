@@ -197,17 +197,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     import msgspec
-    from rich.console import Console
-    from rich.live import Live
 
     mnt = _resolve_parent(args.mountpoint)
     try:
         record = stats.fetch(mnt)
-        if args.json:
+        if args.json:  # no rich: JSON works wherever the server's own modules import
             print(msgspec.json.format(msgspec.json.encode(record)).decode())
         elif args.watch is None:
+            from rich.console import Console
+
             Console().print(stats.render(record))
         else:
+            from rich.live import Live
+
             with Live(stats.render(record), auto_refresh=False) as live:
                 while True:
                     time.sleep(args.watch)

@@ -342,7 +342,8 @@ class Pool:
                 self.stop("worker crash loop")
                 continue
             self.restarts += 1
-            log.error("worker %d exited with %d; replaced by %d", pid, code, self.start_worker(index))
+            log.error("%s %d exited with %d; replaced by %d", "watcher" if index == WATCHER else "worker", pid, code,
+                      self.start_worker(index))  # fmt: skip
         if set(self.workers.values()) == {WATCHER}:
             for pid in self.workers:  # the connection ended: nothing left to watch for
                 os.kill(pid, signal.SIGTERM)

@@ -118,8 +118,12 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
         nodeid = resolve(bytes(buf[hstart:hend]))
         if kind == _linux.FAN_EVENT_INFO_TYPE_FID:
             child = nodeid
-        elif kind == _linux.FAN_EVENT_INFO_TYPE_DFID_NAME and nodeid and mask & _ENTRY:
-            places.append((nodeid, bytes(buf[hend : pos + length]).split(b"\0", 1)[0]))
+        elif kind == _linux.FAN_EVENT_INFO_TYPE_DFID_NAME and nodeid:
+            name = bytes(buf[hend : pos + length]).split(b"\0", 1)[0]
+            if name == b".":  # an event on the directory itself
+                child = nodeid
+            elif mask & _ENTRY:
+                places.append((nodeid, name))
         pos += length
     if child:
         changes.inodes[child] = changes.inodes.get(child, False) or bool(mask & _DATA)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import pickle
 import select
@@ -30,7 +31,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from conftest import MNT_DETACH, _libc, fastpass_mount, is_mounted
+from conftest import MNT_DETACH, _libc, fastpass_mount, is_mounted, wait_for
 
 from tests.users import drop, run_cli_as, wait_child
 
@@ -355,6 +356,15 @@ def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
         assert (backing / "new").read_bytes() == b"written through a user mount"
         assert (backing / "sub" / "deep").read_text() == "deep"
         assert os.stat(backing / "new").st_uid == UID
+
+        # No fanotify without root: attributes and names are revalidated every second instead.
+        code, out, err = run_cli_as(UID, GID, [], "stats", "--json", str(mnt), env=env)
+        assert code == 0, err
+        cache = json.loads(out)["cache"]
+        assert (cache["coherence"], cache["attr_timeout"], cache["entry_timeout"], cache["watcher_pid"]) == \
+               ("revalidate 1 s", 1.0, 1.0, 0)  # fmt: skip
+        (backing / "existing").write_text("changed behind its back")
+        assert as_user(lambda m: wait_for(lambda: (m / "existing").read_text() == "changed behind its back", 3), mnt)
 
         code, out, err = run_cli_as(UID, GID, [], "unmount", str(mnt), env=env)
         assert code == 0, f"unmount as uid {UID} failed: {out}{err}"
