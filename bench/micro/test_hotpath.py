@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from pathlib import Path
 
 from fastpass.fs.context import Fs, Request
@@ -106,3 +107,21 @@ def test_getattr_dispatch(benchmark, fs: Fs, backing: Path) -> None:
     assert struct.unpack_from("<IiQ", got) == (16 + abi.ATTR_OUT_SIZE, 0, 2)
     attr = abi.ATTR_OUT.unpack_from(got, 16)
     assert attr[3] == os.stat(backing).st_ino
+
+
+def test_attr_cache_hit(benchmark, fs: Fs, backing: Path) -> None:
+    """A GETATTR answered from the shared cache: seqlock read plus the reply head."""
+    assert fs.cache is not None
+    fs.cache.put(abi.ROOT_ID, time.monotonic_ns(), encode.attr(os.stat(backing)))
+    got = benchmark(fs.cached_attr, abi.ROOT_ID)
+    assert got is not None and abi.ATTR_OUT.unpack(got)[3] == os.stat(backing).st_ino
+
+
+def test_attr_cache_refresh(benchmark, fs: Fs, backing: Path) -> None:
+    """What a write adds for the cache: fstat, pack, a locked store."""
+    fd = os.open(backing / "file", os.O_RDONLY)
+    try:
+        benchmark(fs.refresh, abi.ROOT_ID, fd)
+    finally:
+        os.close(fd)
+    assert fs.cache is not None and abi.ATTR.unpack(fs.cache.get(abi.ROOT_ID))[1] == 4096  # type: ignore[arg-type]

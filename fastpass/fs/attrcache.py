@@ -11,13 +11,14 @@ Facts that shape it:
   changed (else it is a miss and the backing answers).
 * Writers (a worker after a backing call, the watcher process) take a
   POSIX record lock on one byte per slot, outside the region's data.
-* The backing is the truth, so what goes in must not be older than what a
-  change already put out.  Every fill carries `t0`, the monotonic time
-  taken before the backing call whose result it is; every change records,
-  per slot, the time after which it is known (`changed`).  A fill with
-  `t0` before `changed` is dropped: a getattr that raced a write on another
-  worker cannot put back the size from before the write.  CLOCK_MONOTONIC
-  is the same clock in every process.
+* The backing is the truth, so what goes in must not be older than what
+  is already known.  Every fill carries `t0`, the monotonic time taken
+  before the backing call whose result it is; each slot keeps the newest
+  such time, or the time of the last change dropped from it (`changed`).
+  A fill with `t0` before `changed` is refused: a getattr that raced a
+  write on another worker cannot put back the size from before the write,
+  whether it arrives after the writer's refresh or after a drop.
+  CLOCK_MONOTONIC is the same clock in every process.
 * An entry is good for `revalidate` seconds when the backing gives no
   change events (0: until changed or evicted).
 * Passthrough opens change a file's data and size in the kernel, without a
@@ -99,7 +100,7 @@ class AttrCache:
                 self._misc[CACHE_EVICTIONS] += 1
             _SEQ.pack_into(m, off, seq + 1)
             m[off + _ATTR_AT : off + _ATTR_AT + ATTR.size] = attr
-            HEAD.pack_into(m, off, seq + 2, nodeid, t0, changed)
+            HEAD.pack_into(m, off, seq + 2, nodeid, t0, t0)  # nothing older may follow
         finally:
             fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, lock)
 
