@@ -106,30 +106,41 @@ def parse(buf: memoryview, own: Callable[[int], bool], resolve: Callable[[bytes]
 
 
 def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[bytes], int], changes: Changes) -> None:
-    child = 0
-    places: list[tuple[int, bytes]] = []
+    """One event's records: the object's handle (FID), its directory's handle and name (DFID_NAME).
+
+    A name event (create, delete, move) matters only in a directory the kernel
+    knows, and the object of one matters only for a delete (the kernel may hold
+    the removed inode); a link count that moved raises its own ATTRIB event.
+    So only those handles are resolved, which keeps unrelated activity on the
+    same filesystem cheap.
+    """
+    target = b""
+    place: tuple[bytes, bytes] | None = None
     while pos + _INFO.size <= end:
         kind, _pad, length = _INFO.unpack_from(buf, pos)
         if length < _INFO.size:
             return
         hstart = pos + _HANDLE_AT
-        nbytes, _type = _HANDLE_HEAD.unpack_from(buf, hstart)
-        hend = hstart + _HANDLE_HEAD.size + nbytes
-        nodeid = resolve(bytes(buf[hstart:hend]))
+        hend = hstart + _HANDLE_HEAD.size + _HANDLE_HEAD.unpack_from(buf, hstart)[0]
         if kind == _linux.FAN_EVENT_INFO_TYPE_FID:
-            child = nodeid
-        elif kind == _linux.FAN_EVENT_INFO_TYPE_DFID_NAME and nodeid:
-            name = bytes(buf[hend : pos + length]).split(b"\0", 1)[0]
-            if name == b".":  # an event on the directory itself
-                child = nodeid
-            elif mask & _ENTRY:
-                places.append((nodeid, name))
+            target = bytes(buf[hstart:hend])
+        elif kind == _linux.FAN_EVENT_INFO_TYPE_DFID_NAME:
+            place = bytes(buf[hstart:hend]), bytes(buf[hend : pos + length]).split(b"\0", 1)[0]
         pos += length
-    if child:
-        changes.inodes[child] = changes.inodes.get(child, False) or bool(mask & _DATA)
-    for parent, name in places:
-        changes.inodes.setdefault(parent, False)  # its mtime, size and link count moved
-        changes.entries[(parent, name)] = child if mask & _linux.FAN_DELETE else 0
+    if place is not None and place[1] == b".":  # an event on a directory itself
+        target, place = place[0], None
+    if mask & _ENTRY:
+        parent = resolve(place[0]) if place is not None else 0
+        if parent:
+            child = resolve(target) if target and mask & _linux.FAN_DELETE else 0
+            changes.inodes.setdefault(parent, False)  # its mtime, size and link count moved
+            changes.entries[(parent, place[1])] = child  # type: ignore[index]
+            if child:
+                changes.inodes.setdefault(child, False)
+    elif target:
+        nodeid = resolve(target)
+        if nodeid:
+            changes.inodes[nodeid] = changes.inodes.get(nodeid, False) or bool(mask & _DATA)
 
 
 class Watcher:
