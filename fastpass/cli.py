@@ -10,7 +10,7 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_MAX_INODES, MountConfig
+from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, ENGINES, DEFAULT_MAX_INODES, MountConfig
 from fastpass.kernel import mount
 
 
@@ -38,8 +38,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         debug=args.debug,
         log=os.path.realpath(args.log) if args.log else None,
         nonempty=args.nonempty,
-        workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
-        passthrough=args.passthrough,
+        workers=args.workers if args.workers is not None else _default_workers(args.engine),
+        passthrough="off" if args.engine == "pyfuse3" and args.passthrough == "auto" else args.passthrough,
+        engine=args.engine,
         max_inodes=args.max_inodes,
         cache=args.cache,
         cache_size=args.cache_size,
@@ -61,6 +62,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         code = supervisor.run(config, lambda err: failed.append(err) if err else None)
         return _fail(failed[0]) if failed else code
     return _daemonize(config)
+
+
+def _default_workers(engine: str) -> int:
+    """One per CPU as root (workers need open_by_handle_at); the pyfuse3 engine is one process."""
+    return (os.cpu_count() or 1) if os.geteuid() == 0 and engine == "native" else 1
 
 
 def _daemonize(config: MountConfig) -> int:
@@ -235,6 +241,9 @@ def parser() -> argparse.ArgumentParser:
                    help="kernel attribute cache time (default: set by --cache, see README)")  # fmt: skip
     m.add_argument("--entry-timeout", type=float, metavar="S",
                    help="kernel name cache time (default: set by --cache, see README)")  # fmt: skip
+    m.add_argument("--engine", choices=ENGINES, default="native",
+                   help="native: the kernel protocol, a pool of workers; pyfuse3: libfuse in one process "
+                        "(needs fastpass[pyfuse3])")  # fmt: skip
     m.add_argument("--cache", choices=CACHE_MODES, default="auto",
                    help="auto: shared attribute cache, outside changes pushed to the kernel; off: no cache in "
                         "fastpass, the kernel trusts 1 s; strict: nothing cached anywhere (default %(default)s)")  # fmt: skip

@@ -10,6 +10,7 @@ DEFAULT_TIMEOUT = 1.0  # s the kernel trusts what it has when nobody tells it of
 WATCHED_TIMEOUT = 60.0  # s it trusts them when every outside change is pushed to it
 DEFAULT_REVALIDATE = 1.0  # s, where the backing gives no change events
 CACHE_MODES = ("auto", "off", "strict")
+ENGINES = ("native", "pyfuse3")
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -42,6 +43,9 @@ class MountConfig(msgspec.Struct, frozen=True):
     # a cache between workers and pushes changes made behind fastpass's back to the kernel;
     # "off" keeps no cache in fastpass; "strict" lets nothing be cached anywhere.
     cache: str = "auto"
+    # "native" speaks the kernel protocol with a pool of workers; "pyfuse3" serves the
+    # same operations through libfuse in one process (portable; the test reference).
+    engine: str = "native"
     # Entries of the shared attribute cache (128 bytes each, touched as used).
     cache_size: int = DEFAULT_CACHE_SIZE
     # With cache auto: trust attributes and names this long (s) and then ask the backing

@@ -19,7 +19,7 @@ from fastpass.kernel.init import Negotiated
 class MountState(msgspec.Struct):
     pid: int
     config: MountConfig
-    negotiated: Negotiated
+    negotiated: Negotiated | None  # None: libfuse negotiated it (the pyfuse3 engine)
     started: float
 
 

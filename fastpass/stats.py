@@ -7,14 +7,21 @@ client prints it as a table, JSON, or a live view.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import os
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
 from fastpass import state
 from fastpass.kernel.abi import InitFlag, Opcode
+from fastpass.fs.handles import HandleTable
+from fastpass.fs.inodes import InodeTable
+from fastpass.fs.shared import SharedState
 from fastpass.kernel.init import Negotiated
 from fastpass.shm import counters as C
 
@@ -70,8 +77,9 @@ class Stats(msgspec.Struct):
     inodes: int  # live nodeids
     open_handles: int
     passthrough: bool  # the kernel agreed to FUSE_PASSTHROUGH (writeback cache is then off)
-    negotiated: Negotiated
+    negotiated: Negotiated | None  # None: libfuse negotiated it (the pyfuse3 engine)
     cache: CacheStats
+    engine: str  # "native" or "pyfuse3"
 
 
 def _rss_kib(pid: int) -> int:
@@ -135,8 +143,45 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
         restarts, sorted(ops_out, key=lambda o: -o.count),
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
-        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated, _cache(blocks, watcher, watcher_pid, record),
+        record.negotiated is not None and record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
+        _cache(blocks, watcher, watcher_pid, record), record.config.engine,
     )  # fmt: skip
+
+
+def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: int,
+             record: state.MountState) -> bytes:  # fmt: skip
+    """The JSON stats record of a mount from its shared counters; `pids`: counter block index -> live pid."""
+    blocks = [C.WorkerCounters(shared.counters, shared.region, i) for i in range(workers)]
+    inodes = InodeTable.live(shared.inodes, shared.region)
+    handles = HandleTable.live(shared.handles, shared.region)
+    watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
+    return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
+                                       pids.get(C.WATCHER, 0)))  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def serving(mountpoint: str, answer: Callable[[], bytes]) -> AsyncIterator[None]:
+    """Answer `fastpass stats` on the mount's socket (mode 0600) while inside."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if (await reader.readline()).strip() == b"stats":
+                writer.write(answer())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    path = socket_path(mountpoint)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = await asyncio.start_unix_server(reply, path=path)
+    os.chmod(path, 0o600)
+    try:
+        yield
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def socket_path(mountpoint: str) -> str:
@@ -175,11 +220,12 @@ def render(stats: Stats) -> object:
     from rich.text import Text
 
     n = stats.negotiated
+    protocol = f"protocol 7.{n.minor}: {' '.join(n.flags)}" if n is not None else "protocol: libfuse's"
     head = Text(
-        f"{stats.backing} on {stats.mountpoint}: supervisor {stats.supervisor_pid}, up {uptime(stats.uptime_s)}, "
-        f"{len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
+        f"{stats.backing} on {stats.mountpoint}: {stats.engine} engine, supervisor {stats.supervisor_pid}, up "
+        f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
         f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
-        f"{'on' if 'WRITEBACK_CACHE' in n.flags else 'off'}; protocol 7.{n.minor}: {' '.join(n.flags)}"
+        f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; {protocol}"
     )
     workers = Table(title="workers")
     for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others",

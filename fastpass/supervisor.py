@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,22 +29,20 @@ import signal
 import time
 from collections.abc import Callable
 
-import msgspec
 import uvloop
 
 from fastpass import _linux, state, stats
-from fastpass.config import CACHE_MODES, MountConfig, resolve
+from fastpass.config import CACHE_MODES, ENGINES, MountConfig, resolve
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
-from fastpass.fs.handles import HandleTable
-from fastpass.fs.inodes import InodeTable, can_reopen, handle_of
+from fastpass.fs.inodes import can_reopen, handle_of
 from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
-from fastpass.fs.watcher import Watcher, open_watch
-from fastpass.shm.counters import MAX_WORKERS, PID, STARTED_NS, WorkerCounters
+from fastpass.fs.watcher import Device, Watcher, open_watch
+from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -52,7 +51,6 @@ log = logging.getLogger("fastpass")
 IDLE_SYNC = 1.0  # seconds between an idle worker's looks at what other workers freed
 MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
-WATCHER = MAX_WORKERS - 1  # the counter block of the watcher process; workers take those below
 WATCHER_NAME = "fastpass-watch"  # process names, as ps shows them
 WORKER_NAME = "fastpass-w{}"
 
@@ -93,6 +91,17 @@ def check(config: MountConfig) -> None:
         raise StartError("--max-inodes must be at least 16")
     if not 1 <= config.workers <= WATCHER:
         raise StartError(f"--workers must be from 1 to {WATCHER}")
+    if config.engine not in ENGINES:
+        raise StartError(f"--engine must be one of {', '.join(ENGINES)}")
+    if config.engine == "pyfuse3":
+        if config.workers > 1:
+            raise StartError("--engine pyfuse3 serves from one process: --workers must be 1")
+        if config.passthrough == "on":
+            raise StartError("--engine pyfuse3 cannot do kernel passthrough (libfuse has no backing ids): "
+                             "use --passthrough off or auto")  # fmt: skip
+        if importlib.util.find_spec("pyfuse3") is None:
+            raise StartError("--engine pyfuse3 needs pyfuse3: pip install 'fastpass[pyfuse3]' "
+                             "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
     if config.cache not in CACHE_MODES:
         raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
     if config.cache_size < 1:
@@ -214,7 +223,7 @@ def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedStat
     def own(pid: int) -> bool:
         return pid == supervisor or any(misc[PID] == pid for misc in pids)
 
-    Watcher(fan_fd, session, config.backing, shared.inodes, shared.region, cache, own, counters.misc).run()
+    Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc).run()
 
 
 def _detach(mountpoint: str) -> None:
@@ -229,6 +238,11 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     try:
         check(config)
         root_fd = os.open(config.backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        if config.engine == "pyfuse3":
+            from fastpass import pyfuse3_engine  # an optional extra: imported only when asked for
+
+            config, fan_fd = _coherence(config)
+            return pyfuse3_engine.run(config, ready, fan_fd, root_fd, _shared(root_fd, config))
         try:
             session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
         except mount.MountError as e:
@@ -245,6 +259,14 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
+    config, fan_fd = _coherence(config)
+    record = state.MountState(os.getpid(), config, negotiated, time.time())
+    state.write(record)
+    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd).serve(ready)
+
+
+def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
+    """The fanotify fd of the watcher (-1 without one) and the config resolved for it."""
     fan_fd = -1
     if config.cache == "auto" and not config.revalidate:
         watch = open_watch(config.backing, mount.fstype_of(config.backing))
@@ -252,11 +274,11 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
             log.info("not watching the backing for changes (%s): revalidating by time", watch)
         else:
             fan_fd = watch
-    config = resolve(config, fan_fd >= 0)
-    record = state.MountState(os.getpid(), config, negotiated, time.time())
-    state.write(record)
-    shared = SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)
-    return Pool(config, session, root_fd, shared, record, fan_fd).serve(ready)
+    return resolve(config, fan_fd >= 0), fan_fd
+
+
+def _shared(root_fd: int, config: MountConfig) -> SharedState:
+    return SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)
 
 
 class Pool:
@@ -351,23 +373,8 @@ class Pool:
             self._done.set_result(None)
 
     def stats(self) -> bytes:
-        shared = self.shared
-        blocks = [WorkerCounters(shared.counters, shared.region, i) for i in range(self.config.workers)]
         pids = {index: pid for pid, index in self.workers.items()}
-        inodes = InodeTable.live(shared.inodes, shared.region)
-        handles = HandleTable.live(shared.handles, shared.region)
-        watcher = WorkerCounters(shared.counters, shared.region, WATCHER)
-        watcher_pid = next((pid for pid, index in self.workers.items() if index == WATCHER), 0)
-        return msgspec.json.encode(stats.collect(blocks, pids, self.restarts, inodes, handles, self.record, watcher,
-                                                 watcher_pid))  # fmt: skip
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if (await reader.readline()).strip() == b"stats":
-                writer.write(self.stats())
-                await writer.drain()
-        finally:
-            writer.close()
+        return stats.snapshot(self.shared, self.config.workers, pids, self.restarts, self.record)
 
     async def _control(self, ready: Callable[[str | None], None]) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -376,19 +383,10 @@ class Pool:
         loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
         for pid in self.workers:
             self._watch(pid)
-        path = stats.socket_path(self.config.mountpoint)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        server = await asyncio.start_unix_server(self._answer, path=path)
-        os.chmod(path, 0o600)
-        ready(None)
-        self.reap()  # a worker may have died before the handler was in place
-        try:
+        async with stats.serving(self.config.mountpoint, self.stats):
+            ready(None)
+            self.reap()  # a worker may have died before the handler was in place
             await self._done
-        finally:
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
 
     def serve(self, ready: Callable[[str | None], None]) -> int:
         """Run the workers until the mount ends; returns the exit code."""

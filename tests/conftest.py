@@ -52,6 +52,7 @@ class Mounted:
     pid: int | None = None
     allowed_log_errors: list[str] = field(default_factory=list)
     passthrough: bool = False  # regular files' data is passed through by the kernel
+    engine: str = ""  # fastpass's engine: "native" or "pyfuse3"
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
@@ -95,8 +96,9 @@ def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
         raise RuntimeError(f"fastpass mount failed ({r.returncode}): {r.stderr}\nlog:\n{_read(log)}")
     record = state.read(str(mnt))
     assert record is not None, "a mounted server leaves its record"
-    return Mounted("native", backing, mnt, log, record.pid,
-                   passthrough=record.negotiated.has(InitFlag.PASSTHROUGH))  # fmt: skip
+    n = record.negotiated
+    return Mounted("native", backing, mnt, log, record.pid, passthrough=n is not None and n.has(InitFlag.PASSTHROUGH),
+                   engine=record.config.engine)  # fmt: skip
 
 
 def _read(path: Path | None) -> str:
@@ -160,14 +162,16 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
 
 
 # fastpass serving every byte in userspace with 1 worker; fastpass with 4 workers and kernel
-# passthrough of regular files; then the kernel's own answer, a bind mount.
+# passthrough of regular files; the pyfuse3 engine (libfuse, one process); then the kernel's own
+# answer, a bind mount.
 NATIVE = {"native-1": ("--workers", "1", "--passthrough", "off"), "native-4": ("--workers", "4", "--passthrough", "on")}
+ENGINES = {**NATIVE, "pyfuse3": ("--engine", "pyfuse3")}
 
 
-@pytest.fixture(params=[*NATIVE, "bind"])
+@pytest.fixture(params=[*ENGINES, "bind"])
 def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
-    """A mount of an empty backing dir: fastpass (both configurations), then the bind-mount reference."""
-    cm = bind_mount(tmp_path) if request.param == "bind" else fastpass_mount(tmp_path, *NATIVE[request.param])
+    """A mount of an empty backing dir: fastpass (each engine and configuration), then the bind-mount reference."""
+    cm = bind_mount(tmp_path) if request.param == "bind" else fastpass_mount(tmp_path, *ENGINES[request.param])
     with cm as m:
         yield m
 

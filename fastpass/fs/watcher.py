@@ -37,6 +37,7 @@ import select
 import struct
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from fastpass import _linux
 from fastpass.fs.attrcache import AttrCache
@@ -143,13 +144,34 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
             changes.inodes[nodeid] = changes.inodes.get(nodeid, False) or bool(mask & _DATA)
 
 
-class Watcher:
-    """Reads the fanotify fd and notifies the kernel on the session's device fd."""
+class Kernel(Protocol):
+    """Where the watcher's notifications go: the device fd, or libfuse's session (pyfuse3 engine)."""
 
-    def __init__(self, fan_fd: int, devfd: int, backing: str, inodes: InodeSpace, region: Region,
+    def inval_inode(self, nodeid: int, data: bool) -> None: ...
+
+    def inval_entry(self, parent: int, name: bytes, child: int) -> None: ...
+
+
+class Device:
+    """Notifications written on a device fd of the connection."""
+
+    def __init__(self, devfd: int):
+        self.devfd = devfd
+
+    def inval_inode(self, nodeid: int, data: bool) -> None:
+        os.write(self.devfd, encode.inval_inode(nodeid, data))
+
+    def inval_entry(self, parent: int, name: bytes, child: int) -> None:
+        os.write(self.devfd, encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
+
+
+class Watcher:
+    """Reads the fanotify fd and tells the kernel what changed."""
+
+    def __init__(self, fan_fd: int, kernel: Kernel, backing: str, inodes: InodeSpace, region: Region,
                  cache: AttrCache | None, own: Callable[[int], bool], counters: memoryview):  # fmt: skip
         self.fan_fd = fan_fd
-        self.devfd = devfd
+        self.kernel = kernel
         self.mount_fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.inodes = inodes
         self.region = region
@@ -176,9 +198,9 @@ class Watcher:
             self._keys[handle] = key
         return nodeid_of(self.inodes, self.region, key, handle)
 
-    def _notify(self, message: bytes) -> None:
+    def _notify(self, send: Callable[..., None], *args: object) -> None:
         try:
-            os.write(self.devfd, message)
+            send(*args)
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the kernel holds no such inode or name
                 raise
@@ -186,14 +208,15 @@ class Watcher:
 
     def apply(self, changes: Changes) -> None:
         cache = self.cache
+        kernel = self.kernel
         if changes.overflow:
             log.warning("fanotify queue overflowed: changes made meanwhile show within the kernel timeouts")
         for nodeid, data in changes.inodes.items():
             if cache is not None:
                 cache.changed(nodeid)  # before the kernel asks again
-            self._notify(encode.inval_inode(nodeid, data))
+            self._notify(kernel.inval_inode, nodeid, data)
         for (parent, name), child in changes.entries.items():
-            self._notify(encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
+            self._notify(kernel.inval_entry, parent, name, child)
 
     def run(self) -> None:
         """Forever: the supervisor ends this process when the mount ends."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastpass.shm.region import Layout, Region
 
 MAX_WORKERS = 64
+WATCHER = MAX_WORKERS - 1  # the watcher's block; workers take those below
 OPCODES = 64  # every opcode the kernel sends is below this; the rest count under 0
 BUCKETS = 40  # latency < 2**39 ns (9 minutes)
 ERRNOS = 256

@@ -1,12 +1,13 @@
 """Differential testing: random operation sequences through fastpass versus a plain directory.
 
-A hypothesis state machine applies each step to a fastpass mount and to a
-reference directory on the same filesystem, and requires the same result (or
-the same errno) from both.  After every step the pool of names is compared
-through the mount (so a stale kernel cache shows up too), and at the end of
-each example the whole tree is compared three ways: mount, backing and
-reference (names, types, sizes, modes, contents, symlink targets, xattrs,
-link counts).
+A hypothesis state machine applies each step to one or more fastpass mounts
+(the native engine, and in one run the native and pyfuse3 engines side by
+side) and to a reference directory on the same filesystem, and requires the
+same result (or the same errno) from each.  After every step the pool of
+names is compared through every mount (so a stale kernel cache shows up
+too), and at the end of each example each whole tree is compared with the
+reference, through the mount and in its backing dir (names, types, sizes,
+modes, contents, symlink targets, xattrs, link counts).
 
 The mount is made once per test function; the trees are emptied (through the
 mount) at the start of each example.  All paths are relative and symlink
@@ -15,6 +16,7 @@ targets never leave the tree, so both roots see the same namespace.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -295,23 +297,26 @@ def hardlink_groups(root: str) -> list[frozenset[str]]:
 
 # --- the machine ---------------------------------------------------------------------
 class Differential(RuleBasedStateMachine):
-    mnt = ""  # set by the test: the fastpass mount
-    backing = ""  # its backing directory
+    mounts: tuple[tuple[str, str, str], ...] = ()  # set by the test: (label, mountpoint, backing) of each mount
     ref = ""  # the plain reference directory
 
     def __init__(self) -> None:
         super().__init__()
-        empty(self.mnt)  # through the mount, so the kernel's caches see it
+        for _label, mnt, backing in self.mounts:
+            empty(mnt)  # through the mount, so the kernel's caches see it
+            assert os.listdir(backing) == []
         empty(self.ref)
-        assert os.listdir(self.backing) == []
         self.steps = 0
-        self.held: list[tuple[int, int, str, int]] = []  # (fd through the mount, fd in the reference, path, flags)
+        # (an fd through each mount, the fd in the reference, path, flags)
+        self.held: list[tuple[list[int], int, str, int]] = []
 
     def both(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Apply a step to every mount and to the reference: the same result or errno from each."""
         self.steps += 1
-        got = outcome(fn, self.mnt, *args)
         want = outcome(fn, self.ref, *args)
-        assert got == want, f"{fn.__name__}{args!r}: fastpass gave {got!r}, the plain directory {want!r}"
+        for label, mnt, _ in self.mounts:
+            got = outcome(fn, mnt, *args)
+            assert got == want, f"{fn.__name__}{args!r}: {label} gave {got!r}, the plain directory {want!r}"
         return want
 
     @initialize(kinds=st.lists(st.sampled_from(["file", "file", "file", "dir", "symlink", "none"]),
@@ -428,29 +433,31 @@ class Differential(RuleBasedStateMachine):
     def hold(self, path, flags):
         self.steps += 1
         fds = []
-        for root in (self.mnt, self.ref):
+        for root in (*(mnt for _, mnt, _ in self.mounts), self.ref):
             try:
                 fds.append(("ok", os.open(j(root, path), flags | os.O_NONBLOCK)))  # a fifo must not block
             except OSError as e:
                 fds.append(("err", errno.errorcode.get(e.errno, e.errno)))
-        (got_kind, got), (want_kind, want) = fds
-        if got_kind == want_kind == "ok":
-            self.held.append((got, want, path, flags))
+        if all(kind == "ok" for kind, _ in fds):
+            self.held.append(([fd for _, fd in fds[:-1]], fds[-1][1], path, flags))
             return
         for kind, fd in fds:
             if kind == "ok":
                 os.close(fd)
-        assert fds[0] == fds[1] or (got_kind == want_kind == "err" and got == want), (
-            f"open({path!r}, {flags:#o}): fastpass {fds[0]!r}, plain {fds[1]!r}"
-        )
+        want = fds[-1]
+        for (label, _, _), got in zip(self.mounts, fds):
+            assert got == want or (got[0] == want[0] == "err" and got[1] == want[1]), (
+                f"open({path!r}, {flags:#o}): {label} {got!r}, plain {want!r}"
+            )
 
     def both_fd(self, index: int, fn: Callable[..., Any], *args: Any) -> None:
         self.steps += 1
-        got_fd, want_fd, path, flags = self.held[index % len(self.held)]
-        got = fd_outcome(fn, got_fd, *args)
+        got_fds, want_fd, path, flags = self.held[index % len(self.held)]
         want = fd_outcome(fn, want_fd, *args)
-        assert got == want, (f"{fn.__name__}{args!r} on a descriptor of {path!r} opened {flags:#o}: "
-                             f"fastpass {got!r}, plain {want!r}")  # fmt: skip
+        for (label, _, _), got_fd in zip(self.mounts, got_fds):
+            got = fd_outcome(fn, got_fd, *args)
+            assert got == want, (f"{fn.__name__}{args!r} on a descriptor of {path!r} opened {flags:#o}: "
+                                 f"{label} {got!r}, plain {want!r}")  # fmt: skip
 
     @precondition(lambda self: self.held)
     @rule(index=st.integers(0, MAX_HELD - 1), offset=offsets, payload=data)
@@ -496,58 +503,67 @@ class Differential(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(index=st.integers(0, MAX_HELD - 1))
     def release(self, index):
-        got_fd, want_fd, _path, _flags = self.held.pop(index % len(self.held))
-        got = fd_outcome(os.close, got_fd)
+        got_fds, want_fd, _path, _flags = self.held.pop(index % len(self.held))
         want = fd_outcome(os.close, want_fd)
-        assert got == want, f"close: fastpass {got!r}, plain {want!r}"
+        for (label, _, _), got_fd in zip(self.mounts, got_fds):
+            got = fd_outcome(os.close, got_fd)
+            assert got == want, f"close: {label} {got!r}, plain {want!r}"
 
     @invariant()
     def same_names(self):
-        """Every name in the pool looks the same through the mount as in the reference."""
+        """Every name in the pool looks the same through each mount as in the reference."""
         for path in PATHS:
-            got = outcome(op_stat, self.mnt, path, False)
             want = outcome(op_stat, self.ref, path, False)
-            assert got == want, f"lstat {path!r} after {self.steps} steps: fastpass {got!r}, plain {want!r}"
-        assert outcome(op_listdir, self.mnt, ".") == outcome(op_listdir, self.ref, ".")
+            for label, mnt, _ in self.mounts:
+                got = outcome(op_stat, mnt, path, False)
+                assert got == want, f"lstat {path!r} after {self.steps} steps: {label} {got!r}, plain {want!r}"
+        for label, mnt, _ in self.mounts:
+            assert outcome(op_listdir, mnt, ".") == outcome(op_listdir, self.ref, "."), label
 
     def teardown(self):
         while self.held:
-            got_fd, want_fd, _path, _flags = self.held.pop()
+            got_fds, want_fd, _path, _flags = self.held.pop()
             os.close(want_fd)
-            os.close(got_fd)
+            for fd in got_fds:
+                os.close(fd)
         want = snapshot(self.ref)
-        through_mount = snapshot(self.mnt)
-        assert through_mount == want, _diff("through the mount", through_mount, want)
-        in_backing = snapshot(self.backing)
-        assert in_backing == want, _diff("in the backing dir", in_backing, want)
-        assert hardlink_groups(self.mnt) == hardlink_groups(self.ref), "hard links differ through the mount"
-        assert hardlink_groups(self.backing) == hardlink_groups(self.ref), "hard links differ in the backing dir"
+        groups = hardlink_groups(self.ref)
+        for label, mnt, backing in self.mounts:
+            for where, root in ((f"through {label}", mnt), (f"in {label}'s backing dir", backing)):
+                got = snapshot(root)
+                assert got == want, _diff(where, got, want)
+                assert hardlink_groups(root) == groups, f"hard links differ {where}"
 
 
 def _diff(where: str, got: dict, want: dict) -> str:
     lines = [f"final tree {where} differs from the plain directory:"]
     for key in sorted(set(got) | set(want)):
         if got.get(key) != want.get(key):
-            lines.append(f"  {key}: fastpass {got.get(key)!r}\n  {' ' * len(key)}  plain    {want.get(key)!r}")
+            lines.append(f"  {key}: got   {got.get(key)!r}\n  {' ' * len(key)}  plain {want.get(key)!r}")
     return "\n".join(lines)
 
 
-CONFIGS = {  # workers, then mount options
-    "w1": ("--workers", "1"),
-    "w4": ("--workers", "4"),
-    "w4-no-cache": ("--workers", "4", "--attr-timeout", "0", "--entry-timeout", "0"),
+CONFIGS = {  # the mounts each run compares with the plain directory: (label, mount options) each
+    "w1": [("native w1", ("--workers", "1"))],
+    "w4": [("native w4", ("--workers", "4"))],
+    "w4-no-cache": [("native w4", ("--workers", "4", "--attr-timeout", "0", "--entry-timeout", "0"))],
+    # the engines against each other and the plain directory, one sequence through all three
+    "engines": [("native w4", ("--workers", "4")), ("pyfuse3", ("--engine", "pyfuse3"))],
 }
 
 
-@pytest.mark.timeout(300, method="thread")  # a hung FUSE request cannot be interrupted by a signal
-@pytest.mark.parametrize("options", list(CONFIGS.values()), ids=list(CONFIGS))
-def test_differential(tmp_path: Path, options: tuple[str, ...]):
+@pytest.mark.timeout(400, method="thread")  # a hung FUSE request cannot be interrupted by a signal
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_differential(tmp_path: Path, config: list[tuple[str, tuple[str, ...]]]):
     ref = tmp_path / "ref"
     ref.mkdir()
-    with fastpass_mount(tmp_path, *options) as m:
-        machine = type(
-            "DifferentialRun", (Differential,), {"mnt": str(m.mnt), "backing": str(m.backing), "ref": str(ref)}
-        )
+    with contextlib.ExitStack() as stack:
+        mounts = []
+        for i, (label, options) in enumerate(config):
+            (tmp_path / str(i)).mkdir()
+            m = stack.enter_context(fastpass_mount(tmp_path / str(i), *options))
+            mounts.append((label, str(m.mnt), str(m.backing)))
+        machine = type("DifferentialRun", (Differential,), {"mounts": tuple(mounts), "ref": str(ref)})
         run_state_machine_as_test(
             machine,
             settings=settings(

@@ -1,0 +1,450 @@
+"""The pyfuse3 engine: the same filesystem served through libfuse, in one process.
+
+Why it exists (DESIGN.md): it is the portable fallback (whatever kernel libfuse
+supports, no native protocol code involved) and the reference the native
+engine is tested against.  It serves through the same dispatch routes as a
+worker (`fastpass.fs.table.build`), so the same operations, inode table,
+attribute cache and credentials handling apply: each pyfuse3 call becomes the
+request the kernel would have sent, its handler runs, and the reply it
+encoded is decoded into pyfuse3's objects.  One place holds each operation's
+semantics.
+
+pyfuse3 runs on asyncio with uvloop.  Backing calls block, so they run on one
+executor thread and the loop stays free to take requests.  One thread and not
+a pool: an `Fs` (its buffers, fd caches and credentials) belongs to one
+thread, and the shared tables' record locks are per process.  Parallelism is
+the native engine's job, with its workers.
+
+What libfuse through pyfuse3 cannot carry, and the native engine can: kernel
+passthrough (no backing ids), fallocate, lseek, copy_file_range, O_TMPFILE,
+statx, setxattr's XATTR_CREATE/XATTR_REPLACE flags, and "." and ".." in
+listings.  pyfuse3 also uses an entry's st_ino as the kernel's nodeid, so a
+stat through this engine shows fastpass's nodeid as the inode number.
+Operations without a request context in pyfuse3 (read, write, flush,
+release, fsync, readdir) reach filters with uid, gid and pid 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+import mmap
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+
+import pyfuse3
+import pyfuse3.asyncio
+import uvloop
+
+from fastpass import state, stats
+from fastpass.config import MountConfig
+from fastpass.fs.context import Fs, Request
+from fastpass.fs.handles import DIR, FILE
+from fastpass.fs.shared import SharedState
+from fastpass.fs.table import Route, build
+from fastpass.fs.watcher import Watcher
+from fastpass.kernel import abi
+from fastpass.kernel.abi import ROOT_ID, Fattr, FopenFlag
+from fastpass.kernel.abi import Opcode as O
+from fastpass.kernel.init import MAX_WRITE
+from fastpass.kernel.mount import SUBTYPE
+from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
+
+log = logging.getLogger("fastpass.pyfuse3")
+
+_NS = 1_000_000_000
+_XATTR_MAX = 65536  # the largest value Linux allows
+_READDIR_BUDGET = 32 * 1024  # bytes of direntplus records asked of the handler per pass
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >> 63 else v
+
+
+def _entry(shown: int, generation: int, entry_s: float, attr_s: float, attr: tuple) -> pyfuse3.EntryAttributes:
+    """pyfuse3's form of a fuse_attr (16 fields, as `encode.attr_values` lays them out), under the
+    inode number the kernel is to see."""
+    _ino, size, blocks, atime, mtime, ctime, ans, mns, cns, mode, nlink, uid, gid, rdev, blksize, _flags = attr
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = shown
+    e.generation = generation
+    e.entry_timeout = entry_s
+    e.attr_timeout = attr_s
+    e.st_mode, e.st_nlink, e.st_uid, e.st_gid = mode, nlink, uid, gid
+    e.st_rdev = os.makedev(*abi.new_decode_dev(rdev))
+    e.st_size, e.st_blocks, e.st_blksize = size, blocks, blksize
+    e.st_atime_ns = _signed(atime) * _NS + ans
+    e.st_mtime_ns = _signed(mtime) * _NS + mns
+    e.st_ctime_ns = _signed(ctime) * _NS + cns
+    return e
+
+
+class Numbers:
+    """The inode numbers the kernel sees, which pyfuse3 also makes its nodeids.
+
+    pyfuse3 uses an entry's st_ino as the kernel's nodeid.  Handing it fastpass's
+    nodeid would make every stat and listing show numbers that are not the
+    backing's, so the engine shows the backing's st_ino and translates it back,
+    keeping the kernel's lookup count per number so a translation goes when the
+    kernel forgets it.  The backing root is always number 1 (FUSE's root).  Two
+    backing inodes with one number (a filesystem mounted inside the backing
+    tree, or a number reused while the kernel still holds the old inode) share
+    a translation: the later one wins.  Used on the loop thread only.
+    """
+
+    def __init__(self) -> None:
+        self._nodeid: dict[int, int] = {pyfuse3.ROOT_INODE: ROOT_ID}
+        self._count: dict[int, int] = {}
+
+    def show(self, nodeid: int, ino: int) -> int:
+        """The number for a nodeid the kernel now holds one more lookup of."""
+        if nodeid == ROOT_ID:
+            return pyfuse3.ROOT_INODE
+        shown = ino if ino != pyfuse3.ROOT_INODE else nodeid
+        self._nodeid[shown] = nodeid
+        self._count[shown] = self._count.get(shown, 0) + 1
+        return shown
+
+    def nodeid(self, shown: int) -> int:
+        nodeid = self._nodeid.get(shown)
+        if nodeid is None:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return nodeid
+
+    def forget(self, shown: int, n: int) -> tuple[int, int] | None:
+        """(nodeid, n) to forget in fastpass's table, or None for a number not held."""
+        nodeid = self._nodeid.get(shown)
+        if nodeid is None or nodeid == ROOT_ID:
+            return None
+        left = self._count.get(shown, 0) - n
+        if left > 0:
+            self._count[shown] = left
+        else:
+            self._count.pop(shown, None)
+            del self._nodeid[shown]
+        return nodeid, n
+
+
+def entry_attributes(raw: bytes | memoryview, numbers: Numbers, offset: int = 0) -> pyfuse3.EntryAttributes:
+    """Decode a fuse_entry_out the kernel is to hold (one lookup)."""
+    nodeid, _gen, ev, av, evn, avn, *attr = abi.ENTRY_OUT.unpack_from(raw, offset)
+    return _entry(numbers.show(nodeid, attr[0]), nodeid >> 32, ev + evn / _NS, av + avn / _NS, tuple(attr))
+
+
+def attr_attributes(raw: bytes) -> pyfuse3.EntryAttributes:
+    """Decode a fuse_attr_out.  Its st_ino is only shown, never taken as a nodeid, so it is the
+    backing's number even for the root (nodeid 1)."""
+    av, avn, _dummy, *attr = abi.ATTR_OUT.unpack(raw)
+    return _entry(attr[0], 0, 0.0, av + avn / _NS, tuple(attr))
+
+
+def file_info(raw: bytes | memoryview, offset: int = 0) -> pyfuse3.FileInfo:
+    """Decode a fuse_open_out (without its backing id: pyfuse3 has no passthrough)."""
+    fh, flags, _backing = abi.OPEN_OUT.unpack_from(raw, offset)
+    return pyfuse3.FileInfo(fh=fh, direct_io=bool(flags & FopenFlag.DIRECT_IO),
+                            keep_cache=bool(flags & FopenFlag.KEEP_CACHE),
+                            nonseekable=bool(flags & FopenFlag.NONSEEKABLE))  # fmt: skip
+
+
+def direntplus(raw: bytes) -> list[tuple[bytes, int, int, int]]:
+    """READDIRPLUS records: (name, offset of the next entry, nodeid (0: no entry), offset of its entry)."""
+    out = []
+    pos = 0
+    while pos < len(raw):
+        nodeid = abi.ENTRY_OUT_HEAD.unpack_from(raw, pos)[0]
+        _ino, off, namelen, _type = abi.DIRENT.unpack_from(raw, pos + abi.ENTRY_OUT.size)
+        start = pos + abi.NAME_OFFSET_DIRENTPLUS
+        out.append((bytes(raw[start : start + namelen]), off, nodeid, pos))
+        pos += (abi.NAME_OFFSET_DIRENTPLUS + namelen + 7) & ~7
+    return out
+
+
+def _dot(raw: bytes, pos: int) -> pyfuse3.EntryAttributes:
+    """"." or "..": the kernel links neither, so only the backing's number goes out."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = abi.DIRENT.unpack_from(raw, pos + abi.ENTRY_OUT.size)[0]
+    e.st_mode = stat.S_IFDIR  # what libfuse takes the entry's d_type from
+    return e
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3's callbacks, each turned into the request a worker would serve."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: Fs, routes: list[Route | None], allow_other: bool):
+        super().__init__()
+        self.fs = fs
+        self.routes = routes
+        self.creds = fs.credentials if allow_other else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastpass-backing")
+        self.numbers = Numbers()
+        self.aligned = mmap.mmap(-1, MAX_WRITE)
+        self.logged: set[tuple[int, type]] = set()
+
+    # --- the edge: one request in, one reply or one errno out ------------------------
+    async def _call(self, opcode: int, shown: int, ctx: pyfuse3.RequestContext | None, *args: object) -> object:
+        """Serve one request on the inode the kernel knows as `shown` (0: none, or by fh)."""
+        nodeid = self.numbers.nodeid(shown) if shown else 0
+        req = Request(0, opcode, nodeid, ctx.uid, ctx.gid, ctx.pid) if ctx else Request(0, opcode, nodeid, 0, 0, 0)
+        return await self._serve(opcode, req, args)
+
+    async def _by_fh(self, opcode: int, fh: int, kind: int, *args: object) -> object:
+        """Serve a request on an open file or directory: its inode comes from the handle table."""
+        try:
+            nodeid = self.fs.handles.slot(fh, kind)[0]
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EBADF) from None
+        return await self._serve(opcode, Request(0, opcode, nodeid, 0, 0, 0), args)
+
+    async def _serve(self, opcode: int, req: Request, args: tuple) -> object:
+        error, body = await asyncio.get_running_loop().run_in_executor(self.pool, self._run, opcode, req, args)
+        if error:
+            raise pyfuse3.FUSEError(error)
+        return body
+
+    def _run(self, opcode: int, req: Request, args: tuple) -> tuple[int, object]:
+        """On the backing thread: the handler, as the caller where the operation needs it."""
+        route = self.routes[opcode]
+        fs = self.fs
+        if route is None or route.handler is None:
+            return errno.ENOSYS, None
+        if opcode == O.WRITE:  # the payload goes to a page-aligned buffer, as an O_DIRECT backing write needs
+            data = args[-1]
+            aligned = memoryview(self.aligned)[: len(data)]  # type: ignore[arg-type]
+            aligned[:] = data  # type: ignore[index]
+            args = (*args[:-1], aligned)
+        creds = self.creds
+        switched = creds is not None and route.as_caller and creds.become(req)
+        start = time.perf_counter_ns()
+        error = 0
+        body = None
+        try:
+            body = route.handler(fs, req, *args)
+        except OSError as e:
+            error = e.errno or errno.EIO
+        except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the engine lives on
+            error = errno.EIO
+            if (opcode, type(e)) not in self.logged:
+                self.logged.add((opcode, type(e)))
+                log.error("unexpected error in %s, answered EIO", route.name, exc_info=e)
+        finally:
+            if switched:
+                creds.restore()  # type: ignore[union-attr]
+        fs.counters.record(opcode, time.perf_counter_ns() - start, -error)
+        if body.__class__ is memoryview:
+            body = bytes(body)  # the read buffer is reused by the next READ
+        return error, body
+
+    def _entry(self, raw: object, offset: int = 0) -> pyfuse3.EntryAttributes:
+        return entry_attributes(raw, self.numbers, offset)  # type: ignore[arg-type]
+
+    # --- names ---------------------------------------------------------------------------
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self._call(O.LOOKUP, parent_inode, ctx, name))  # type: ignore[arg-type]
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        numbers = self.numbers
+        ours = [f for f in (numbers.forget(shown, n) for shown, n in inode_list) if f is not None]
+        if ours:
+            await self._call(O.BATCH_FORGET, 0, None, ours)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self._call(O.MKDIR, parent_inode, ctx, mode, ctx.umask, name))  # type: ignore[arg-type]
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # fmt: skip
+        dev = abi.new_encode_dev(os.major(rdev), os.minor(rdev))
+        return self._entry(await self._call(O.MKNOD, parent_inode, ctx, mode, dev, ctx.umask, name))  # type: ignore[arg-type]
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # fmt: skip
+        return self._entry(await self._call(O.SYMLINK, parent_inode, ctx, name, target))  # type: ignore[arg-type]
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # fmt: skip
+        return self._entry(await self._call(O.LINK, new_parent_inode, ctx, self.numbers.nodeid(inode), new_name))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._call(O.READLINK, inode, ctx)  # type: ignore[return-value]
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(O.UNLINK, parent_inode, ctx, name)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(O.RMDIR, parent_inode, ctx, name)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+                     ctx: pyfuse3.RequestContext) -> None:  # fmt: skip
+        await self._call(O.RENAME2, parent_inode_old, ctx, self.numbers.nodeid(parent_inode_new), flags, name_old,
+                         name_new)  # fmt: skip
+
+    # --- attributes ------------------------------------------------------------------------
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return attr_attributes(await self._call(O.GETATTR, inode, ctx, 0, 0))  # type: ignore[arg-type]
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:  # fmt: skip
+        valid = 0
+        for flag, wanted in ((Fattr.MODE, fields.update_mode), (Fattr.UID, fields.update_uid),
+                             (Fattr.GID, fields.update_gid), (Fattr.SIZE, fields.update_size),
+                             (Fattr.ATIME, fields.update_atime), (Fattr.MTIME, fields.update_mtime),
+                             (Fattr.FH, fh is not None)):  # fmt: skip
+            if wanted:
+                valid |= flag
+        a, an = divmod(attr.st_atime_ns, _NS)
+        m, mn = divmod(attr.st_mtime_ns, _NS)
+        raw = await self._call(O.SETATTR, inode, ctx, valid, fh or 0, attr.st_size, 0, a, m, 0, an, mn, 0,
+                               attr.st_mode, attr.st_uid, attr.st_gid)  # fmt: skip
+        return attr_attributes(raw)  # type: ignore[arg-type]
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        try:
+            await self._call(O.ACCESS, inode, ctx, mode)
+        except pyfuse3.FUSEError as e:
+            if e.errno == errno.EACCES:
+                return False
+            raise
+        return True
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        raw = await self._call(O.STATFS, pyfuse3.ROOT_INODE, ctx)
+        blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = abi.STATFS_OUT.unpack(raw)  # type: ignore[arg-type]
+        s = pyfuse3.StatvfsData()
+        s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_favail = blocks, bfree, bavail, files, ffree, ffree
+        s.f_bsize, s.f_frsize, s.f_namemax = bsize, frsize, namelen
+        return s
+
+    # --- extended attributes ------------------------------------------------------------
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self._call(O.GETXATTR, inode, ctx, _XATTR_MAX, name)  # type: ignore[return-value]
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        raw = await self._call(O.LISTXATTR, inode, ctx, _XATTR_MAX)
+        return [n for n in raw.split(b"\0") if n]  # type: ignore[union-attr]
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(O.SETXATTR, inode, ctx, len(value), 0, name, value)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._call(O.REMOVEXATTR, inode, ctx, name)
+
+    # --- files ---------------------------------------------------------------------------------
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return file_info(await self._call(O.OPEN, inode, ctx, flags, 0))  # type: ignore[arg-type]
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # fmt: skip
+        raw = await self._call(O.CREATE, parent_inode, ctx, flags, mode, ctx.umask, 0, name)
+        return file_info(raw, abi.ENTRY_OUT.size), self._entry(raw)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._by_fh(O.READ, fh, FILE, fh, off, size, 0, 0, 0)  # type: ignore[return-value]
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raw = await self._by_fh(O.WRITE, fh, FILE, fh, off, len(buf), 0, 0, 0, buf)
+        return abi.WRITE_OUT.unpack(raw)[0]  # type: ignore[arg-type]
+
+    async def flush(self, fh: int) -> None:
+        await self._by_fh(O.FLUSH, fh, FILE, fh, 0)
+
+    async def release(self, fh: int) -> None:
+        await self._by_fh(O.RELEASE, fh, FILE, fh, 0, 0, 0)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._by_fh(O.FSYNC, fh, FILE, fh, abi.FSYNC_FDATASYNC if datasync else 0)
+
+    # --- directories -------------------------------------------------------------------------
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return file_info(await self._call(O.OPENDIR, inode, ctx, os.O_RDONLY, 0)).fh  # type: ignore[arg-type]
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """READDIRPLUS in passes; an entry pyfuse3 has no room for gives its lookup back."""
+        offset = start_id
+        while True:
+            raw = await self._by_fh(O.READDIRPLUS, fh, DIR, fh, offset, _READDIR_BUDGET, 0, 0, 0)
+            records = direntplus(raw)  # type: ignore[arg-type]
+            if not records:
+                return
+            for i, (name, next_offset, nodeid, pos) in enumerate(records):
+                entry = self._entry(raw, pos) if nodeid else _dot(raw, pos)  # type: ignore[arg-type]
+                if not pyfuse3.readdir_reply(token, name, entry, next_offset):
+                    unsent = [(entry.st_ino, 1)] if nodeid else []
+                    unsent += [(self._entry(raw, p).st_ino, 1) for _, _, n, p in records[i + 1 :] if n]  # type: ignore[arg-type]
+                    await self.forget(unsent)
+                    return
+                offset = next_offset
+
+    async def releasedir(self, fh: int) -> None:
+        await self._by_fh(O.RELEASEDIR, fh, DIR, fh, 0, 0, 0)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self._by_fh(O.FSYNCDIR, fh, DIR, fh, abi.FSYNC_FDATASYNC if datasync else 0)
+
+
+class Notifier:
+    """The watcher's way to the kernel through libfuse's session (a thread other than the loop's)."""
+
+    @staticmethod
+    def inval_inode(nodeid: int, data: bool) -> None:
+        pyfuse3.invalidate_inode(nodeid, attr_only=not data)
+
+    @staticmethod
+    def inval_entry(parent: int, name: bytes, child: int) -> None:
+        pyfuse3.invalidate_entry(parent, name, deleted=child)
+
+
+def _options(config: MountConfig) -> set[str]:
+    opts = {f"fsname={config.backing}", f"subtype={SUBTYPE}"}
+    if config.allow_other:
+        opts.add("allow_other")
+    if config.default_permissions:
+        opts.add("default_permissions")
+    return opts
+
+
+def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, root_fd: int,
+        shared: SharedState) -> int:  # fmt: skip
+    """Serve `config` through pyfuse3 until unmounted; `ready` as for the native engine."""
+    os.umask(0)  # the kernel applied the caller's umask already
+    fs = Fs(config, root_fd, shared, 0)
+    fs.counters.misc[PID] = os.getpid()
+    fs.counters.misc[STARTED_NS] = time.time_ns()
+    ops = Operations(fs, build(), config.allow_other)
+    pyfuse3.asyncio.enable()
+    try:
+        pyfuse3.init(ops, config.mountpoint, _options(config))
+    except RuntimeError as e:
+        ready(f"pyfuse3 could not mount {config.mountpoint}: {e}")
+        return 1
+    record = state.MountState(os.getpid(), config, None, time.time())
+    state.write(record)
+    if fan_fd >= 0:
+        me = os.getpid()
+        counters = WorkerCounters(shared.counters, shared.region, WATCHER).misc
+        watcher = Watcher(fan_fd, Notifier(), config.backing, shared.inodes, shared.region, fs.cache,
+                          lambda pid: pid == me, counters)  # fmt: skip
+        threading.Thread(target=watcher.run, name="fastpass-watch", daemon=True).start()
+    log.info("mounted %s on %s (pyfuse3 %s)", config.backing, config.mountpoint, pyfuse3.__version__)
+
+    async def main() -> None:
+        pids = {0: os.getpid(), **({WATCHER: os.getpid()} if fan_fd >= 0 else {})}  # the watcher is a thread here
+        answer = lambda: stats.snapshot(shared, 1, pids, 0, record)  # noqa: E731
+        async with stats.serving(config.mountpoint, answer):
+            ready(None)
+            await pyfuse3.main(min_tasks=2, max_tasks=32)
+
+    try:
+        uvloop.run(main())
+    finally:
+        pyfuse3.close(unmount=True)
+        state.remove(config.mountpoint)
+        log.info("stopped")
+    return 0
