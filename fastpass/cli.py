@@ -155,9 +155,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
     try:
-        runner.check(args.backing, names, args.repeat)
-        with progress.bar(len(names) * args.repeat * 2) as step:
-            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, step)
+        variants = [runner.parse_variant(spec) for spec in args.variant]
+        runner.check(args.backing, names, args.repeat, variants)
+        with progress.bar(len(names) * args.repeat * (len(variants) + 2)) as step:
+            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, variants, step)
     except runner.BenchError as e:
         return _fail(str(e))
     progress.table(record)
@@ -289,6 +290,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", choices=CACHE_MODES, default="auto", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, metavar="S", help="passed to the fastpass mount")
+    b.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                   help="also bench fastpass mounted with these extra options (after the ones above, so they "
+                        "win), reported as NAME; repeatable, e.g. --variant 'cache-off=--cache off'")  # fmt: skip
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.set_defaults(func=cmd_bench)
 

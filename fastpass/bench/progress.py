@@ -6,39 +6,74 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fastpass.bench.runner import BenchRecord
+from fastpass.bench.report import latency_figures, num, ratio
+from fastpass.bench.runner import BIND, BenchRecord
 
 
 @contextlib.contextmanager
 def bar(total: int) -> Iterator[Callable[[str, int], None]]:
-    """A progress callback for runner.run, drawing one bar of `total` measured runs."""
+    """A progress callback for runner.run, drawing one bar of `total` measured runs.
+
+    The bar appears at the first report, once every configuration is mounted: a bench refused before
+    that (a variant's options that `fastpass mount` rejects) prints its one-line error and nothing else.
+    """
     columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as p:
-        task = p.add_task("starting", total=total)
-        yield lambda what, runs_done: p.update(task, description=what, completed=runs_done)
-        p.update(task, description="done", completed=total)
+    with contextlib.ExitStack() as stack:
+        drawn: list[tuple[Progress, TaskID]] = []
+
+        def step(what: str, runs_done: int) -> None:
+            if not drawn:
+                p = stack.enter_context(Progress(*columns, console=Console(stderr=True)))
+                drawn.append((p, p.add_task(what, total=total)))
+            p, task = drawn[0]
+            p.update(task, description=what, completed=runs_done)
+
+        yield step
+        if drawn:
+            p, task = drawn[0]
+            p.update(task, description="done", completed=total)
 
 
-def _spread(median: float, values: list[float], fmt: str = ",.1f") -> str:
+def _spread(median: float, values: list[float], fmt: Callable[[float], str] = num) -> str:
     """The median, and the min-max range under it when there was more than one round."""
-    text = format(median, fmt)
+    text = fmt(median)
     if len(values) > 1:
-        text += f"\n[dim]{format(min(values), fmt)}-{format(max(values), fmt)}[/dim]"
+        text += f"\n[dim]{fmt(min(values))}-{fmt(max(values))}[/dim]"
     return text
 
 
 def table(record: BenchRecord) -> None:
+    """Each workload's median per configuration, with each fastpass configuration's ratio to the bind mount;
+    then, for workloads that time events, the latencies."""
     t = Table(title=f"fastpass / bind mount, same backing, median of {record.repeat} round(s) (min-max below)")
-    for name, justify in (("workload", "left"), ("unit", "left"), ("fastpass", "right"), ("bind", "right"),
-                          ("ratio", "right"), ("cold", "center"), ("verified", "center")):  # fmt: skip
-        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    t.add_column("workload")
+    t.add_column("unit")
+    for c in record.configs:
+        t.add_column(c.name, justify="right")
+        if c.name != BIND:
+            t.add_column(f"{c.name}\n/ bind", justify="right")
+    t.add_column("cold", justify="center")
+    t.add_column("verified", justify="center")
     for r in record.results:
-        t.add_row(r.name, r.unit, _spread(r.fastpass_median, [p.fastpass.value for p in r.pairs]),
-                  _spread(r.bind_median, [p.bind.value for p in r.pairs]), _spread(r.ratio_median,
-                  [p.ratio for p in r.pairs], ".2f"), "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")  # fmt: skip
+        cells = []
+        for c in r.configs:
+            cells.append(_spread(c.median, [m.value for m in c.runs]))
+            if c.config != BIND:
+                cells.append(_spread(c.ratio_median, c.ratios, ratio))
+        t.add_row(r.name, r.unit, *cells, "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")
     console = Console()
-    console.width = max(console.width, 110)  # ranges stay readable when stdout is not a wide terminal
+    # Ranges stay readable when stdout is not a wide terminal: 110 columns for fastpass and bind, more per variant.
+    console.width = max(console.width, 110 + 30 * (len(record.configs) - 2))
     console.print(t)
+    timed = [(r, c) for r in record.results for c in r.configs if c.latency_ms]
+    if timed:
+        lt = Table(title="Latency of each event, all rounds (ms)")
+        for name in ("workload", "config", "events", "median", "max"):
+            lt.add_column(name, justify="left" if name in ("workload", "config") else "right")
+        for r, c in timed:
+            median, worst = latency_figures(c)
+            lt.add_row(r.name, c.config, str(len(c.latency_ms)), f"{median:,.3f}", f"{worst:,.3f}")
+        console.print(lt)

@@ -2,9 +2,12 @@
 
 These measure what a FUSE server pays per request rather than per byte:
 LOOKUP, CREATE, GETATTR, UNLINK, READDIR(PLUS) and many short READs and
-WRITEs.  Like the fio workloads they check what they see: metadata reads back
-every file it created, readdir counts every name, smallfiles compares a
-sha256 of every copied file with one recorded when the source was generated.
+WRITEs, and how soon a change made beside the mount shows through it.  Like
+the fio workloads they check what they see: metadata reads back every file it
+created, readdir counts every name, smallfiles compares a sha256 of every
+copied file with one recorded when the source was generated, stat-tree
+compares every size with the one it wrote, oob-latency waits for the exact
+new state.
 
 Writing workloads put each run's output in `fresh` directories (see
 `Workload.fresh`): the runner removes them in the backing between runs.
@@ -17,7 +20,10 @@ import json
 import os
 import random
 import shutil
+import stat
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -35,7 +41,7 @@ class Metadata(Workload):
 
     jobs: int = 2
 
-    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
         start = time.monotonic()
         deadline = start + seconds
         run_dir = self.fresh(directory)
@@ -67,11 +73,7 @@ def _create_stat_unlink(directory: str, job: int, deadline: float) -> tuple[int,
     while time.monotonic() < deadline:
         path = os.path.join(directory, f"f{n}")
         content = f"job {job} file {n}\n".encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
+        _write_new(path, content)
         size = os.stat(path).st_size
         with open(path, "rb") as f:
             back = f.read()
@@ -81,6 +83,15 @@ def _create_stat_unlink(directory: str, job: int, deadline: float) -> tuple[int,
             return ops, f"{path}: wrote {content!r}, stat said {size} bytes, read back {back!r}"
         n += 1
     return ops, ""
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create `path` (mode 0644, it must not exist) holding `data`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _job(w: int, directory: str, job: int, deadline: float) -> NoReturn:
@@ -121,9 +132,9 @@ class Readdir(Workload):
         shutil.rmtree(home, ignore_errors=True)  # exactly READDIR_ENTRIES, whatever was there
         os.makedirs(home)
         for i in range(READDIR_ENTRIES):
-            os.close(os.open(os.path.join(home, f"entry-{i:05d}"), os.O_WRONLY | os.O_CREAT, 0o644))
+            _write_new(os.path.join(home, f"entry-{i:05d}"), b"")
 
-    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
         home = self.home(directory)
         start = time.monotonic()
         counts = []
@@ -179,7 +190,7 @@ class Smallfiles(Workload):
         with open(os.path.join(home, "manifest.json"), "w") as f:
             json.dump(manifest, f)
 
-    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
         home = self.home(directory)
         with open(os.path.join(home, "manifest.json")) as f:
             manifest: dict[str, str] = json.load(f)
@@ -205,9 +216,144 @@ class Smallfiles(Workload):
         return Measurement(moved / elapsed / 1e6, "MB/s", not bad, detail)
 
 
+# Issue 6's stat-heavy tree: 100 directories of 500 files.  Scaled down by --size (one file per
+# 5 KiB, so the default 256 MB gives the whole tree and a test's 2 MB gives 400 files).
+STAT_TREE_FILES = 50_000
+STAT_TREE_PER_DIR = 500
+STAT_TREE_FILES_PER_MB = 200
+STAT_TREE_ROUNDS = 3
+STAT_TREE_SIZES = 251  # file i holds i % 251 bytes: neighbours differ, so a mixed-up answer shows
+
+
+@dataclass(frozen=True)
+class StatTree(Workload):
+    """lstat every file of a tree by path, several rounds: what make, git status or rsync do.
+
+    Each round looks every name up again, so it measures how long the kernel
+    may trust what it has (the --cache mode's timeouts) and what a request
+    costs when it may not.  Warm, like readdir: the kernel's caches carry over
+    between runs, which is the point of caching them.  Every answer's size is
+    checked against what prepare wrote.
+    """
+
+    def prepare(self, backing: str, size_mb: int) -> None:
+        home = self.home(backing)
+        shutil.rmtree(home, ignore_errors=True)
+        tree = _tree(size_mb)
+        for d in sorted({os.path.dirname(rel) for rel, _ in tree}):
+            os.makedirs(os.path.join(home, d))
+        for rel, size in tree:
+            _write_new(os.path.join(home, rel), b"s" * size)
+
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+        home = self.home(directory)
+        tree = [(os.path.join(home, rel), size) for rel, size in _tree(size_mb)]
+        wrong = []
+        start = time.monotonic()
+        for _ in range(STAT_TREE_ROUNDS):
+            for path, size in tree:
+                got = os.lstat(path).st_size
+                if got != size:
+                    wrong.append(f"{path}: {got} bytes, not {size}")
+        elapsed = time.monotonic() - start
+        detail = f"{len(wrong)} of {len(tree) * STAT_TREE_ROUNDS} stats wrong, e.g. {wrong[0]}" if wrong else ""
+        return Measurement(len(tree) * STAT_TREE_ROUNDS / elapsed, "stats/s", not wrong, detail)
+
+
+def _tree(size_mb: int) -> list[tuple[str, int]]:
+    """(relative path, size) of every file of the stat tree for `size_mb`."""
+    files = max(1, min(STAT_TREE_FILES, size_mb * STAT_TREE_FILES_PER_MB))
+    return [(os.path.join(f"d{i // STAT_TREE_PER_DIR:03d}", f"f{i:05d}"), i % STAT_TREE_SIZES) for i in range(files)]
+
+
+# Out-of-band changes: how many of each kind a run makes, how often it looks, and how long it waits.
+OOB_PER_KIND = 4
+OOB_POLL = 0.001  # s between looks through the mount: the latency's resolution
+OOB_DEADLINE = 5.0  # s: 5 times the kernel's default trust without a watcher (--cache off)
+RENAMED = ".renamed"
+OOB_CONTENT, OOB_APPENDED = b"x", b"more"
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _append(path: str) -> None:
+    with open(path, "ab") as f:
+        f.write(OOB_APPENDED)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One kind of out-of-band change to a name: made on the backing path, looked for on the mount's."""
+
+    exists: bool  # the name is created (OOB_CONTENT, mode 0644) through the mount before the change
+    make: Callable[[str], object]
+    shown: Callable[[str], bool]  # the mount shows exactly the changed state
+
+
+OOB_CHANGES = {
+    "append": Change(True, _append, lambda p: os.lstat(p).st_size == len(OOB_CONTENT + OOB_APPENDED)),
+    "chmod": Change(True, lambda p: os.chmod(p, 0o600), lambda p: stat.S_IMODE(os.lstat(p).st_mode) == 0o600),
+    "create": Change(False, lambda p: _write_new(p, OOB_CONTENT), _exists),
+    "unlink": Change(True, os.unlink, lambda p: not _exists(p)),
+    "rename": Change(True, lambda p: os.rename(p, p + RENAMED), lambda p: not _exists(p) and _exists(p + RENAMED)),
+}
+
+
+@dataclass(frozen=True)
+class OutOfBand(Workload):
+    """Change the backing directly and time how long until the mount shows each change.
+
+    The changes a user makes beside a mount (an editor saving a file, a build
+    writing its output) reach fastpass only through its watcher (--cache
+    auto) or when the kernel's timeouts end (--cache off).  Each change is
+    made on a name the mount has just looked at, so the kernel holds something
+    stale, and the mount is polled every OOB_POLL until it shows exactly the
+    new state (size, mode, name present or gone).  One change at a time: this
+    is the latency of one change, not of a burst.  A change not shown within
+    OOB_DEADLINE counts as OOB_DEADLINE and fails the run.
+
+    Creates show at once everywhere: fastpass answers a missing name with
+    ENOENT, which the kernel does not cache.
+    """
+
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+        mnt = self.fresh(directory)  # through the mount, so the kernel knows the directory
+        back = os.path.join(backing, os.path.relpath(mnt, directory))
+        latencies, late = [], []
+        for i in range(OOB_PER_KIND):
+            for kind, change in OOB_CHANGES.items():
+                name = f"{kind}-{i}"
+                seen = os.path.join(mnt, name)
+                if change.exists:
+                    _write_new(seen, OOB_CONTENT)  # the kernel caches the entry and attributes CREATE returns
+                if change.shown(seen):  # also the look-up that leaves the kernel something to invalidate
+                    raise RuntimeError(f"{seen} shows its change before it was made")
+                change.make(os.path.join(back, name))
+                made = time.monotonic()
+                while not change.shown(seen) and time.monotonic() - made < OOB_DEADLINE:
+                    time.sleep(OOB_POLL)
+                latency = time.monotonic() - made
+                if latency >= OOB_DEADLINE:
+                    late.append(name)
+                latencies.append(min(latency, OOB_DEADLINE) * 1000)
+        detail = f"{len(late)} of {len(latencies)} changes not shown after {OOB_DEADLINE:g} s: {', '.join(late)}"
+        return Measurement(1000 / max(statistics.median(latencies), 1e-6), "1/s", not late, detail * bool(late),
+                           latencies)  # fmt: skip
+
+
 PY_WORKLOADS: tuple[Workload, ...] = (
     Metadata("metadata", "create + stat + read back + unlink of small files, 2 jobs, verified", writes=True),
     Readdir("readdir", "scandir + lstat of a 10,000-entry directory"),
     Readdir("readdir-cold", "scandir + lstat of a 10,000-entry directory, cold cache, one pass", cold=True),
     Smallfiles("smallfiles", "copy a tree of 1 B..256 KiB files, read back and sha256-checked", writes=True),
+    StatTree(
+        "stat-tree", f"lstat each file of a tree ({STAT_TREE_FILES:,} from --size 250), {STAT_TREE_ROUNDS} rounds"
+    ),
+    OutOfBand("oob-latency", "a change in the backing until the mount shows it; 1000 / median ms", writes=True),
 )

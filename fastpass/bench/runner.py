@@ -1,23 +1,30 @@
 """`fastpass bench`: fastpass against a bind mount of the same directory, same run.
 
-Both mounts serve one backing directory; each workload runs on both,
-alternating which goes first (A B, B A, ...) for `repeat` rounds, and the
-result keeps every pair with its ratio fastpass/bind.  Mounts and a
-generated backing directory are removed whatever happens.
+Every configuration mounts one backing directory: the bind mount (the
+kernel's own answer, the reference), fastpass with the bench's options, and
+each `--variant`, fastpass with extra mount options.  Each workload runs on
+every configuration in each of `repeat` rounds, the order rotating from round
+to round (A B, B A with no variant; A B C, B C A, C A B with one), so none
+always runs first or last.  The result keeps every run and its ratio to the
+bind mount's run of the same round.  Mounts and a generated backing
+directory are removed whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import platform
+import re
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 
@@ -27,13 +34,41 @@ from fastpass.bench.workloads import FioWorkload, Measurement
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import is_mountpoint
 
-SCHEMA = 1
+SCHEMA = 2  # 2: any number of configurations (variants) instead of one fastpass/bind pair
+
+BIND = "bind"  # the reference every ratio divides by
+FASTPASS = "fastpass"  # fastpass with the bench's own options
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # it names a mountpoint directory too
 
 
-class Pair(msgspec.Struct):
-    fastpass: Measurement
-    bind: Measurement
-    ratio: float
+class Variant(msgspec.Struct, frozen=True):
+    """fastpass mounted with extra options, after the bench's own (so they win), under its own name."""
+
+    name: str
+    options: list[str]
+
+
+class Config(msgspec.Struct):
+    """One mount the bench measured."""
+
+    name: str
+    mount_options: list[str] | None  # the `fastpass mount` options; None for the bind mount
+    negotiated: Negotiated | None
+
+
+class ConfigResult(msgspec.Struct):
+    """One workload on one configuration."""
+
+    config: str
+    runs: list[Measurement]  # one per round
+    ratios: list[float]  # per round: this run's value / the bind mount's (1.0 for the bind mount itself)
+    median: float
+    ratio_median: float
+
+    @property
+    def latency_ms(self) -> list[float]:
+        """Every timed event of every round (empty for workloads that time none)."""
+        return [ms for m in self.runs for ms in m.latency_ms]
 
 
 class WorkloadResult(msgspec.Struct):
@@ -41,11 +76,12 @@ class WorkloadResult(msgspec.Struct):
     description: str
     cold: bool  # page cache dropped before each run
     unit: str
-    pairs: list[Pair]
-    fastpass_median: float
-    bind_median: float
-    ratio_median: float
+    orders: list[list[str]]  # per round, the configurations in the order they ran
+    configs: list[ConfigResult]  # in BenchRecord.configs order
     ok: bool
+
+    def of(self, config: str) -> ConfigResult:
+        return next(c for c in self.configs if c.config == config)
 
 
 class Machine(msgspec.Struct):
@@ -68,8 +104,7 @@ class BenchRecord(msgspec.Struct):
     schema: int
     fastpass_version: str
     machine: Machine
-    mount_options: list[str]
-    negotiated: Negotiated | None
+    configs: list[Config]  # fastpass, the variants, then the bind mount
     size_mb: int
     seconds: float
     repeat: int
@@ -105,26 +140,33 @@ def _backing(path: str | None) -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _mounts(backing: str, options: list[str]) -> Iterator[tuple[str, str, Negotiated | None]]:
-    """(fastpass mountpoint, bind mountpoint, negotiated) for the duration."""
+def _mounts(backing: str, fastpass: dict[str, list[str]]) -> Iterator[dict[str, tuple[str, Negotiated | None]]]:
+    """(mountpoint, negotiated) of each fastpass configuration (name -> options), then the bind mount."""
     top = tempfile.mkdtemp(prefix="fastpass-bench-mnt-")
-    fp, bind = os.path.join(top, "fastpass"), os.path.join(top, "bind")
-    os.mkdir(fp)
-    os.mkdir(bind)
+    mounted: dict[str, tuple[str, Negotiated | None]] = {}
     try:
-        r = subprocess.run([sys.executable, "-m", "fastpass", "mount", backing, fp, *options],
-                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-        if r.returncode != 0:
-            raise BenchError(r.stderr.strip().removeprefix("fastpass: error: "))
-        record = state.read(fp)
+        for name, options in fastpass.items():
+            point = os.path.join(top, name)
+            os.mkdir(point)
+            r = subprocess.run([sys.executable, "-m", "fastpass", "mount", backing, point, *options],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+            if r.returncode != 0:
+                raise BenchError(f"{name}: {r.stderr.strip().removeprefix('fastpass: error: ')}")
+            record = state.read(point)
+            mounted[name] = (point, record.negotiated if record else None)
+        bind = os.path.join(top, BIND)
+        os.mkdir(bind)
         _linux.mount(backing, bind, "", 4096, "")  # MS_BIND
-        yield fp, bind, record.negotiated if record else None
+        mounted[BIND] = (bind, None)
+        yield mounted
     finally:
-        if is_mountpoint(fp):
-            subprocess.run([sys.executable, "-m", "fastpass", "unmount", fp], capture_output=True, timeout=60,
-                           check=False)  # fmt: skip
-        if is_mountpoint(bind):
-            _linux.umount2(bind, _linux.MNT_DETACH)
+        for name in fastpass:
+            point = os.path.join(top, name)
+            if is_mountpoint(point):
+                subprocess.run([sys.executable, "-m", "fastpass", "unmount", point], capture_output=True, timeout=60,
+                               check=False)  # fmt: skip
+        if is_mountpoint(os.path.join(top, BIND)):
+            _linux.umount2(os.path.join(top, BIND), _linux.MNT_DETACH)
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -135,13 +177,50 @@ def drop_caches() -> None:
         f.write("3")
 
 
-def check(backing: str | None, names: list[str], repeat: int) -> None:
+def parse_variant(spec: str) -> Variant:
+    """`NAME=OPTIONS` (OPTIONS split like a shell would) as a Variant, or a BenchError saying what is wrong."""
+    name, eq, text = spec.partition("=")
+    if not eq or not _VARIANT_NAME.fullmatch(name):
+        raise BenchError(f"--variant {spec!r}: expected NAME=OPTIONS, NAME of letters, digits, '.', '_', '-'")
+    if name in (FASTPASS, BIND):
+        raise BenchError(f"--variant {name}: the name {name} is the bench's own")
+    try:
+        options = shlex.split(text)
+    except ValueError as e:
+        raise BenchError(f"--variant {name}: {e}") from None
+    problem = _mount_options_problem(options)
+    if problem:
+        raise BenchError(f"--variant {name}: {problem}")
+    return Variant(name, options)
+
+
+def _mount_options_problem(options: list[str]) -> str | None:
+    """What `fastpass mount` would object to in `options`, found by its own parser without mounting."""
+    from fastpass.cli import parser  # the command the bench runs is the one authority on its options
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            args = parser().parse_args(["mount", "BACKING", "MOUNTPOINT", *options])
+    except SystemExit:  # argparse's way of refusing: usage, then "fastpass mount: error: ..."
+        lines = err.getvalue().strip().splitlines()
+        return lines[-1].partition(" error: ")[2] if lines else "asks for help, not a mount"
+    if args.foreground:
+        return "--foreground: the bench needs mounts that return once they serve"
+    return None
+
+
+def check(backing: str | None, names: list[str], repeat: int, variants: Sequence[Variant] = ()) -> None:
     """Refuse bad input before anything is mounted."""
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise BenchError(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
     if repeat < 1:
         raise BenchError("--repeat must be at least 1")
+    given = [v.name for v in variants]
+    twice = sorted({n for n in given if given.count(n) > 1})
+    if twice:
+        raise BenchError(f"--variant {', '.join(twice)} given twice")
     if backing is not None and not os.path.isdir(backing):
         raise BenchError(f"backing directory {backing} does not exist")
     cold = [n for n in names if WORKLOADS[n].cold]
@@ -158,47 +237,57 @@ def run(
     size_mb: int,
     seconds: float,
     options: list[str],
+    variants: Sequence[Variant] = (),
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
 ) -> BenchRecord:
-    """Run `names` on fastpass and on the bind mount, alternating, and keep every pair.
+    """Run `names` on fastpass (`options`), on each variant and on the bind mount, rotating, and keep every run.
 
     `progress(what, runs_done)` is told what starts next and how many measured runs are done.
     """
-    check(backing, names, repeat)
+    check(backing, names, repeat, variants)
+    fastpass = {FASTPASS: options, **{v.name: [*options, *v.options] for v in variants}}
     started = time.time()
     results = []
     done = 0
-    with _backing(backing) as (served, sub), _mounts(served, options) as (fp_top, bind_top, negotiated):
-        root, fp, bind = (os.path.join(top, sub) for top in (served, fp_top, bind_top))
+    with _backing(backing) as (served, sub), _mounts(served, fastpass) as mounted:
+        root = os.path.join(served, sub)
+        dirs = {config: os.path.join(point, sub) for config, (point, _) in mounted.items()}
+        configs = [Config(c, fastpass.get(c), negotiated) for c, (_, negotiated) in mounted.items()]
         for name in names:
             w = WORKLOADS[name]
             progress(f"{name}: preparing", done)
             w.prepare(root, size_mb)
             os.sync()  # no writeback of the layout competes with the measurement
-            pairs = []
+            runs: dict[str, list[Measurement]] = {c: [] for c in dirs}
+            orders = []
             for rnd in range(repeat):
-                order = [("fastpass", fp), ("bind", bind)]
-                if rnd % 2:
-                    order.reverse()
-                got: dict[str, Measurement] = {}
-                for side, directory in order:
-                    progress(f"{name} round {rnd + 1}/{repeat}: {side}", done)
+                turn = rnd % len(dirs)
+                orders.append([*dirs][turn:] + [*dirs][:turn])
+                for config in orders[-1]:
+                    progress(f"{name} round {rnd + 1}/{repeat}: {config}", done)
                     if w.cold:
                         drop_caches()
                     try:
-                        got[side] = w.run(directory, size_mb, seconds)
+                        runs[config].append(w.run(dirs[config], root, size_mb, seconds))
                     except (OSError, RuntimeError) as e:
-                        raise BenchError(f"{name} on {side} failed: {e}") from None
+                        raise BenchError(f"{name} on {config} failed: {e}") from None
                     done += 1
                     if w.writes:
                         w.reset(root)
                         os.sync()
-                pairs.append(Pair(got["fastpass"], got["bind"], got["fastpass"].value / max(got["bind"].value, 1e-9)))
             shutil.rmtree(w.home(root), ignore_errors=True)
-            results.append(WorkloadResult(
-                name, w.description, w.cold, pairs[0].fastpass.unit, pairs,
-                statistics.median(p.fastpass.value for p in pairs), statistics.median(p.bind.value for p in pairs),
-                statistics.median(p.ratio for p in pairs), all(p.fastpass.ok and p.bind.ok for p in pairs),
-            ))  # fmt: skip
-    return BenchRecord(SCHEMA, __version__, Machine.here(), options, negotiated, size_mb, seconds, repeat, results,
-                       started, time.time() - started)  # fmt: skip
+            results.append(_result(w.name, w.description, w.cold, orders, runs))
+    return BenchRecord(SCHEMA, __version__, Machine.here(), configs, size_mb, seconds, repeat, results, started,
+                       time.time() - started)  # fmt: skip
+
+
+def _result(name: str, description: str, cold: bool, orders: list[list[str]],
+            runs: dict[str, list[Measurement]]) -> WorkloadResult:  # fmt: skip
+    """Each configuration's runs with their ratios to the bind mount's run of the same round."""
+    configs = []
+    for config, measured in runs.items():
+        ratios = [m.value / max(b.value, 1e-9) for m, b in zip(measured, runs[BIND])]
+        configs.append(ConfigResult(config, measured, ratios, statistics.median(m.value for m in measured),
+                                    statistics.median(ratios)))  # fmt: skip
+    ok = all(m.ok for measured in runs.values() for m in measured)
+    return WorkloadResult(name, description, cold, runs[BIND][0].unit, orders, configs, ok)

@@ -124,12 +124,12 @@ def run(
         def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
             progress(f"{n} workers: {what}", done + runs_done)
 
-        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}"], step))
+        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}"], progress=step))
     workloads = []
     for results in zip(*(r.results for r in runs)):  # one workload at every count
         workloads.append(TuneWorkload(
-            results[0].name, results[0].description, results[0].unit, [r.fastpass_median for r in results],
-            statistics.median(p.bind.value for r in results for p in r.pairs), all(r.ok for r in results),
+            results[0].name, results[0].description, results[0].unit, [r.of(runner.FASTPASS).median for r in results],
+            statistics.median(m.value for r in results for m in r.of(runner.BIND).runs), all(r.ok for r in results),
         ))  # fmt: skip
     per_count = scores(workloads)
     workers = recommend(counts, per_count)

@@ -2,10 +2,12 @@
 
 A workload works in its own subdirectory, `<dir>/<name>`, of the directory
 it measures.  `prepare` lays out its input on the backing directory before
-any measurement, so both sides of a comparison read the same bytes; `run`
-measures through one mount; `reset` removes what a run wrote, so each run
-starts alike.  Every workload that writes also verifies what it wrote (fio
-verify, or checksums), so a fast but wrong server cannot score.
+any measurement, so every mount compared reads the same bytes; `run`
+measures through one mount (and is told the backing directory that mount
+serves, for workloads that change it behind the mount's back); `reset`
+removes what a run wrote, so each run starts alike.  Every workload that
+writes also verifies what it wrote (fio verify, or checksums), so a fast but
+wrong server cannot score.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class Measurement(msgspec.Struct):
     unit: str
     ok: bool  # integrity verified (or nothing written)
     detail: str = ""
+    # Workloads that time single events (oob-latency): each event's latency in ms, in the order
+    # they happened.  `value` is then 1000 / their median, so that it too is higher-is-better.
+    latency_ms: list[float] = []
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,8 @@ class Workload:
     def prepare(self, backing: str, size_mb: int) -> None:
         os.makedirs(self.home(backing), exist_ok=True)
 
-    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+        """Measure through the mount at `directory`, which serves `backing`."""
         raise NotImplementedError
 
     def fresh(self, directory: str) -> str:
@@ -79,7 +85,7 @@ class FioWorkload(Workload):
         if not self.writes or self.rw == "randrw":
             self._fio(self.home(backing), size_mb, 1.0, "--create_only=1")
 
-    def run(self, directory: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
         # randrw rewrites blocks of its laid-out files in place; other writers start empty
         where = self.fresh(directory) if self.writes and self.rw != "randrw" else self.home(directory)
         out = self._fio(where, size_mb, seconds)

@@ -13,21 +13,33 @@ import hashlib
 import os
 import platform
 import stat
+import statistics
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import run_fastpass
+from conftest import Mounted, mounts_under, run_fastpass, server_pid, stop
 from test_cli import NOBODY, assert_refused
 
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
-from fastpass.bench import progress, report, runner  # noqa: F401
+from fastpass.bench import progress, pyworkloads, report, runner, suites  # noqa: F401
 from tests.users import run_cli_as
 
-WORKLOADS = ["seqread", "seqwrite", "metadata", "readdir", "smallfiles", "randread-cold"]
+WORKLOADS = ["seqread", "seqwrite", "metadata", "readdir", "smallfiles", "randread-cold", "stat-tree", "oob-latency"]
 REPEAT = 2
+
+
+@pytest.fixture(autouse=True)
+def no_mount_outlives_the_test(tmp_path: Path) -> Iterator[None]:
+    """A bench killed before its own clean-up (the subprocess timeout) leaves mounts under TMPDIR: end them."""
+    yield
+    for point, fstype in reversed(mounts_under(tmp_path)):
+        mnt = Path(point)
+        native = fstype.startswith("fuse")
+        stop(Mounted("native" if native else "bind", mnt, mnt, pid=server_pid(mnt) if native else None))
 
 
 def bench(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -58,27 +70,109 @@ def test_end_to_end(tmp_path):
     assert "Traceback" not in r.stderr
     assert_no_mounts_left(tmp_path, before)
 
-    record = msgspec.json.decode(out["json"].read_bytes(), type=runner.BenchRecord)
-    assert record.schema == runner.SCHEMA
-    assert record.machine.kernel == platform.release()
-    assert record.machine.cpus >= 1 and record.machine.python == platform.python_version()
-    assert record.negotiated is not None and record.negotiated.minor > 0
-    assert [res.name for res in record.results] == WORKLOADS
+    record = check_record(out["json"], WORKLOADS, ["fastpass", "bind"])
+    assert record.configs[0].mount_options == ["--passthrough=auto", "--cache=auto"]
     for res in record.results:
-        assert len(res.pairs) == REPEAT, res.name
-        assert res.ok, f"{res.name}: {[(p.fastpass.detail, p.bind.detail) for p in res.pairs]}"
         assert res.cold == (res.name == "randread-cold")
-        for p in res.pairs:
-            assert p.fastpass.ok and p.bind.ok, res.name
-            assert p.fastpass.unit == p.bind.unit == res.unit
-            assert p.fastpass.value > 0 and p.bind.value > 0, res.name
-            assert p.ratio == pytest.approx(p.fastpass.value / p.bind.value), res.name
 
     text = out["md"].read_text()
     for name in WORKLOADS:
         assert f"`{name}`" in text, f"{name} missing from the report"
     assert record.machine.kernel in text
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_record(path: Path, workloads: list[str], configs: list[str]) -> runner.BenchRecord:
+    """The JSON record at `path`: every workload ran on every configuration in rotating order, each round
+    verified, with its ratio to the bind mount's run of the same round."""
+    record = msgspec.json.decode(path.read_bytes(), type=runner.BenchRecord)
+    assert record.schema == runner.SCHEMA
+    assert record.machine.kernel == platform.release()
+    assert record.machine.cpus >= 1 and record.machine.python == platform.python_version()
+    assert [c.name for c in record.configs] == configs
+    for c in record.configs:
+        assert (c.mount_options is None) == (c.name == "bind")
+        assert (c.negotiated is not None and c.negotiated.minor > 0) == (c.name != "bind"), c.name
+    assert [res.name for res in record.results] == workloads
+    for res in record.results:
+        assert res.orders == [configs[i % len(configs) :] + configs[: i % len(configs)] for i in range(REPEAT)]
+        assert [c.config for c in res.configs] == configs
+        assert res.ok, f"{res.name}: {[m.detail for c in res.configs for m in c.runs]}"
+        bind = res.of("bind").runs
+        for c in res.configs:
+            assert len(c.runs) == len(c.ratios) == REPEAT, (res.name, c.config)
+            for m, b, ratio in zip(c.runs, bind, c.ratios):
+                assert m.ok and m.unit == res.unit, (res.name, c.config)
+                assert m.value > 0, (res.name, c.config)
+                assert ratio == pytest.approx(m.value / b.value), (res.name, c.config)
+    return record
+
+
+# Kernel timeouts long enough that a stale answer is certain to be seen, short enough for a test.
+STALE_FOR = 0.3
+
+
+def test_variants(tmp_path):
+    """Two variants beside fastpass and bind: each is mounted with its options, measured every round, reported.
+
+    With --cache off and STALE_FOR-second kernel timeouts, a change made in the backing cannot show
+    before the kernel's copy expires, so oob-latency measures that (the names were looked up before
+    each change); with the watcher (the default auto) it shows sooner.
+    """
+    out = {ext: tmp_path / f"bench.{ext}" for ext in ("json", "md", "png")}
+    before = mount_points()
+    off = f"--cache off --attr-timeout {STALE_FOR} --entry-timeout {STALE_FOR}"
+    r = bench(tmp_path, "--workloads", "stat-tree,oob-latency", "--size", "2", "--repeat", str(REPEAT),
+              "--variant", f"off={off}", "--variant", "strict=--cache strict", "--json", str(out["json"]),
+              "--report", str(out["md"]), "--plot", str(out["png"]))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    assert_no_mounts_left(tmp_path, before)
+
+    configs = ["fastpass", "off", "strict", "bind"]
+    record = check_record(out["json"], ["stat-tree", "oob-latency"], configs)
+    assert record.configs[1].mount_options[-len(off.split()) :] == off.split()
+    assert record.configs[2].mount_options[-2:] == ["--cache", "strict"]
+
+    changes = len(pyworkloads.OOB_CHANGES) * pyworkloads.OOB_PER_KIND
+    oob = record.results[1]
+    for c in oob.configs:
+        assert [len(m.latency_ms) for m in c.runs] == [changes] * REPEAT, c.config
+        assert max(c.latency_ms) < pyworkloads.OOB_DEADLINE * 1000, c.config
+    median = {c.config: statistics.median(c.latency_ms) for c in oob.configs}
+    assert median["off"] >= 0.8 * STALE_FOR * 1000, median
+    assert median["fastpass"] < median["off"], median
+    assert median["bind"] < median["fastpass"], median
+    assert record.results[0].configs[0].runs[0].latency_ms == []
+
+    text = out["md"].read_text()
+    for name in ["`stat-tree`", "`oob-latency`", "off / bind", "strict / bind", f"{off}`"]:
+        assert name in text, f"{name} missing from the report"
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in configs:
+        assert name in r.stdout, f"{name} missing from the table"
+
+
+def test_stat_tree_fails_a_wrong_size(tmp_path):
+    """On a plain directory (no mount): one file whose size differs from what prepare wrote fails the run."""
+    w = suites.WORKLOADS["stat-tree"]
+    w.prepare(str(tmp_path), 1)
+    assert sum(len(files) for _, _, files in os.walk(tmp_path)) == pyworkloads.STAT_TREE_FILES_PER_MB
+    (tmp_path / "stat-tree" / "d000" / "f00007").write_bytes(b"")
+    m = w.run(str(tmp_path), str(tmp_path), 1, 0.0)
+    assert not m.ok and "f00007: 0 bytes, not 7" in m.detail, m.detail
+    assert f"{pyworkloads.STAT_TREE_ROUNDS} of " in m.detail  # once per round
+
+
+def test_oob_latency_on_the_backing_itself(tmp_path):
+    """Measured on the backing directory itself, every change shows at the first look."""
+    w = suites.WORKLOADS["oob-latency"]
+    w.prepare(str(tmp_path), 1)
+    m = w.run(str(tmp_path), str(tmp_path), 1, 0.0)
+    assert m.ok, m.detail
+    assert len(m.latency_ms) == len(pyworkloads.OOB_CHANGES) * pyworkloads.OOB_PER_KIND
+    assert statistics.median(m.latency_ms) < pyworkloads.OOB_POLL * 1000  # shown at the first look
+    assert m.value == pytest.approx(1000 / statistics.median(m.latency_ms))
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -119,10 +213,38 @@ def test_explicit_backing_is_left_as_it_was(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workloads", "seqread,no-such-workload"], "unknown workload no-such-workload"),
-        (["{tmp}/missing", "--workloads", "seqread"], "{tmp}/missing does not exist"),
+        pytest.param(
+            ["--workloads", "seqread,no-such-workload"], "unknown workload no-such-workload", id="unknown-workload"
+        ),
+        pytest.param(["{tmp}/missing", "--workloads", "seqread"], "{tmp}/missing does not exist", id="backing-missing"),
+        pytest.param(["--variant", "cache-off"], "expected NAME=OPTIONS", id="variant-no-equals"),
+        pytest.param(["--variant", "a/b=--cache off"], "expected NAME=OPTIONS", id="variant-bad-name"),
+        pytest.param(["--variant", "bind=--cache off"], "bind is the bench's own", id="variant-reserved-name"),
+        pytest.param(
+            ["--variant", "x=--cache bogus"],
+            "--variant x: argument --cache: invalid choice: 'bogus'",
+            id="variant-bad-choice",
+        ),
+        pytest.param(
+            ["--variant", "x=--no-such-option"],
+            "--variant x: unrecognized arguments: --no-such-option",
+            id="variant-unknown-option",
+        ),
+        pytest.param(
+            ["--variant", "x=--workers"],
+            "--variant x: argument -w/--workers: expected one argument",
+            id="variant-missing-value",
+        ),
+        pytest.param(["--variant", "x=--foreground"], "--variant x: --foreground", id="variant-foreground"),
+        pytest.param(["--variant", "x=--cache 'off"], "--variant x: No closing quotation", id="variant-bad-quoting"),
+        pytest.param(["--variant", "x=", "--variant", "x=--cache off"], "--variant x given twice", id="variant-twice"),
+        # Parsed fine, refused by `fastpass mount` once the default configuration is mounted: that one goes too.
+        pytest.param(
+            ["--workloads", "readdir", "--variant", "x=--log /nonexistent/log"],
+            "x: cannot write the log file",
+            id="variant-mount-fails",
+        ),
     ],
-    ids=["unknown-workload", "backing-missing"],
 )
 def test_bad_arguments_are_refused(tmp_path, args, message):
     before = mount_points()
