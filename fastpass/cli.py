@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--passthrough={args.passthrough}", f"--cache={args.cache}"]
+    options = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}"]
     for name in ("attr_timeout", "entry_timeout"):
         if getattr(args, name) is not None:
             options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
@@ -187,11 +187,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else tune.SUITE
-    counts = list(range(1, args.max_workers + 1))
+    max_workers = args.max_workers if args.max_workers is not None else (1 if args.engine == "pyfuse3" else 2 * (os.cpu_count() or 1))
+    counts = list(range(1, max_workers + 1))
     try:
-        tune.check(args.backing, names, counts, args.repeat)
+        tune.check(args.backing, names, counts, args.repeat, args.engine)
         with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
-            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step)
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step, args.engine)
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
@@ -286,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--report", metavar="FILE.md", help="write a Markdown report")
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
     b.add_argument("-w", "--workers", type=int, metavar="N", help="passed to the fastpass mount")
+    b.add_argument("--engine", choices=ENGINES, default="native",
+                   help="passed to the fastpass mount; compare engines in one run with "
+                        "--variant 'pyfuse3=--engine pyfuse3'")  # fmt: skip
     b.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto", help="passed to the fastpass mount")
     b.add_argument("--cache", choices=CACHE_MODES, default="auto", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, metavar="S", help="passed to the fastpass mount")
@@ -299,8 +303,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="measure which --workers count suits this machine")
     t.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
     t.add_argument("--workloads", help="comma-separated workload names (default: the tune suite)")
-    t.add_argument("--max-workers", type=int, default=2 * (os.cpu_count() or 1), metavar="N",
-                   help="try 1 to N workers (default: twice the CPUs, %(default)s)")  # fmt: skip
+    t.add_argument("--max-workers", type=int, metavar="N",
+                   help=f"try 1 to N workers (default: twice the CPUs, {2 * (os.cpu_count() or 1)}; 1 for pyfuse3)")  # fmt: skip
+    t.add_argument("--engine", choices=ENGINES, default="native", help="passed to the fastpass mounts")
     t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")

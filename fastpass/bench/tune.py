@@ -77,11 +77,13 @@ def default_counts() -> list[int]:
     return list(range(1, 2 * (os.cpu_count() or 1) + 1))
 
 
-def check(backing: str | None, names: Sequence[str], counts: Sequence[int], repeat: int) -> None:
+def check(backing: str | None, names: Sequence[str], counts: Sequence[int], repeat: int, engine: str = "native") -> None:
     """Refuse bad input before anything is mounted."""
     runner.check(backing, list(names), repeat)
     if not counts or min(counts) < 1:
         raise runner.BenchError("worker counts (--max-workers) must be at least 1")
+    if engine == "pyfuse3" and max(counts) > 1:
+        raise runner.BenchError("--engine pyfuse3 serves from one process: use --max-workers 1")
 
 
 def normalised(w: TuneWorkload) -> list[float]:
@@ -107,6 +109,7 @@ def run(
     size_mb: int = 256,
     seconds: float = 3.0,
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
+    engine: str = "native",
 ) -> TuneRecord:
     """Bench `names` at each worker count (default `default_counts()`) and recommend one.
 
@@ -115,7 +118,7 @@ def run(
     starts next and how many measured runs are done over all counts.
     """
     counts = sorted(set(default_counts() if counts is None else counts))
-    check(backing, names, counts, repeat)
+    check(backing, names, counts, repeat, engine)
     started = time.time()
     runs: list[runner.BenchRecord] = []
     for n in counts:
@@ -124,7 +127,8 @@ def run(
         def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
             progress(f"{n} workers: {what}", done + runs_done)
 
-        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}"], progress=step))
+        options = [f"--workers={n}", f"--engine={engine}"]
+        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, options, progress=step))
     workloads = []
     for results in zip(*(r.results for r in runs)):  # one workload at every count
         workloads.append(TuneWorkload(
@@ -135,7 +139,7 @@ def run(
     workers = recommend(counts, per_count)
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
     return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, size_mb, seconds, repeat, workloads,
-                      per_count, workers, f"fastpass mount --workers {workers} {where} MOUNTPOINT", started,
+                      per_count, workers, f"fastpass mount --engine {engine} --workers {workers} {where} MOUNTPOINT", started,
                       time.time() - started)  # fmt: skip
 
 

@@ -71,7 +71,7 @@ def test_end_to_end(tmp_path):
     assert_no_mounts_left(tmp_path, before)
 
     record = check_record(out["json"], WORKLOADS, ["fastpass", "bind"])
-    assert record.configs[0].mount_options == ["--passthrough=auto", "--cache=auto"]
+    assert record.configs[0].mount_options == ["--engine=native", "--passthrough=auto", "--cache=auto"]
     for res in record.results:
         assert res.cold == (res.name == "randread-cold")
 
@@ -92,7 +92,8 @@ def check_record(path: Path, workloads: list[str], configs: list[str]) -> runner
     assert [c.name for c in record.configs] == configs
     for c in record.configs:
         assert (c.mount_options is None) == (c.name == "bind")
-        assert (c.negotiated is not None and c.negotiated.minor > 0) == (c.name != "bind"), c.name
+        native = c.mount_options is not None and "pyfuse3" not in c.mount_options  # libfuse negotiates for pyfuse3
+        assert (c.negotiated is not None and c.negotiated.minor > 0) == native, c.name
     assert [res.name for res in record.results] == workloads
     for res in record.results:
         assert res.orders == [configs[i % len(configs) :] + configs[: i % len(configs)] for i in range(REPEAT)]
@@ -276,3 +277,19 @@ def test_cold_workload_needs_root(world_dir, monkeypatch):
     assert list(tmp.iterdir()) == []
     assert nobodys_backings() == backings
     assert_no_mounts_left(world_dir, mounts)
+
+
+def test_engines_in_one_run(tmp_path):
+    """The native engine, the pyfuse3 engine (a variant) and bind, measured in one run with verified data."""
+    out = tmp_path / "bench.json"
+    before = mount_points()
+    r = bench(tmp_path, "--workloads", "seqwrite,metadata", "--size", "4", "--seconds", "0.3", "--repeat",
+              str(REPEAT), "--variant", "pyfuse3=--engine pyfuse3", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert_no_mounts_left(tmp_path, before)
+    record = check_record(out, ["seqwrite", "metadata"], ["fastpass", "pyfuse3", "bind"])
+    assert record.configs[0].mount_options[0] == "--engine=native"
+    assert record.configs[1].mount_options[-2:] == ["--engine", "pyfuse3"]
+    assert record.configs[1].negotiated is None  # libfuse negotiated it
+    for result in record.results:
+        assert all(m.ok and m.value > 0 for c in result.configs for m in c.runs), result.name

@@ -58,7 +58,7 @@ def test_end_to_end(tmp_path):
     assert record.scores == pytest.approx(scores)
     good_enough = [n for n, s in zip(record.counts, scores) if s >= 0.95 * max(scores)]
     assert record.workers == good_enough[0]
-    assert record.command == f"fastpass mount --workers {record.workers} BACKING MOUNTPOINT"
+    assert record.command == f"fastpass mount --engine native --workers {record.workers} BACKING MOUNTPOINT"
     assert record.command in r.stdout
 
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,8 +69,9 @@ def test_end_to_end(tmp_path):
     [
         (["--workloads", "metadata,no-such-workload"], "unknown workload no-such-workload"),
         (["--workloads", "metadata", "--max-workers", "0"], "at least 1"),
+        (["--workloads", "metadata", "--engine", "pyfuse3", "--max-workers", "2"], "--max-workers 1"),
     ],
-    ids=["unknown-workload", "no-worker-counts"],
+    ids=["unknown-workload", "no-worker-counts", "pyfuse3-workers"],
 )
 def test_bad_arguments_are_refused(tmp_path, args, message):
     before = mount_points()
