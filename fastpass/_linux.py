@@ -29,6 +29,7 @@ STATX_BASIC_STATS = 0x7FF
 _SYS_GETDENTS64 = 217
 _SYS_STATX = 332
 _SYS_RENAMEAT2 = 316
+_SYS_SETGROUPS = 116
 
 
 def _check(ret: int, *what: object) -> int:
@@ -72,6 +73,15 @@ def setfsuid(uid: int) -> int:
 
 def setfsgid(gid: int) -> int:
     return _libc.setfsgid(gid)
+
+
+def setgroups(groups: list[int]) -> None:
+    """Set this thread's supplementary groups only.  glibc's setgroups (and so os.setgroups) stops
+    every thread of the process to change them all, which waits forever on a thread stuck in the
+    kernel, e.g. the pyfuse3 engine's watcher blocked in a notification while the request it waits
+    for is the one being served."""
+    arr = (ctypes.c_uint * len(groups))(*groups)
+    _call(_libc.syscall, _SYS_SETGROUPS, len(groups), arr)
 
 
 @contextlib.contextmanager

@@ -94,11 +94,13 @@ class Numbers:
     kernel forgets it.  The backing root is always number 1 (FUSE's root).  Two
     backing inodes with one number (a filesystem mounted inside the backing
     tree, or a number reused while the kernel still holds the old inode) share
-    a translation: the later one wins.  Used on the loop thread only.
+    a translation: the later one wins.  Changed on the loop thread only; the
+    watcher thread reads `shown_as` (single dict reads, atomic under the GIL).
     """
 
     def __init__(self) -> None:
         self._nodeid: dict[int, int] = {pyfuse3.ROOT_INODE: ROOT_ID}
+        self._shown: dict[int, int] = {ROOT_ID: pyfuse3.ROOT_INODE}
         self._count: dict[int, int] = {}
 
     def show(self, nodeid: int, ino: int) -> int:
@@ -107,8 +109,13 @@ class Numbers:
             return pyfuse3.ROOT_INODE
         shown = ino if ino != pyfuse3.ROOT_INODE else nodeid
         self._nodeid[shown] = nodeid
+        self._shown[nodeid] = shown
         self._count[shown] = self._count.get(shown, 0) + 1
         return shown
+
+    def shown_as(self, nodeid: int) -> int:
+        """The number the kernel holds `nodeid` under, or 0."""
+        return self._shown.get(nodeid, 0)
 
     def nodeid(self, shown: int) -> int:
         nodeid = self._nodeid.get(shown)
@@ -127,6 +134,8 @@ class Numbers:
         else:
             self._count.pop(shown, None)
             del self._nodeid[shown]
+            if self._shown.get(nodeid) == shown:
+                del self._shown[nodeid]
         return nodeid, n
 
 
@@ -390,15 +399,21 @@ class Operations(pyfuse3.Operations):
 
 
 class Notifier:
-    """The watcher's way to the kernel through libfuse's session (a thread other than the loop's)."""
+    """The watcher's way to the kernel through libfuse's session (from a thread other than the
+    loop's), with fastpass's nodeids turned into the numbers the kernel holds."""
 
-    @staticmethod
-    def inval_inode(nodeid: int, data: bool) -> None:
-        pyfuse3.invalidate_inode(nodeid, attr_only=not data)
+    def __init__(self, numbers: Numbers):
+        self.numbers = numbers
 
-    @staticmethod
-    def inval_entry(parent: int, name: bytes, child: int) -> None:
-        pyfuse3.invalidate_entry(parent, name, deleted=child)
+    def inval_inode(self, nodeid: int, data: bool) -> None:
+        shown = self.numbers.shown_as(nodeid)
+        if shown:
+            pyfuse3.invalidate_inode(shown, attr_only=not data)
+
+    def inval_entry(self, parent: int, name: bytes, child: int) -> None:
+        shown = self.numbers.shown_as(parent)
+        if shown:
+            pyfuse3.invalidate_entry(shown, name, deleted=self.numbers.shown_as(child) if child else 0)
 
 
 def _options(config: MountConfig) -> set[str]:
@@ -429,7 +444,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
     if fan_fd >= 0:
         me = os.getpid()
         counters = WorkerCounters(shared.counters, shared.region, WATCHER).misc
-        watcher = Watcher(fan_fd, Notifier(), config.backing, shared.inodes, shared.region, fs.cache,
+        watcher = Watcher(fan_fd, Notifier(ops.numbers), config.backing, shared.inodes, shared.region, fs.cache,
                           lambda pid: pid == me, counters)  # fmt: skip
         threading.Thread(target=watcher.run, name="fastpass-watch", daemon=True).start()
     log.info("mounted %s on %s (pyfuse3 %s)", config.backing, config.mountpoint, pyfuse3.__version__)

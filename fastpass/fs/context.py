@@ -83,7 +83,7 @@ class Credentials:
         """Switch to the caller; False if the caller is us already (nothing to restore)."""
         if req.uid == self.uid and req.gid == self.gid:
             return False
-        os.setgroups(self._groups_of(req.pid, req.uid, req.gid))
+        _linux.setgroups(self._groups_of(req.pid, req.uid, req.gid))
         _linux.setfsgid(req.gid)
         _linux.setfsuid(req.uid)
         return True
@@ -91,7 +91,7 @@ class Credentials:
     def restore(self) -> None:
         _linux.setfsuid(self.uid)
         _linux.setfsgid(self.gid)
-        os.setgroups(self.groups)
+        _linux.setgroups(self.groups)
 
 
 class Fs:

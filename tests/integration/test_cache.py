@@ -22,7 +22,8 @@ from tests.integration.test_cli import assert_refused
 from tests.integration.test_passthrough import stats
 
 LONG = ("--attr-timeout", "60", "--entry-timeout", "60")
-CONFIGS = {"w1": ("--workers", "1", "--passthrough", "off"), "w4": ("--workers", "4", "--passthrough", "on")}
+CONFIGS = {"w1": ("--workers", "1", "--passthrough", "off"), "w4": ("--workers", "4", "--passthrough", "on"),
+           "pyfuse3": ("--engine", "pyfuse3")}  # fmt: skip
 SEEN_WITHIN = 1.0  # s, the bound the issue sets for an outside change to show
 
 

@@ -29,10 +29,12 @@ def _truncate(path, size: int) -> None:
     os.truncate(path, size)
 
 
-@pytest.fixture(params=["passthrough-off", "passthrough-on", "bind"])
+@pytest.fixture(params=["passthrough-off", "passthrough-on", "pyfuse3", "bind"])
 def mounted(request, world_dir, user1000):  # noqa: F811
     if request.param == "bind":
         cm = bind_mount(world_dir)
+    elif request.param == "pyfuse3":
+        cm = fastpass_mount(world_dir, "--allow-other", "--engine", "pyfuse3")
     else:
         cm = fastpass_mount(world_dir, "--allow-other", "--workers", "2", "--passthrough", request.param.split("-")[1])
     with cm as m:

@@ -121,10 +121,13 @@ def dev_fuse_for_users(user1000):
         os.chmod("/dev/fuse", before)
 
 
-@pytest.fixture(params=["1", "4"], ids=["w1", "w4"])
+SHARED = {"w1": ("--workers", "1"), "w4": ("--workers", "4"), "pyfuse3": ("--engine", "pyfuse3")}
+
+
+@pytest.fixture(params=list(SHARED))
 def shared(request, world_dir, user1000):
-    """A root mount with --allow-other (1 and 4 workers) of a backing dir with a world-writable `pub`."""
-    with fastpass_mount(world_dir, "--allow-other", "--workers", request.param) as m:
+    """A root mount with --allow-other (1 and 4 workers, and pyfuse3) of a backing dir with a world-writable `pub`."""
+    with fastpass_mount(world_dir, "--allow-other", *SHARED[request.param]) as m:
         pub = m.backing / "pub"
         pub.mkdir()
         pub.chmod(0o777)
