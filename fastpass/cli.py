@@ -41,7 +41,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         workers=args.workers if args.workers is not None else ((os.cpu_count() or 1) if os.geteuid() == 0 else 1),
         passthrough=args.passthrough,
         max_inodes=args.max_inodes,
+        filters=tuple(args.filter),
     )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --filter MODULE:CLASS from the user's own modules, as `python -m` finds them
     try:
         supervisor.check(config)
     except supervisor.StartError as e:
@@ -141,6 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                f"--passthrough={args.passthrough}"]  # fmt: skip
     if args.workers is not None:
         options.append(f"--workers={args.workers}")
+    options += [f"--filter={spec}" for spec in args.filter]
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
     try:
@@ -235,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
                    help="inodes the kernel may know at once (default %(default)s)")  # fmt: skip
     m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
                    help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
+    m.add_argument("--filter", action="append", default=[], metavar="SPEC",
+                   help="a filter around the operations, outermost first (repeatable): readonly, hide:pattern=GLOB, "
+                        "audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -263,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--attr-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
+    b.add_argument("--filter", action="append", default=[], metavar="SPEC", help="passed to the fastpass mount")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", help="measure which --workers count suits this machine")

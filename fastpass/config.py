@@ -32,6 +32,9 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Inodes the kernel may know at once (184 bytes of shared memory each, touched
     # as used); a lookup past it fails with ENFILE until the kernel forgets some.
     max_inodes: int = DEFAULT_MAX_INODES
+    # Filters around the operations, outermost first: each `NAME[:ARG=VALUE,...]` (a built-in)
+    # or `MODULE:CLASS[:ARG=VALUE,...]`; see fastpass.filters.
+    filters: tuple[str, ...] = ()
 
 
 def split_time(seconds: float) -> tuple[int, int]:

@@ -57,6 +57,7 @@ class Stats(msgspec.Struct):
     open_handles: int
     passthrough: bool  # the kernel agreed to FUSE_PASSTHROUGH (writeback cache is then off)
     negotiated: Negotiated
+    filters: list[str] = []  # the --filter specs, outermost first
 
 
 def _rss_kib(pid: int) -> int:
@@ -104,7 +105,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
         restarts, sorted(ops_out, key=lambda o: -o.count),
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
-        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
+        record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated, list(record.config.filters),
     )  # fmt: skip
 
 
@@ -149,6 +150,7 @@ def render(stats: Stats) -> object:
         f"{len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
         f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
         f"{'on' if 'WRITEBACK_CACHE' in n.flags else 'off'}; protocol 7.{n.minor}: {' '.join(n.flags)}"
+        + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
     )
     workers = Table(title="workers")
     for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others",

@@ -33,6 +33,7 @@ import uvloop
 
 from fastpass import _linux, state, stats
 from fastpass.config import MountConfig
+from fastpass.filters import load, stack
 from fastpass.fs.context import Fs
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable, can_reopen, handle_of
@@ -130,9 +131,10 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
 
 
 def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
-                 parent: int, index: int) -> None:  # fmt: skip
+                 filters: list[object], parent: int, index: int) -> None:  # fmt: skip
     """Body of a worker process; never returns."""
     code = 0
+    flush_failed: set[str] = set()
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -159,7 +161,9 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
             fs.passthrough = Passthrough(devfd, fs.inodes)
         fs.counters.misc[PID] = os.getpid()
         fs.counters.misc[STARTED_NS] = time.time_ns()
-        worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
+        routes = stack.install(fs, build(), filters)
+        idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
+        worker = Worker(devfd, fs, routes, config.allow_other, config.debug, idle)
         signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
         signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
         worker.serve()
@@ -170,6 +174,8 @@ def _worker_main(config: MountConfig, negotiated: Negotiated, session: int, root
         code = 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late SIGTERM must not unwind into supervisor code
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        stack.flush(filters, flush_failed)
         logging.shutdown()
         os._exit(code)
 
@@ -185,6 +191,10 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     """Mount and serve until unmounted; `ready(None)` once serving, `ready(message)` on failure."""
     try:
         check(config)
+        try:
+            filters = load.load_all(config.filters)  # once, here: the workers inherit them
+        except load.SpecError as e:
+            raise StartError(str(e)) from None
         root_fd = os.open(config.backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
@@ -204,7 +214,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    pool = Pool(config, session, root_fd, SharedState(root_fd, config.max_inodes), record)
+    pool = Pool(config, session, root_fd, SharedState(root_fd, config.max_inodes), record, filters)
     return pool.serve(ready)
 
 
@@ -217,8 +227,9 @@ class Pool:
     """
 
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
-                 record: state.MountState):  # fmt: skip
+                 record: state.MountState, filters: list[object]):  # fmt: skip
         self.config = config
+        self.filters = filters
         self.session = session
         self.root_fd = root_fd
         self.shared = shared
@@ -239,7 +250,7 @@ class Pool:
                 signal.signal(sig, signal.SIG_DFL)
             try:
                 _worker_main(self.config, self.record.negotiated, self.session, self.root_fd, self.shared,
-                             self.record.pid, index)  # fmt: skip
+                             self.filters, self.record.pid, index)  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index

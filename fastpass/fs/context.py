@@ -6,6 +6,7 @@ import ctypes
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 from fastpass import _linux
 from fastpass.config import MountConfig, split_time
@@ -107,6 +108,9 @@ class Fs:
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
+        # (request, nodeid, open flags) -> whether a filter needs this open's reads and writes in
+        # userspace; set by the filter stack when a filter hooks READ or WRITE.
+        self.filter_data: Callable[[Request, int, int], bool] | None = None
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here."""

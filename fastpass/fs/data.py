@@ -40,7 +40,8 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
     open_flags = backing_id = 0
     if fs.passthrough is not None:
         uid = req.uid if fs.config.allow_other else fs.credentials.uid
-        open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
+        own_io = fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags)
+        open_flags, backing_id = fs.passthrough.open(inode, fd, uid, own_io)
     try:
         fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
     except BaseException:
