@@ -27,6 +27,12 @@ def _setup_logging(debug: bool, path: str | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def _user_modules() -> None:
+    """--filter MODULE:CLASS finds the user's own modules in the current directory, as `python -m` does."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     config = MountConfig(
         backing=os.path.realpath(args.backing),
@@ -43,8 +49,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         max_inodes=args.max_inodes,
         filters=tuple(args.filter),
     )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # --filter MODULE:CLASS from the user's own modules, as `python -m` finds them
+    _user_modules()
     try:
         supervisor.check(config)
     except supervisor.StartError as e:
@@ -147,8 +152,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options += [f"--filter={spec}" for spec in args.filter]
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
+    _user_modules()
     try:
-        runner.check(args.backing, names, args.repeat)
+        runner.check(args.backing, names, args.repeat, args.filter)
         with progress.bar(len(names) * args.repeat * 2) as step:
             record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, step)
     except runner.BenchError as e:

@@ -24,6 +24,7 @@ import msgspec
 from fastpass import __version__, _linux, state
 from fastpass.bench.suites import WORKLOADS
 from fastpass.bench.workloads import FioWorkload, Measurement
+from fastpass.filters import load
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import is_mountpoint
 
@@ -135,8 +136,12 @@ def drop_caches() -> None:
         f.write("3")
 
 
-def check(backing: str | None, names: list[str], repeat: int) -> None:
+def check(backing: str | None, names: list[str], repeat: int, filters: list[str] | tuple[str, ...] = ()) -> None:
     """Refuse bad input before anything is mounted."""
+    try:
+        load.load_all(filters)  # made here only to be checked; the mount makes its own
+    except load.SpecError as e:
+        raise BenchError(str(e)) from None
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise BenchError(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")

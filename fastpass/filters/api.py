@@ -82,7 +82,7 @@ USER = Decision.USER
 class Where(Protocol):
     """How a Context finds paths and attributes; the server provides it."""
 
-    def path(self, nodeid: int, name: bytes | None) -> str: ...
+    def path(self, nodeid: int) -> str: ...
 
     def stat(self, nodeid: int) -> os.stat_result: ...
 
@@ -98,7 +98,7 @@ class Context:
     when the request reached the filters (time.perf_counter_ns()).
     """
 
-    __slots__ = ("_name", "_path", "_where", "error", "gid", "nodeid", "op", "pid", "start_ns", "uid")
+    __slots__ = ("_name", "_path", "_paths", "_where", "error", "gid", "nodeid", "op", "pid", "start_ns", "uid")
 
     def __init__(self, op: str, uid: int, gid: int, pid: int, nodeid: int, name: bytes | None = None,
                  where: Where | None = None):  # fmt: skip
@@ -112,6 +112,7 @@ class Context:
         self._name = name
         self._where = where
         self._path: str | None = None
+        self._paths: dict[int, str] = {}  # nodeid -> path, read once per request (a listing asks for each entry)
 
     @property
     def path(self) -> str:
@@ -121,9 +122,14 @@ class Context:
 
     def path_of(self, nodeid: int, name: bytes | None = None) -> str:
         """The path of another inode of the request (rename's `args.newdir`, say), joined with `name`."""
-        if self._where is None:
-            raise LookupError("this context has no server behind it")
-        return self._where.path(nodeid, name)
+        base = self._paths.get(nodeid)
+        if base is None:
+            if self._where is None:
+                raise LookupError("this context has no server behind it")
+            base = self._paths[nodeid] = self._where.path(nodeid)
+        if name is None:
+            return base
+        return os.fsdecode(name) if base == "." else f"{base}/{os.fsdecode(name)}"
 
     def stat(self, nodeid: int | None = None) -> os.stat_result:
         """The backing's attributes of the request's inode (or `nodeid`), now."""
@@ -290,9 +296,10 @@ class Filter:
     def needs_data(self, ctx: Context, flags: int) -> bool:
         """Whether this filter needs the reads and writes of the file just opened with `flags`.
 
-        Consulted at open only for filters with read or write hooks; files for
-        which any filter says yes are never in kernel passthrough for their
-        reads and writes.  Narrow it to keep the others fast.
+        Consulted at open only for filters with read or write hooks.  Every
+        read and write of an open some filter says yes to reaches the filters:
+        neither the page cache nor kernel passthrough serves them.  Narrow it
+        to keep the other files fast.
         """
         return True
 

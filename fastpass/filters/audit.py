@@ -8,9 +8,9 @@ interleave; it writes when the buffer passes 64 KiB, when its oldest line
 is a second old, when the worker is idle (within a second), and when the
 worker exits.  A worker killed with SIGKILL loses what it had buffered.
 
-`data=no` leaves READ and WRITE out of the log and their files in kernel
-passthrough; by default every read and write is logged, so files are read
-and written through the workers.
+`data=no` leaves READ and WRITE out of the log and files cached and in
+kernel passthrough; by default every read and write is logged, so files
+are read and written through the workers.
 """
 
 from __future__ import annotations

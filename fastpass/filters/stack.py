@@ -148,15 +148,12 @@ class _Where:
         self.fs = fs
         self.root: str | None = None
 
-    def path(self, nodeid: int, name: bytes | None) -> str:
+    def path(self, nodeid: int) -> str:
         fs = self.fs
         if self.root is None:
             self.root = os.readlink(proc_path(fs.inode_fd(ROOT_ID))).rstrip("/") + "/"
         target = os.readlink(proc_path(fs.inode_fd(nodeid))) + "/"
-        rel = target[len(self.root) :].rstrip("/") if target.startswith(self.root) else target.rstrip("/")
-        if name is None:
-            return rel or "."
-        return f"{rel}/{os.fsdecode(name)}" if rel else os.fsdecode(name)
+        return target.removeprefix(self.root).rstrip("/") or "."
 
     def stat(self, nodeid: int) -> os.stat_result:
         return os.fstat(self.fs.inode_fd(nodeid))

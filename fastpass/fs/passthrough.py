@@ -20,10 +20,10 @@ Facts that shape it (`shared/fuse-abi.md` section 9, Linux 6.9-6.18):
   the opener could.  A later open by another uid still carries the id (the
   rule above) plus FOPEN_DIRECT_IO, so its reads and writes come to
   userspace and run there; only its mmap uses the backing file.  An open
-  whose reads or writes a filter needs is answered the same way, with the
-  id registered if it is the inode's first: every open of a regular file
-  then agrees with the kernel's one-mode-per-inode rule, whether filtered
-  or not, and shared mmap keeps working.
+  whose reads or writes a filter needs (`fastpass.fs.data`) is answered
+  the same way, with the id registered if it is the inode's first: every
+  open of a regular file then agrees with the kernel's one-mode-per-inode
+  rule, filtered or not, and shared mmap keeps working.
 * Linux 6.18 does not carry RWF_NOAPPEND into the backing write: on an
   O_APPEND file such a write appends.
 * KEEP_CACHE and the writeback cache are never used with it (EIO otherwise).
@@ -47,12 +47,8 @@ class Passthrough:
         self._inodes = inodes
         self._warned: set[int] = set()
 
-    def open(self, inode: Inode, fd: int, uid: int, own_io: bool = False) -> tuple[int, int]:
-        """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd`.
-
-        `own_io`: a filter needs this open's reads and writes, so they come to
-        userspace (FOPEN_DIRECT_IO) although the open carries the inode's id.
-        """
+    def open(self, inode: Inode, fd: int, uid: int) -> tuple[int, int]:
+        """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd`."""
 
         def register() -> int:
             try:
@@ -64,10 +60,10 @@ class Passthrough:
                                 e.strerror)  # fmt: skip
                 return 0
 
-        backing_id, other_uid = self._inodes.attach_backing(inode, uid, register)
+        backing_id, own_io = self._inodes.attach_backing(inode, uid, register)
         if not backing_id:
             return 0, 0
-        return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io or other_uid else 0), backing_id
+        return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
 
     def release(self, nodeid: int) -> None:
         self._inodes.detach_backing(

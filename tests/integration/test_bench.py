@@ -10,6 +10,7 @@ path (two rounds, so both orders of the A/B alternation run).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import stat
@@ -116,13 +117,28 @@ def test_explicit_backing_is_left_as_it_was(tmp_path):
     assert_no_mounts_left(tmp_path, mounts_before)
 
 
+def test_with_a_filter(tmp_path):
+    """--filter reaches the fastpass mount: the audit log has the workload's operations."""
+    log, out = tmp_path / "audit.jsonl", tmp_path / "bench.json"
+    before = mount_points()
+    r = bench(tmp_path, "--workloads", "seqread,metadata", "--size", "4", "--seconds", "0.2", "--filter",
+              f"audit:path={log}", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert_no_mounts_left(tmp_path, before)
+    record = msgspec.json.decode(out.read_bytes(), type=runner.BenchRecord)
+    assert f"--filter=audit:path={log}" in record.mount_options
+    ops = {json.loads(line)["op"] for line in log.read_text().splitlines()}
+    assert {"create", "read", "write", "unlink"} <= ops
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--workloads", "seqread,no-such-workload"], "unknown workload no-such-workload"),
+        (["--workloads", "seqread", "--filter", "hide"], "missing a required argument: 'pattern'"),
         (["{tmp}/missing", "--workloads", "seqread"], "{tmp}/missing does not exist"),
     ],
-    ids=["unknown-workload", "backing-missing"],
+    ids=["unknown-workload", "bad-filter", "backing-missing"],
 )
 def test_bad_arguments_are_refused(tmp_path, args, message):
     before = mount_points()

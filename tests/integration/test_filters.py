@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import multiprocessing
 import os
 import time
@@ -138,6 +139,21 @@ def test_passthrough_off_exactly_for_filtered_files(tmp_path: Path) -> None:
         reads = op_count(stats(m.mnt), "READ")
         assert (m.mnt / "fast.txt").read_bytes() == plain
         assert op_count(stats(m.mnt), "READ") == reads
+
+
+def test_filtered_files_are_not_cached(tmp_path: Path, config: tuple[str, ...]) -> None:
+    """Every read of a filtered file reaches the filter, also where the page cache would serve it; shared
+    mmap still works (page-ins filtered without passthrough; the backing file itself with it)."""
+    with fastpass_mount(tmp_path, *config, *sample("Rot13", "pattern=*.rot")) as m:
+        plain = b"Hello, World\n" * 1000
+        (m.backing / "f.rot").write_bytes(plain.translate(ROT13))
+        with open(m.mnt / "f.rot", "rb") as f:
+            for _ in range(3):
+                reads = op_count(stats(m.mnt), "READ")
+                assert os.pread(f.fileno(), len(plain), 0) == plain
+                assert op_count(stats(m.mnt), "READ") > reads
+        with open(m.mnt / "f.rot", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            assert mm[:] == (plain.translate(ROT13) if m.passthrough else plain)
 
 
 ROT13 = bytes.maketrans(

@@ -220,9 +220,9 @@ class _Where:
     def __init__(self) -> None:
         self.asked = 0
 
-    def path(self, nodeid: int, name: bytes | None) -> str:
+    def path(self, nodeid: int) -> str:
         self.asked += 1
-        return "dir" + ("/" + name.decode() if name else "")
+        return "." if nodeid == 1 else "dir"
 
     def stat(self, nodeid: int) -> os.stat_result:
         return os.stat("/")
@@ -342,6 +342,7 @@ def test_context_path_is_lazy() -> None:
     ctx = Context("lookup", 0, 0, 1, 5, b"name", where)
     assert where.asked == 0
     assert ctx.path == "dir/name" and ctx.path == "dir/name" and where.asked == 1
-    assert ctx.path_of(9) == "dir"
+    assert ctx.path_of(5, b"other") == "dir/other" and ctx.path_of(5) == "dir" and where.asked == 1
+    assert ctx.path_of(1, b"top") == "top" and ctx.path_of(1) == "." and where.asked == 2
     with pytest.raises(LookupError):
         _ = Context("lookup", 0, 0, 1, 5).path
