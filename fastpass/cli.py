@@ -150,13 +150,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.workers is not None:
         options.append(f"--workers={args.workers}")
     options += [f"--filter={spec}" for spec in args.filter]
+    variant_specs: dict[str, list[str]] = {}
+    for text in args.variant:  # NAME=SPEC adds a filter to variant NAME; NAME alone makes one without
+        name, eq, spec = text.partition("=")
+        variant_specs.setdefault(name, []).extend([spec] if eq else [])
+    variants = {v: [f"--filter={spec}" for spec in specs] for v, specs in variant_specs.items()}
+    specs = [*args.filter, *(spec for v_specs in variant_specs.values() for spec in v_specs)]
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
     _user_modules()
     try:
-        runner.check(args.backing, names, args.repeat, args.filter)
-        with progress.bar(len(names) * args.repeat * 2) as step:
-            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, step)
+        runner.check(args.backing, names, args.repeat, specs, list(variants))
+        with progress.bar(len(names) * args.repeat * (max(len(variants), 1) + 1)) as step:
+            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, step, variants)
     except runner.BenchError as e:
         return _fail(str(e))
     progress.table(record)
@@ -277,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--entry-timeout", type=float, default=1.0, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.add_argument("--filter", action="append", default=[], metavar="SPEC", help="passed to the fastpass mount")
+    b.add_argument("--variant", action="append", default=[], metavar="NAME[=SPEC]",
+                   help="measure one fastpass mount per variant NAME in the same rounds, each with its --filter "
+                        "SPECs (repeat NAME=SPEC to stack filters; NAME alone: none)")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", help="measure which --workers count suits this machine")

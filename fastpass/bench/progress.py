@@ -36,7 +36,7 @@ def table(record: BenchRecord) -> None:
                           ("ratio", "right"), ("cold", "center"), ("verified", "center")):  # fmt: skip
         t.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in record.results:
-        t.add_row(r.name, r.unit, _spread(r.fastpass_median, [p.fastpass.value for p in r.pairs]),
+        t.add_row(r.label, r.unit, _spread(r.fastpass_median, [p.fastpass.value for p in r.pairs]),
                   _spread(r.bind_median, [p.bind.value for p in r.pairs]), _spread(r.ratio_median,
                   [p.ratio for p in r.pairs], ".2f"), "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")  # fmt: skip
     console = Console()

@@ -19,7 +19,7 @@ def num(value: float) -> str:
 def _row(r: WorkloadResult) -> str:
     fp = [p.fastpass.value for p in r.pairs]
     bind = [p.bind.value for p in r.pairs]
-    cells = [f"`{r.name}`", r.description, r.unit, num(r.fastpass_median), num(min(fp)), num(max(fp)),
+    cells = [f"`{r.label}`", r.description, r.unit, num(r.fastpass_median), num(min(fp)), num(max(fp)),
              num(r.bind_median), num(min(bind)), num(max(bind)), f"{r.ratio_median:.2f}",
              "yes" if r.cold else "no", "yes" if r.ok else "**NO**"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
@@ -31,7 +31,7 @@ def markdown(record: BenchRecord) -> str:
     n = record.negotiated
     protocol = (f"7.{n.minor} (kernel offered {n.kernel_major}.{n.kernel_minor}); flags: "
                 f"{', '.join(f'`{f}`' for f in n.flags) or 'none'}") if n else "not recorded"  # fmt: skip
-    cold = [r.name for r in record.results if r.cold]
+    cold = sorted({r.name for r in record.results if r.cold})
     failed = [r for r in record.results if not r.ok]
     lines = [
         "# fastpass bench: fastpass against a bind mount of the same directory",
@@ -44,6 +44,10 @@ def markdown(record: BenchRecord) -> str:
         f"- Kernel: {m.kernel}",
         f"- fastpass: {record.fastpass_version}",
         f"- Mount options: {' '.join(f'`{o}`' for o in record.mount_options) or 'defaults'}",
+        *(
+            f"- Variant `{v}`: {' '.join(f'`{o}`' for o in opts) or 'no more options'}"
+            for v, opts in record.variants.items()
+        ),
         f"- FUSE protocol negotiated: {protocol}",
         "",
         "| workload | what | unit | fastpass median | min | max | bind median | min | max | ratio | cold | ok |",
@@ -66,7 +70,7 @@ def markdown(record: BenchRecord) -> str:
     ]
     for r in failed:
         details = [m.detail for p in r.pairs for m in (p.fastpass, p.bind) if m.detail]
-        lines.append(f"- **{r.name} failed its check**: {'; '.join(details) or 'no detail recorded'}")
+        lines.append(f"- **{r.label} failed its check**: {'; '.join(details) or 'no detail recorded'}")
     return "\n".join(lines) + "\n"
 
 
@@ -84,7 +88,7 @@ def plot(record: BenchRecord, path: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     colors = ["tab:blue" if r.cold else "tab:orange" for r in results]
-    bars = ax.bar([r.name for r in results], medians, yerr=[lows, highs], capsize=4, color=colors)
+    bars = ax.bar([r.label for r in results], medians, yerr=[lows, highs], capsize=4, color=colors)
     ax.bar_label(bars, fmt="%.2f", padding=2)
     ax.axhline(1.0, linestyle="--", color="black", linewidth=1)
     ax.set_ylabel("fastpass / bind (higher is better)")

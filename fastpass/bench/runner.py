@@ -47,6 +47,11 @@ class WorkloadResult(msgspec.Struct):
     bind_median: float
     ratio_median: float
     ok: bool
+    variant: str = ""  # which fastpass mount (--variant NAME), "" when there is one
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.variant})" if self.variant else self.name
 
 
 class Machine(msgspec.Struct):
@@ -77,6 +82,7 @@ class BenchRecord(msgspec.Struct):
     results: list[WorkloadResult]
     started: float
     elapsed: float
+    variants: dict[str, list[str]] = {}  # NAME -> mount options added to mount_options for that variant
 
 
 class BenchError(Exception):
@@ -106,24 +112,28 @@ def _backing(path: str | None) -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _mounts(backing: str, options: list[str]) -> Iterator[tuple[str, str, Negotiated | None]]:
-    """(fastpass mountpoint, bind mountpoint, negotiated) for the duration."""
+def _mounts(backing: str, options: list[str], variants: dict[str, list[str]]
+            ) -> Iterator[tuple[dict[str, str], str, Negotiated | None]]:  # fmt: skip
+    """({variant: fastpass mountpoint}, bind mountpoint, negotiated) for the duration."""
     top = tempfile.mkdtemp(prefix="fastpass-bench-mnt-")
-    fp, bind = os.path.join(top, "fastpass"), os.path.join(top, "bind")
-    os.mkdir(fp)
-    os.mkdir(bind)
+    fps = {v: os.path.join(top, f"fastpass{i}") for i, v in enumerate(variants)}
+    bind = os.path.join(top, "bind")
+    for d in (*fps.values(), bind):
+        os.mkdir(d)
     try:
-        r = subprocess.run([sys.executable, "-m", "fastpass", "mount", backing, fp, *options],
-                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-        if r.returncode != 0:
-            raise BenchError(r.stderr.strip().removeprefix("fastpass: error: "))
-        record = state.read(fp)
+        for v, fp in fps.items():
+            r = subprocess.run([sys.executable, "-m", "fastpass", "mount", backing, fp, *options, *variants[v]],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+            if r.returncode != 0:
+                raise BenchError(r.stderr.strip().removeprefix("fastpass: error: "))
+        record = state.read(next(iter(fps.values())))
         _linux.mount(backing, bind, "", 4096, "")  # MS_BIND
-        yield fp, bind, record.negotiated if record else None
+        yield fps, bind, record.negotiated if record else None
     finally:
-        if is_mountpoint(fp):
-            subprocess.run([sys.executable, "-m", "fastpass", "unmount", fp], capture_output=True, timeout=60,
-                           check=False)  # fmt: skip
+        for fp in fps.values():
+            if is_mountpoint(fp):
+                subprocess.run([sys.executable, "-m", "fastpass", "unmount", fp], capture_output=True, timeout=60,
+                               check=False)  # fmt: skip
         if is_mountpoint(bind):
             _linux.umount2(bind, _linux.MNT_DETACH)
         shutil.rmtree(top, ignore_errors=True)
@@ -136,8 +146,12 @@ def drop_caches() -> None:
         f.write("3")
 
 
-def check(backing: str | None, names: list[str], repeat: int, filters: list[str] | tuple[str, ...] = ()) -> None:
+def check(backing: str | None, names: list[str], repeat: int, filters: list[str] | tuple[str, ...] = (),
+          variants: list[str] | tuple[str, ...] = ()) -> None:  # fmt: skip
     """Refuse bad input before anything is mounted."""
+    bad = [v for v in variants if not v.isidentifier() or v in ("fastpass", "bind")]
+    if bad:
+        raise BenchError(f"variant names must be identifiers other than fastpass and bind: {', '.join(bad)}")
     try:
         load.load_all(filters)  # made here only to be checked; the mount makes its own
     except load.SpecError as e:
@@ -164,27 +178,32 @@ def run(
     seconds: float,
     options: list[str],
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
+    variants: dict[str, list[str]] | None = None,
 ) -> BenchRecord:
-    """Run `names` on fastpass and on the bind mount, alternating, and keep every pair.
+    """Run `names` on fastpass and on the bind mount, in rotating order, and keep every pair.
 
+    With `variants` (name -> extra mount options), one fastpass mount per
+    variant serves the same backing, and each round runs every variant and the
+    bind mount back to back: each variant's ratio is against the bind run of
+    its own round, so variants compare under the same conditions.
     `progress(what, runs_done)` is told what starts next and how many measured runs are done.
     """
     check(backing, names, repeat)
+    variants = variants or {"": []}
     started = time.time()
     results = []
     done = 0
-    with _backing(backing) as (served, sub), _mounts(served, options) as (fp_top, bind_top, negotiated):
-        root, fp, bind = (os.path.join(top, sub) for top in (served, fp_top, bind_top))
+    with _backing(backing) as (served, sub), _mounts(served, options, variants) as (fp_tops, bind_top, negotiated):
+        root, bind = os.path.join(served, sub), os.path.join(bind_top, sub)
+        sides = [*((v or "fastpass", os.path.join(top, sub)) for v, top in fp_tops.items()), ("bind", bind)]
         for name in names:
             w = WORKLOADS[name]
             progress(f"{name}: preparing", done)
             w.prepare(root, size_mb)
             os.sync()  # no writeback of the layout competes with the measurement
-            pairs = []
+            pairs: dict[str, list[Pair]] = {v: [] for v in variants}
             for rnd in range(repeat):
-                order = [("fastpass", fp), ("bind", bind)]
-                if rnd % 2:
-                    order.reverse()
+                order = sides[rnd % len(sides) :] + sides[: rnd % len(sides)]
                 got: dict[str, Measurement] = {}
                 for side, directory in order:
                     progress(f"{name} round {rnd + 1}/{repeat}: {side}", done)
@@ -198,12 +217,14 @@ def run(
                     if w.writes:
                         w.reset(root)
                         os.sync()
-                pairs.append(Pair(got["fastpass"], got["bind"], got["fastpass"].value / max(got["bind"].value, 1e-9)))
+                for v in variants:
+                    fp = got[v or "fastpass"]
+                    pairs[v].append(Pair(fp, got["bind"], fp.value / max(got["bind"].value, 1e-9)))
             shutil.rmtree(w.home(root), ignore_errors=True)
-            results.append(WorkloadResult(
-                name, w.description, w.cold, pairs[0].fastpass.unit, pairs,
-                statistics.median(p.fastpass.value for p in pairs), statistics.median(p.bind.value for p in pairs),
-                statistics.median(p.ratio for p in pairs), all(p.fastpass.ok and p.bind.ok for p in pairs),
-            ))  # fmt: skip
+            results += [WorkloadResult(
+                name, w.description, w.cold, ps[0].fastpass.unit, ps,
+                statistics.median(p.fastpass.value for p in ps), statistics.median(p.bind.value for p in ps),
+                statistics.median(p.ratio for p in ps), all(p.fastpass.ok and p.bind.ok for p in ps), v,
+            ) for v, ps in pairs.items()]  # fmt: skip
     return BenchRecord(SCHEMA, __version__, Machine.here(), options, negotiated, size_mb, seconds, repeat, results,
-                       started, time.time() - started)  # fmt: skip
+                       started, time.time() - started, {v: o for v, o in variants.items() if v})  # fmt: skip

@@ -50,10 +50,12 @@ Results, by operation:
     statx                                   bytes (struct fuse_statx_out)
     every other operation                   None
 
-A post-filter may drop, reorder or change entries and attributes, but it
-cannot invent nodeids or file handles: only the backing makes those.  A
-USER answer for an operation that returns them (lookup, open, create...)
-can therefore only fail, or give a negative Entry (nodeid 0).
+A post-filter may drop or change directory entries (keeping each one's `off`
+cookie: the kernel continues a listing from the last one it got) and
+attributes, and may shorten a read, but it cannot invent nodeids or file
+handles: only the backing makes those.  A USER answer for an operation that
+returns them (lookup, open, create...) can therefore only fail, or give a
+negative Entry (nodeid 0).
 
 This module is what a filter imports: it depends on nothing but the
 standard library.

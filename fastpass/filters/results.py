@@ -128,12 +128,22 @@ def _bytes(raw: bytes | memoryview, args: Any) -> bytes:
     return bytes(raw)
 
 
-def _same(value: Any, args: Any) -> Any:
-    return value
+def _data(value: Any, args: Any = None) -> bytes:
+    """A filter's bytes-like result as the reply body (anything else would reach the device write)."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a bytes result was expected, not {type(value).__name__}")
+    return bytes(value)
+
+
+def _read(value: Any, args: Any) -> bytes:
+    data = _data(value)
+    if len(data) > args.size:
+        raise ValueError(f"a READ of {args.size} bytes answered with {len(data)}")
+    return data
 
 
 _NONE = Codec(lambda raw, args: None, lambda result, args: None)
-_BYTES = Codec(_bytes, _same)
+_BYTES = Codec(_bytes, _data)
 _ENTRY_CODEC = Codec(lambda raw, args: _entry(raw), lambda e, args: _pack_entry(e),
                      lambda e: [e.nodeid] if e.nodeid else [])  # fmt: skip
 
@@ -159,14 +169,14 @@ CODECS: dict[int, Codec] = {
     O.OPENDIR: Codec(_opened, _pack_opened),
     O.CREATE: Codec(_created, _pack_created, lambda c: [c.entry.nodeid]),
     O.TMPFILE: Codec(_created, _pack_created, lambda c: [c.entry.nodeid]),
-    O.READ: _BYTES,
+    O.READ: Codec(_bytes, _read),
     O.READLINK: _BYTES,
     O.STATX: _BYTES,
     O.WRITE: _struct_int(abi.WRITE_OUT),
     O.COPY_FILE_RANGE: _struct_int(abi.WRITE_OUT),
     O.COPY_FILE_RANGE_64: _struct_int(abi.COPY_FILE_RANGE_OUT),
     O.LSEEK: _struct_int(abi.LSEEK_OUT),
-    O.GETXATTR: Codec(_sized(lambda raw: raw), _pack_sized(lambda value: value)),
+    O.GETXATTR: Codec(_sized(lambda raw: raw), _pack_sized(_data)),
     O.LISTXATTR: Codec(_sized(lambda raw: raw.split(b"\0")[:-1]), _pack_sized(lambda names: b"\0".join([*names, b""]))),
     O.READDIR: _dirent_codec(False),
     O.READDIRPLUS: _dirent_codec(True),

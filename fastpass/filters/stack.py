@@ -179,6 +179,7 @@ def _wrap(op: int, handler: Handler, chain: list[Hooks], where: _Where) -> Handl
         posts: list[Hooks] = []
         result = raw = _NOTHING
         error = 0
+        answered = ""  # the filter that answered USER
         try:
             for h in chain:
                 decision = _call(h.name, h.pre, ctx, args) if h.pre is not None else h.default
@@ -189,6 +190,7 @@ def _wrap(op: int, handler: Handler, chain: list[Hooks], where: _Where) -> Handl
                     continue
                 if decision is USER and h.user is not None:
                     args.freeze()
+                    answered = h.name
                     result = _call(h.name, h.user, ctx, args)
                     break
                 raise FilterError(h.name, f"pre_{name}") from TypeError(f"no way to act on {decision!r}")
@@ -200,7 +202,7 @@ def _wrap(op: int, handler: Handler, chain: list[Hooks], where: _Where) -> Handl
                 raise
             error = e.errno or errno.EIO
         if not posts:
-            return (raw if result is _NOTHING else codec.encode(result, args)), None
+            return (raw if result is _NOTHING else _call(answered, codec.encode, result, args)), None
         backing = None
         if raw is not _NOTHING:
             result = backing = codec.decode(raw, args)

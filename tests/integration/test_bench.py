@@ -117,18 +117,27 @@ def test_explicit_backing_is_left_as_it_was(tmp_path):
     assert_no_mounts_left(tmp_path, mounts_before)
 
 
-def test_with_a_filter(tmp_path):
-    """--filter reaches the fastpass mount: the audit log has the workload's operations."""
+def test_filter_variants_in_one_run(tmp_path):
+    """--filter reaches every fastpass mount; each --variant is its own mount, measured in the same rounds
+    against the same bind runs."""
     log, out = tmp_path / "audit.jsonl", tmp_path / "bench.json"
     before = mount_points()
-    r = bench(tmp_path, "--workloads", "seqread,metadata", "--size", "4", "--seconds", "0.2", "--filter",
-              f"audit:path={log}", "--json", str(out))  # fmt: skip
+    r = bench(tmp_path, "--workloads", "seqread,metadata", "--size", "4", "--seconds", "0.2", "--repeat", "2",
+              "--filter", "hide:pattern=matches-nothing", "--variant", "plain", "--variant", f"audit=audit:path={log}",
+              "--variant", "audit=hide:pattern=other", "--json", str(out))  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert_no_mounts_left(tmp_path, before)
     record = msgspec.json.decode(out.read_bytes(), type=runner.BenchRecord)
-    assert f"--filter=audit:path={log}" in record.mount_options
+    assert "--filter=hide:pattern=matches-nothing" in record.mount_options
+    assert record.variants == {"plain": [], "audit": [f"--filter=audit:path={log}", "--filter=hide:pattern=other"]}
+    assert [(res.name, res.variant) for res in record.results] == [
+        ("seqread", "plain"), ("seqread", "audit"), ("metadata", "plain"), ("metadata", "audit")]  # fmt: skip
+    for plain, audited in (record.results[:2], record.results[2:]):
+        assert [p.bind for p in plain.pairs] == [p.bind for p in audited.pairs]  # one bind run per round
+        assert plain.ok and audited.ok
+    assert "seqread (audit)" in r.stdout
     ops = {json.loads(line)["op"] for line in log.read_text().splitlines()}
-    assert {"create", "read", "write", "unlink"} <= ops
+    assert {"lookup", "read"} <= ops
 
 
 @pytest.mark.parametrize(
@@ -136,9 +145,10 @@ def test_with_a_filter(tmp_path):
     [
         (["--workloads", "seqread,no-such-workload"], "unknown workload no-such-workload"),
         (["--workloads", "seqread", "--filter", "hide"], "missing a required argument: 'pattern'"),
+        (["--workloads", "seqread", "--variant", "bind"], "variant names must be identifiers"),
         (["{tmp}/missing", "--workloads", "seqread"], "{tmp}/missing does not exist"),
     ],
-    ids=["unknown-workload", "bad-filter", "backing-missing"],
+    ids=["unknown-workload", "bad-filter", "bad-variant", "backing-missing"],
 )
 def test_bad_arguments_are_refused(tmp_path, args, message):
     before = mount_points()

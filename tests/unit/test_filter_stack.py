@@ -153,7 +153,7 @@ CASES = [
     (O.GETATTR, encode.attr_out((1, 5), ST), {}),
     (O.OPEN, OPENED, {}),
     (O.CREATE, ENTRY + OPENED, {}),
-    (O.READ, b"some data", {}),
+    (O.READ, b"some data", {"size": 4096}),
     (O.WRITE, abi.WRITE_OUT.pack(4096), {}),
     (O.COPY_FILE_RANGE_64, abi.COPY_FILE_RANGE_OUT.pack(1 << 40), {}),
     (O.LSEEK, abi.LSEEK_OUT.pack(12345), {}),
@@ -295,10 +295,27 @@ def test_a_bad_decision_or_exception_is_a_filter_error() -> None:
         def post_getxattr(self, ctx, args, result):
             raise KeyError("x")
 
-    for f in (Bad(), Raises()):
+    class WrongType(Filter):
+        def pre_getxattr(self, ctx, args):
+            return USER
+
+        def user_getxattr(self, ctx, args):
+            return 42  # not bytes: must not reach the device write
+
+    for f in (Bad(), Raises(), WrongType()):
         with pytest.raises(stack.FilterError) as e:
             _run(O.GETXATTR, [f], lambda *a: b"v", 100, b"user.x")
         assert e.value.origin == type(f).__qualname__
+
+
+def test_a_read_answer_longer_than_asked_is_a_filter_error() -> None:
+    class Longer(Filter):
+        def post_read(self, ctx, args, result):
+            return result * 2
+
+    with pytest.raises(stack.FilterError):
+        _run(O.READ, [Longer()], lambda *a: b"12345", 7, 0, 5, 0, 0, 0)
+    assert _run(O.READ, [Longer()], lambda *a: b"12", 7, 0, 5, 0, 0, 0) == b"1212"
 
 
 def test_dropped_readdirplus_entries_are_forgotten_and_an_emptied_batch_reads_on() -> None:
