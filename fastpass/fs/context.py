@@ -108,8 +108,8 @@ class Fs:
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
-        # (request, nodeid, open flags) -> whether a filter needs this open's reads and writes in
-        # userspace; set by the filter stack when a filter hooks READ or WRITE.
+        # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
+        # set by the filter stack when a filter hooks READ or WRITE.
         self.filter_data: Callable[[Request, int, int], bool] | None = None
 
     def file_fd(self, fh: int) -> int:
