@@ -27,6 +27,12 @@ def _setup_logging(debug: bool, path: str | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def _user_modules() -> None:
+    """--filter MODULE:CLASS finds the user's own modules in the current directory, as `python -m` does."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     config = MountConfig(
         backing=os.path.realpath(args.backing),
@@ -45,7 +51,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache=args.cache,
         cache_size=args.cache_size,
         revalidate=args.revalidate,
+        filters=tuple(args.filter),
     )
+    _user_modules()
     try:
         supervisor.check(config)
     except supervisor.StartError as e:
@@ -152,8 +160,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     if args.workers is not None:
         options.append(f"--workers={args.workers}")
+    options += [f"--filter={spec}" for spec in args.filter]
     if args.log:
         options += ["--log", os.path.realpath(args.log)]
+    _user_modules()
     try:
         variants = [runner.parse_variant(spec) for spec in args.variant]
         runner.check(args.backing, names, args.repeat, variants)
@@ -263,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
                    help="inodes the kernel may know at once (default %(default)s)")  # fmt: skip
     m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
                    help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
+    m.add_argument("--filter", action="append", default=[], metavar="SPEC",
+                   help="a filter around the operations, outermost first (repeatable): readonly, hide:pattern=GLOB, "
+                        "audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -298,6 +311,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also bench fastpass mounted with these extra options (after the ones above, so they "
                         "win), reported as NAME; repeatable, e.g. --variant 'cache-off=--cache off'")  # fmt: skip
     b.add_argument("--log", metavar="FILE", help="server log file")
+    b.add_argument("--filter", action="append", default=[], metavar="SPEC",
+                   help="passed to the fastpass mount (a variant adds its own: --variant 'audit=--filter audit')")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("tune", help="measure which --workers count suits this machine")

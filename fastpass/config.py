@@ -9,6 +9,7 @@ DEFAULT_CACHE_SIZE = 1 << 16
 DEFAULT_TIMEOUT = 1.0  # s the kernel trusts what it has when nobody tells it of changes
 WATCHED_TIMEOUT = 60.0  # s it trusts them when every outside change is pushed to it
 DEFAULT_REVALIDATE = 1.0  # s, where the backing gives no change events
+IDLE_SYNC = 1.0  # s between an idle server's looks at what other workers freed (and its filters' flushes)
 CACHE_MODES = ("auto", "off", "strict")
 ENGINES = ("native", "pyfuse3")
 
@@ -39,6 +40,9 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Inodes the kernel may know at once (184 bytes of shared memory each, touched
     # as used); a lookup past it fails with ENFILE until the kernel forgets some.
     max_inodes: int = DEFAULT_MAX_INODES
+    # Filters around the operations, outermost first: each `NAME[:ARG=VALUE,...]` (a built-in)
+    # or `MODULE:CLASS[:ARG=VALUE,...]`; see fastpass.filters.
+    filters: tuple[str, ...] = ()
     # Attribute caching and coherence with the backing (README, "Caching"): "auto" shares
     # a cache between workers and pushes changes made behind fastpass's back to the kernel;
     # "off" keeps no cache in fastpass; "strict" lets nothing be cached anywhere.

@@ -42,7 +42,8 @@ import pyfuse3.asyncio
 import uvloop
 
 from fastpass import state, stats
-from fastpass.config import MountConfig
+from fastpass.config import IDLE_SYNC, MountConfig
+from fastpass.filters import stack
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.handles import DIR, FILE
 from fastpass.fs.shared import SharedState
@@ -188,15 +189,17 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: Fs, routes: list[Route | None], allow_other: bool):
+    def __init__(self, fs: Fs, routes: list[Route | None], allow_other: bool, filters: list[object]):
         super().__init__()
         self.fs = fs
         self.routes = routes
         self.creds = fs.credentials if allow_other else None
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastpass-backing")
         self.numbers = Numbers()
+        self.filters = filters
+        self.flush_failed: set[str] = set()
         self.aligned = mmap.mmap(-1, MAX_WRITE)
-        self.logged: set[tuple[int, type]] = set()
+        self.logged: set[tuple[int, type, object]] = set()
 
     # --- the edge: one request in, one reply or one errno out ------------------------
     async def _call(self, opcode: int, shown: int, ctx: pyfuse3.RequestContext | None, *args: object) -> object:
@@ -212,6 +215,10 @@ class Operations(pyfuse3.Operations):
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EBADF) from None
         return await self._serve(opcode, Request(0, opcode, nodeid, 0, 0, 0), args)
+
+    async def flush_filters(self) -> None:
+        """The filters' buffers (audit lines) out, on the backing thread where the filters run."""
+        await asyncio.get_running_loop().run_in_executor(self.pool, stack.flush, self.filters, self.flush_failed)
 
     async def _serve(self, opcode: int, req: Request, args: tuple) -> object:
         error, body = await asyncio.get_running_loop().run_in_executor(self.pool, self._run, opcode, req, args)
@@ -239,11 +246,13 @@ class Operations(pyfuse3.Operations):
             body = route.handler(fs, req, *args)
         except OSError as e:
             error = e.errno or errno.EIO
-        except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the engine lives on
+        except Exception as e:  # noqa: BLE001 - a bug (or a filter's): EIO for the caller, the engine lives on
             error = errno.EIO
-            if (opcode, type(e)) not in self.logged:
-                self.logged.add((opcode, type(e)))
-                log.error("unexpected error in %s, answered EIO", route.name, exc_info=e)
+            origin = getattr(e, "origin", None)
+            if (opcode, type(e), origin) not in self.logged:
+                self.logged.add((opcode, type(e), origin))
+                where = f"{route.name} (filter {origin})" if origin else route.name
+                log.error("unexpected error in %s, answered EIO", where, exc_info=e)
         finally:
             if switched:
                 creds.restore()  # type: ignore[union-attr]
@@ -425,14 +434,14 @@ def _options(config: MountConfig) -> set[str]:
     return opts
 
 
-def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, root_fd: int,
-        shared: SharedState) -> int:  # fmt: skip
+def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, root_fd: int, shared: SharedState,
+        filters: list[object]) -> int:  # fmt: skip
     """Serve `config` through pyfuse3 until unmounted; `ready` as for the native engine."""
     os.umask(0)  # the kernel applied the caller's umask already
     fs = Fs(config, root_fd, shared, 0)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
-    ops = Operations(fs, build(), config.allow_other)
+    ops = Operations(fs, stack.install(fs, build(), filters), config.allow_other, filters)
     pyfuse3.asyncio.enable()
     try:
         pyfuse3.init(ops, config.mountpoint, _options(config))
@@ -452,9 +461,20 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
     async def main() -> None:
         pids = {0: os.getpid(), **({WATCHER: os.getpid()} if fan_fd >= 0 else {})}  # the watcher is a thread here
         answer = lambda: stats.snapshot(shared, 1, pids, 0, record)  # noqa: E731
+        async def flush_when_idle() -> None:  # as a worker does on its idle timer
+            while True:
+                await asyncio.sleep(IDLE_SYNC)
+                await ops.flush_filters()
+
         async with stats.serving(config.mountpoint, answer):
             ready(None)
-            await pyfuse3.main(min_tasks=2, max_tasks=32)
+            flusher = asyncio.get_running_loop().create_task(flush_when_idle()) if filters else None
+            try:
+                await pyfuse3.main(min_tasks=2, max_tasks=32)
+            finally:
+                if flusher is not None:
+                    flusher.cancel()
+                await ops.flush_filters()
 
     try:
         uvloop.run(main())

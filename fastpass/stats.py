@@ -80,6 +80,7 @@ class Stats(msgspec.Struct):
     negotiated: Negotiated | None  # None: libfuse negotiated it (the pyfuse3 engine)
     cache: CacheStats
     engine: str  # "native" or "pyfuse3"
+    filters: list[str] = []  # the --filter specs, outermost first
 
 
 def _rss_kib(pid: int) -> int:
@@ -144,7 +145,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         restarts, sorted(ops_out, key=lambda o: -o.count),
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
         record.negotiated is not None and record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
-        _cache(blocks, watcher, watcher_pid, record), record.config.engine,
+        _cache(blocks, watcher, watcher_pid, record), record.config.engine, list(record.config.filters),
     )  # fmt: skip
 
 
@@ -226,6 +227,7 @@ def render(stats: Stats) -> object:
         f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
         f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
         f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; {protocol}"
+        + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
     )
     workers = Table(title="workers")
     for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others",

@@ -32,7 +32,8 @@ from collections.abc import Callable
 import uvloop
 
 from fastpass import _linux, state, stats
-from fastpass.config import CACHE_MODES, ENGINES, MountConfig, resolve
+from fastpass.config import CACHE_MODES, ENGINES, IDLE_SYNC, MountConfig, resolve
+from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
 from fastpass.fs.inodes import can_reopen, handle_of
@@ -48,7 +49,6 @@ from fastpass.worker import Worker
 log = logging.getLogger("fastpass")
 
 
-IDLE_SYNC = 1.0  # seconds between an idle worker's looks at what other workers freed
 MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
 WATCHER_NAME = "fastpass-watch"  # process names, as ps shows them
@@ -194,7 +194,7 @@ def _child(config: MountConfig, parent: int, name: str, body: Callable[[], None]
 
 
 def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
-           index: int) -> None:  # fmt: skip
+           filters: list[object], index: int) -> None:  # fmt: skip
     """A worker: serve requests from its own clone of the device fd until the connection ends."""
     devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
     os.close(session)
@@ -204,10 +204,16 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         fs.passthrough = Passthrough(devfd, fs.inodes)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
-    worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
+    flush_failed: set[str] = set()
+    idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
+    worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle)
     signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
-    worker.serve()
+    try:
+        worker.serve()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        stack.flush(filters, flush_failed)  # what the filters buffered (audit lines) goes out before exit
 
 
 def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int) -> None:
@@ -237,12 +243,16 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     """Mount and serve until unmounted; `ready(None)` once serving, `ready(message)` on failure."""
     try:
         check(config)
+        try:
+            filters = load.load_all(config.filters)  # once, here: the workers inherit them
+        except load.SpecError as e:
+            raise StartError(str(e)) from None
         root_fd = os.open(config.backing, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if config.engine == "pyfuse3":
             from fastpass import pyfuse3_engine  # an optional extra: imported only when asked for
 
             config, fan_fd = _coherence(config)
-            return pyfuse3_engine.run(config, ready, fan_fd, root_fd, _shared(root_fd, config))
+            return pyfuse3_engine.run(config, ready, fan_fd, root_fd, _shared(root_fd, config), filters)
         try:
             session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
         except mount.MountError as e:
@@ -262,7 +272,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     config, fan_fd = _coherence(config)
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd).serve(ready)
+    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters).serve(ready)
 
 
 def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
@@ -290,13 +300,15 @@ class Pool:
     """
 
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
-                 record: state.MountState, fan_fd: int):  # fmt: skip
+                 record: state.MountState, fan_fd: int, filters: list[object]):  # fmt: skip
         self.config = config
+        self.filters = filters
         self.session = session
         self.root_fd = root_fd
         self.shared = shared
         self.record = record
         self.fan_fd = fan_fd  # the watcher's fanotify fd, -1 without one
+        self.filters = filters  # loaded once here; every worker inherits them
         self.workers: dict[int, int] = {}  # pid -> worker index (WATCHER for the watcher)
         self.stopping = False
         self.failed = False
@@ -319,7 +331,7 @@ class Pool:
                            lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd))  # fmt: skip
                 else:
                     _child(config, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
-                                                                   self.root_fd, shared, index))  # fmt: skip
+                                                                   self.root_fd, shared, self.filters, index))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index

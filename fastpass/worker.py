@@ -4,7 +4,9 @@ Errors are caught here and only here: a handler returns a reply body or
 raises OSError, and this loop writes exactly one reply (or none, for the
 opcodes the kernel expects none for).  A malformed request is EINVAL and a
 log line; an unexpected exception is EIO, a counter and one traceback per
-(operation, exception type); the loop itself never dies of a request.
+(operation, exception type, origin): a filter's failure names the filter
+as its `origin`, so each filter is logged once per operation; the loop
+itself never dies of a request.
 
 The request buffer is an mmap placed so that a WRITE's payload (after the
 40-byte in-header and the 40-byte write_in) starts on a page boundary:
@@ -19,6 +21,7 @@ import logging
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.table import Route
@@ -35,13 +38,15 @@ _IGNORED_WRITE_ERRORS = (errno.ENOENT,)  # the request was interrupted or aborte
 
 
 class Worker:
-    def __init__(self, devfd: int, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool):
+    def __init__(self, devfd: int, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool,
+                 idle: Callable[[], None] | None = None):  # fmt: skip
         self.devfd = devfd
         self.fs = fs
         self.routes = routes
         self.allow_other = allow_other
         self.debug = debug
-        self.errors_logged: set[tuple[int, type]] = set()
+        self.idle = idle  # more to do when idle (filters write out their buffers)
+        self.errors_logged: set[tuple[int, type, object]] = set()
         self.unexpected = 0
         self._mem = mmap.mmap(-1, _PAGE + MAX_WRITE + _PAGE)
         self.buf = memoryview(self._mem)[_PAGE - _HEAD :]
@@ -56,6 +61,8 @@ class Worker:
         """
         if self.waiting:
             self.fs.sync()
+            if self.idle is not None:
+                self.idle()
 
     def _reply(self, unique: int, error: int, body: object = None) -> None:
         try:
@@ -152,7 +159,9 @@ class Worker:
 
     def _unexpected(self, name: str, opcode: int, exc: Exception) -> None:
         self.unexpected += 1
-        key = (opcode, type(exc))
+        origin = getattr(exc, "origin", None)
+        key = (opcode, type(exc), origin)
         if key not in self.errors_logged:
             self.errors_logged.add(key)
-            log.error("unexpected error in %s, answered EIO", name, exc_info=exc)
+            where = f"{name} (filter {origin})" if origin else name
+            log.error("unexpected error in %s, answered EIO", where, exc_info=exc)

@@ -11,6 +11,9 @@ import struct
 import time
 from pathlib import Path
 
+import pytest
+
+from fastpass.filters import stack
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.table import build
 from fastpass.kernel import abi, encode
@@ -88,9 +91,26 @@ def test_readdir_handler_100(benchmark, fs: Fs) -> None:
     routes[Opcode.RELEASEDIR].handler(fs, req, fh, 0, 0, 0)
 
 
-def test_getattr_dispatch(benchmark, fs: Fs, backing: Path) -> None:
-    """What the worker does for one GETATTR: header, route, decode, Request, handler, reply header."""
-    routes = build()
+class _Pre:
+    def pre_getattr(self, ctx, args):
+        return None  # CONTINUE: the reply is not decoded
+
+
+class _Post:
+    def post_getattr(self, ctx, args, result):
+        result.attr.uid = 4242  # decode, change, encode
+
+
+class _Other:
+    def pre_lookup(self, ctx, args):
+        return None  # a filter on another operation: GETATTR keeps its bare handler
+
+
+@pytest.mark.parametrize("filters", [[], [_Other()], [_Pre()], [_Post()]], ids=["none", "other-op", "pre", "post"])
+def test_getattr_dispatch(benchmark, fs: Fs, backing: Path, filters: list) -> None:
+    """What the worker does for one GETATTR: header, route, decode, Request, handler, reply header;
+    without filters, with a filter on another operation, and with a pre- or post-filter on GETATTR."""
+    routes = stack.install(fs, build(), filters)
     buf = _request(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0))
     view = memoryview(buf)
     unpack_header = abi.IN_HEADER.unpack_from
@@ -107,6 +127,7 @@ def test_getattr_dispatch(benchmark, fs: Fs, backing: Path) -> None:
     assert struct.unpack_from("<IiQ", got) == (16 + abi.ATTR_OUT_SIZE, 0, 2)
     attr = abi.ATTR_OUT.unpack_from(got, 16)
     assert attr[3] == os.stat(backing).st_ino
+    assert attr[14] == (4242 if filters and isinstance(filters[0], _Post) else os.getuid())
 
 
 def test_attr_cache_hit(benchmark, fs: Fs, backing: Path) -> None:

@@ -6,6 +6,7 @@ import ctypes
 import mmap
 import os
 import time
+from collections.abc import Callable
 
 from fastpass import _linux
 from fastpass.config import MountConfig, split_time
@@ -113,6 +114,9 @@ class Fs:
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
+        # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
+        # set by the filter stack when a filter hooks READ or WRITE.
+        self.filter_data: Callable[[Request, int, int], bool] | None = None
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here."""

@@ -39,10 +39,15 @@ _pack_write_out = abi.WRITE_OUT.pack
 
 def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
     """Publish a backing open as an fh, in kernel passthrough where it is on; the fuse_open_out."""
+    # A filter that needs this file's reads and writes sees every one (FOPEN_DIRECT_IO: none served
+    # by the page cache or by kernel passthrough); with passthrough on, the open still carries the
+    # inode's backing id, as the kernel requires of every open of an inode in passthrough.
     open_flags = backing_id = 0
     if fs.passthrough is not None:
         uid = req.uid if fs.config.allow_other else fs.credentials.uid
         open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
+    if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
+        open_flags |= FopenFlag.DIRECT_IO
     try:
         fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
     except BaseException:

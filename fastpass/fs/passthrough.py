@@ -19,7 +19,11 @@ Facts that shape it (`shared/fuse-abi.md` section 9, Linux 6.9-6.18):
   opener's credentials: passthrough I/O can do no more on the backing than
   the opener could.  A later open by another uid still carries the id (the
   rule above) plus FOPEN_DIRECT_IO, so its reads and writes come to
-  userspace and run there; only its mmap uses the backing file.
+  userspace and run there; only its mmap uses the backing file.  An open
+  whose reads or writes a filter needs (`fastpass.fs.data`) is answered
+  the same way, with the id registered if it is the inode's first: every
+  open of a regular file then agrees with the kernel's one-mode-per-inode
+  rule, filtered or not, and shared mmap keeps working.
 * Linux 6.18 does not carry RWF_NOAPPEND into the backing write: on an
   O_APPEND file such a write appends.
 * KEEP_CACHE and the writeback cache are never used with it (EIO otherwise).

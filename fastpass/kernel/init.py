@@ -37,6 +37,10 @@ WANTED = (
     # every write, a round trip per write even in passthrough (measured: 8,193
     # GETXATTRs for 8,192 random 4 KiB writes).
     | F.HANDLE_KILLPRIV_V2
+    # 7.39, Linux 6.6: shared mmap of a FOPEN_DIRECT_IO file (a file whose reads and writes a
+    # filter needs, served without kernel passthrough) goes through the page cache instead of
+    # failing with ENODEV.
+    | F.DIRECT_IO_ALLOW_MMAP
 )
 
 

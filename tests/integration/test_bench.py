@@ -10,6 +10,7 @@ path (two rounds, so both orders of the A/B alternation run).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import stat
@@ -293,3 +294,26 @@ def test_engines_in_one_run(tmp_path):
     assert record.configs[1].negotiated is None  # libfuse negotiated it
     for result in record.results:
         assert all(m.ok and m.value > 0 for c in result.configs for m in c.runs), result.name
+
+
+def test_filter_stacks_in_one_run(tmp_path):
+    """--filter reaches the bench's own mount; a variant adds its own filters; all measured in the same rounds."""
+    log, out = tmp_path / "audit.jsonl", tmp_path / "bench.json"
+    before = mount_points()
+    r = bench(tmp_path, "--workloads", "seqread,metadata", "--size", "4", "--seconds", "0.2", "--repeat", str(REPEAT),
+              "--filter", "hide:pattern=matches-nothing", "--variant", f"audit=--filter audit:path={log}",
+              "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert_no_mounts_left(tmp_path, before)
+    record = check_record(out, ["seqread", "metadata"], ["fastpass", "audit", "bind"])
+    assert "--filter=hide:pattern=matches-nothing" in record.configs[0].mount_options
+    assert record.configs[1].mount_options[-2:] == ["--filter", f"audit:path={log}"]
+    ops = {json.loads(line)["op"] for line in log.read_text().splitlines()}
+    assert {"lookup", "read"} <= ops
+
+
+def test_bad_filter_is_refused_before_measuring(tmp_path):
+    before = mount_points()
+    r = bench(tmp_path, "--workloads", "seqread", "--filter", "hide")
+    assert_refused(r.returncode, r.stdout, r.stderr, "missing a required argument: 'pattern'")
+    assert_no_mounts_left(tmp_path, before)

@@ -1,7 +1,9 @@
 """Layering, read from the source with `ast` (nothing is imported):
 
-    fastpass.kernel  -- the protocol: imports no filesystem, process or CLI code
-    fastpass.fs      -- the operations: imports no worker, supervisor or CLI code
+    fastpass.kernel  -- the protocol: imports no filesystem, filter, process or CLI code
+    fastpass.fs      -- the operations: imports no filter, worker, supervisor or CLI code
+    fastpass.filters -- hooks around the operations: no worker, supervisor or CLI code; the
+                        filter API and the built-in filters see ABI types, not the operations
 
 Function-level and relative imports count too.
 """
@@ -18,9 +20,13 @@ import fastpass
 PKG = Path(fastpass.__file__).resolve().parent
 
 RULES = {
-    "kernel": ("fastpass.fs", "fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
-    "fs": ("fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
+    "kernel": ("fastpass.fs", "fastpass.filters", "fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
+    "fs": ("fastpass.filters", "fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
+    "filters": ("fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
 }
+# What a filter author sees: the contract and the built-ins (examples of it) stay off the operations.
+FILTER_API = ("api.py", "readonly.py", "hide.py", "audit.py", "quota.py")
+FILTER_API_FORBIDDEN = ("fastpass.fs", "fastpass.filters.stack", "fastpass.filters.load")
 
 
 def _module_name(path: Path) -> str:
@@ -72,6 +78,13 @@ def test_layer_imports(layer: str, path: Path) -> None:
     imports = imported_modules(path.read_text(), _module_name(path), path.name == "__init__.py")
     bad = _violations(imports, RULES[layer])
     assert not bad, f"fastpass/{path.relative_to(PKG)} imports {bad}"
+
+
+@pytest.mark.parametrize("name", FILTER_API)
+def test_filter_api_imports(name: str) -> None:
+    path = PKG / "filters" / name
+    bad = _violations(imported_modules(path.read_text(), _module_name(path)), FILTER_API_FORBIDDEN)
+    assert not bad, f"fastpass/filters/{name} imports {bad}"
 
 
 # --- the checker itself --------------------------------------------------------------------

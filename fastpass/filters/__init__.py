@@ -1,0 +1,1 @@
+"""Filters: fuse-bpf's pre- and post-filters around the operations, in Python (see api.py)."""
