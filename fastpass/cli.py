@@ -10,7 +10,7 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_MAX_INODES, MountConfig
+from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_IO_DEPTH, DEFAULT_MAX_INODES, IO_PATHS, MountConfig
 from fastpass.kernel import mount
 
 
@@ -44,6 +44,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache=args.cache,
         cache_size=args.cache_size,
         revalidate=args.revalidate,
+        io=args.io,
+        io_depth=args.io_depth,
     )
     try:
         supervisor.check(config)
@@ -140,7 +142,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--passthrough={args.passthrough}", f"--cache={args.cache}"]
+    options = [f"--passthrough={args.passthrough}", f"--cache={args.cache}", *_io_options(args)]
     for name in ("attr_timeout", "entry_timeout"):
         if getattr(args, name) is not None:
             options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
@@ -161,6 +163,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         report.plot(record, args.plot)
     return _finish(record, args.json, [r.name for r in record.results if not r.ok])
+
+
+def _io_options(args: argparse.Namespace) -> list[str]:
+    """The I/O path options bench and tune pass to their mounts (the server's default where not given)."""
+    return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("io", "io_depth")
+            if getattr(args, name) is not None]  # fmt: skip
 
 
 def _finish(record: object, json_path: str | None, failed: list[str]) -> int:
@@ -184,7 +192,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         tune.check(args.backing, names, counts, args.repeat)
         with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
-            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step)
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
+                              _io_options(args))  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
@@ -252,6 +261,13 @@ def parser() -> argparse.ArgumentParser:
                    help="inodes the kernel may know at once (default %(default)s)")  # fmt: skip
     m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
                    help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
+    m.add_argument("--io", choices=IO_PATHS, default="uring",
+                   help="uring: requests and data I/O on one io_uring per worker, many in flight (plain syscalls "
+                        "where the kernel refuses io_uring); plain: one blocking request at a time "
+                        "(default %(default)s)")  # fmt: skip
+    m.add_argument("--io-depth", type=int, default=DEFAULT_IO_DEPTH, metavar="N",
+                   help="with --io uring: requests in flight per worker, 1 MiB of buffer each "
+                        "(default %(default)s)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -280,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", choices=CACHE_MODES, default="auto", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, metavar="S", help="passed to the fastpass mount")
+    b.add_argument("--io", choices=IO_PATHS, help="passed to the fastpass mount")
+    b.add_argument("--io-depth", type=int, metavar="N", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.set_defaults(func=cmd_bench)
 
@@ -291,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    t.add_argument("--io", choices=IO_PATHS, help="passed to every fastpass mount")
+    t.add_argument("--io-depth", type=int, metavar="N", help="passed to every fastpass mount")
     t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
     t.set_defaults(func=cmd_tune)

@@ -10,6 +10,9 @@ DEFAULT_TIMEOUT = 1.0  # s the kernel trusts what it has when nobody tells it of
 WATCHED_TIMEOUT = 60.0  # s it trusts them when every outside change is pushed to it
 DEFAULT_REVALIDATE = 1.0  # s, where the backing gives no change events
 CACHE_MODES = ("auto", "off", "strict")
+IO_PATHS = ("uring", "plain")
+DEFAULT_IO_DEPTH = 8
+MAX_IO_DEPTH = 256
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -48,6 +51,14 @@ class MountConfig(msgspec.Struct, frozen=True):
     # again, instead of watching it for changes.  0: watch where the backing allows,
     # else revalidate every DEFAULT_REVALIDATE seconds.
     revalidate: float = 0.0
+    # How a worker does its I/O: "uring" reads requests and runs the backing calls of
+    # READ, WRITE, FSYNC and FALLOCATE on one io_uring per worker, many in flight at once
+    # (plain syscalls where the kernel refuses io_uring, said once in the log and in stats);
+    # "plain" serves one request at a time with blocking syscalls.
+    io: str = "uring"
+    # With io uring: requests in flight per worker, each with its own 1 MiB buffer (the
+    # worker's data memory is io_depth MiB, fixed at start).
+    io_depth: int = DEFAULT_IO_DEPTH
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

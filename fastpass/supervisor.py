@@ -32,7 +32,7 @@ import msgspec
 import uvloop
 
 from fastpass import _linux, state, stats
-from fastpass.config import CACHE_MODES, MountConfig, resolve
+from fastpass.config import CACHE_MODES, IO_PATHS, MAX_IO_DEPTH, MountConfig, resolve
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
 from fastpass.fs.handles import HandleTable
@@ -44,6 +44,7 @@ from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
 from fastpass.fs.watcher import Watcher, open_watch
 from fastpass.shm.counters import MAX_WORKERS, PID, STARTED_NS, WorkerCounters
+from fastpass.uring.ring import STATX_BATCH, Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -95,6 +96,10 @@ def check(config: MountConfig) -> None:
         raise StartError(f"--workers must be from 1 to {WATCHER}")
     if config.cache not in CACHE_MODES:
         raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
+    if config.io not in IO_PATHS:
+        raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
+    if not 1 <= config.io_depth <= MAX_IO_DEPTH:
+        raise StartError(f"--io-depth must be from 1 to {MAX_IO_DEPTH}")
     if config.cache_size < 1:
         raise StartError("--cache-size must be at least 1")
     if config.revalidate < 0:
@@ -195,7 +200,13 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         fs.passthrough = Passthrough(devfd, fs.inodes)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
-    worker = Worker(devfd, fs, build(), config.allow_other, config.debug)
+    ring = None
+    if config.io == "uring":
+        try:
+            ring = Ring(config.io_depth + STATX_BATCH)
+        except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
+            log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
+    worker = Worker(devfd, fs, build(), config.allow_other, config.debug, ring, config.io_depth)
     signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
     worker.serve()
@@ -253,6 +264,9 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         else:
             fan_fd = watch
     config = resolve(config, fan_fd >= 0)
+    if config.io == "uring" and (why := why_unavailable()) is not None:
+        log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
+        config = msgspec.structs.replace(config, io="plain")
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
     shared = SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)

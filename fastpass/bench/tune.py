@@ -107,12 +107,14 @@ def run(
     size_mb: int = 256,
     seconds: float = 3.0,
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
+    options: Sequence[str] = (),
 ) -> TuneRecord:
     """Bench `names` at each worker count (default `default_counts()`) and recommend one.
 
     Each count gets its own `runner.run`: a fresh mount and freshly prepared
     inputs, so no count inherits another's caches.  `progress` is told what
-    starts next and how many measured runs are done over all counts.
+    starts next and how many measured runs are done over all counts.  `options` go to
+    every mount (and into the recommended command), e.g. `--io=plain`.
     """
     counts = sorted(set(default_counts() if counts is None else counts))
     check(backing, names, counts, repeat)
@@ -124,7 +126,7 @@ def run(
         def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
             progress(f"{n} workers: {what}", done + runs_done)
 
-        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}"], step))
+        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, [f"--workers={n}", *options], step))
     workloads = []
     for results in zip(*(r.results for r in runs)):  # one workload at every count
         workloads.append(TuneWorkload(
@@ -135,7 +137,7 @@ def run(
     workers = recommend(counts, per_count)
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
     return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, size_mb, seconds, repeat, workloads,
-                      per_count, workers, f"fastpass mount --workers {workers} {where} MOUNTPOINT", started,
+                      per_count, workers, f"fastpass mount --workers {workers} {''.join(o + ' ' for o in options)}{where} MOUNTPOINT", started,
                       time.time() - started)  # fmt: skip
 
 
