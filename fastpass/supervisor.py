@@ -44,7 +44,7 @@ from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
 from fastpass.fs.watcher import Watcher, open_watch
 from fastpass.shm.counters import MAX_WORKERS, PID, STARTED_NS, WorkerCounters
-from fastpass.uring.ring import STATX_BATCH, Ring, Unavailable, why_unavailable
+from fastpass.uring.ring import Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -203,7 +203,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     ring = None
     if config.io == "uring":
         try:
-            ring = Ring(config.io_depth + STATX_BATCH)
+            ring = Ring(config.io_depth)  # one SQE per slot in flight: a device read or a backing call
         except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     worker = Worker(devfd, fs, build(), config.allow_other, config.debug, ring, config.io_depth)

@@ -44,6 +44,9 @@ log = logging.getLogger("fastpass.worker")
 
 _IGNORED_WRITE_ERRORS = (errno.ENOENT,)  # the request was interrupted or aborted meanwhile
 _ENDED = (errno.ENODEV, errno.ECONNABORTED)  # reads after the connection ended
+# A device read on the ring that ends without a request: interrupted before we read it (ENOENT),
+# or cut short by a signal (EINTR) or a non-blocking attempt (EAGAIN); the slot reads again.
+_RETRY = (errno.ENOENT, errno.EINTR, errno.EAGAIN)
 _BACKING = 1  # tag bit: the CQE of a slot's backing call, else of its device read
 _INLINE = -1  # dispatch: the request was answered (or needs no answer); its buffer is free
 
@@ -133,7 +136,7 @@ class Worker:
         finish = self._finish
         armed = 0  # device reads in flight
         for slot in range(len(pool)):
-            ring.readv(devfd, bufs[slot], 0, slot << 1)
+            ring.read_device(devfd, bufs[slot], slot << 1)
             armed += 1
         ended = False
         while armed or inflight:
@@ -151,16 +154,16 @@ class Worker:
                         if len(inflight) > misc[PEAK_IN_FLIGHT]:
                             misc[PEAK_IN_FLIGHT] = len(inflight)
                         continue
-                elif res == -errno.ENOENT:  # interrupted before we read it
-                    armed -= 1
                 elif res == 0 or -res in _ENDED:  # end of stream (a socket in tests) or of the connection
                     armed -= 1
                     ended = True
                     continue
+                elif -res in _RETRY:
+                    armed -= 1
                 else:
                     raise OSError(-res, os.strerror(-res))
                 if not ended:  # the slot is free: read the next request into it
-                    ring.readv(devfd, bufs[slot], 0, slot << 1)
+                    ring.read_device(devfd, bufs[slot], slot << 1)
                     armed += 1
 
     def _finish(self, slot: int, res: int) -> None:

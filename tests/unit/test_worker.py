@@ -21,7 +21,7 @@ from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi
 from fastpass.kernel.abi import Opcode
-from fastpass.uring.ring import STATX_BATCH, Ring
+from fastpass.uring.ring import Ring
 from fastpass.worker import Worker
 
 
@@ -46,7 +46,7 @@ def channel(request: pytest.FixtureRequest, tmp_path: Path):
             code = 1
             try:
                 ours.close()
-                Worker(theirs.fileno(), fs, build(), False, False, Ring(4 + STATX_BATCH), depth=4).serve()
+                Worker(theirs.fileno(), fs, build(), False, False, Ring(4), depth=4).serve()
                 code = 0
             finally:
                 os._exit(code)
