@@ -10,7 +10,8 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import CACHE_MODES, DEFAULT_CACHE_SIZE, ENGINES, DEFAULT_MAX_INODES, MountConfig
+from fastpass.config import (CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_IO_DEPTH, DEFAULT_MAX_INODES, ENGINES, IO_PATHS,
+                             MountConfig)
 from fastpass.kernel import mount
 
 
@@ -52,6 +53,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         revalidate=args.revalidate,
         filters=tuple(args.filter),
+        io=args.io or ("plain" if args.engine == "pyfuse3" else "uring"),
+        io_depth=args.io_depth,
     )
     _user_modules()
     try:
@@ -154,7 +157,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}"]
+    options = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}",
+               *_io_options(args)]  # fmt: skip
     for name in ("attr_timeout", "entry_timeout"):
         if getattr(args, name) is not None:
             options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
@@ -180,6 +184,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _finish(record, args.json, [r.name for r in record.results if not r.ok])
 
 
+def _io_options(args: argparse.Namespace) -> list[str]:
+    """The I/O path options bench and tune pass to their mounts (the server's default where not given)."""
+    return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("io", "io_depth")
+            if getattr(args, name) is not None]  # fmt: skip
+
+
 def _finish(record: object, json_path: str | None, failed: list[str]) -> int:
     """Write a bench or tune record as JSON on request; the exit status says if integrity held."""
     if json_path:
@@ -202,7 +212,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         tune.check(args.backing, names, counts, args.repeat, args.engine)
         with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
-            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step, args.engine)
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
+                              _io_options(args), args.engine)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
@@ -276,6 +287,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--filter", action="append", default=[], metavar="SPEC",
                    help="a filter around the operations, outermost first (repeatable): readonly, hide:pattern=GLOB, "
                         "audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]")  # fmt: skip
+    m.add_argument("--io", choices=IO_PATHS,
+                   help="uring: requests and data I/O on one io_uring per worker, many in flight (plain syscalls "
+                        "where the kernel refuses io_uring); plain: one blocking request at a time "
+                        "(default: uring with the native engine, plain with pyfuse3)")  # fmt: skip
+    m.add_argument("--io-depth", type=int, default=DEFAULT_IO_DEPTH, metavar="N",
+                   help="with --io uring: requests in flight per worker, 1 MiB of buffer each "
+                        "(default %(default)s)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -310,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                    help="also bench fastpass mounted with these extra options (after the ones above, so they "
                         "win), reported as NAME; repeatable, e.g. --variant 'cache-off=--cache off'")  # fmt: skip
+    b.add_argument("--io", choices=IO_PATHS, help="passed to the fastpass mount")
+    b.add_argument("--io-depth", type=int, metavar="N", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.add_argument("--filter", action="append", default=[], metavar="SPEC",
                    help="passed to the fastpass mount (a variant adds its own: --variant 'audit=--filter audit')")  # fmt: skip
@@ -324,6 +344,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    t.add_argument("--io", choices=IO_PATHS, help="passed to every fastpass mount")
+    t.add_argument("--io-depth", type=int, metavar="N", help="passed to every fastpass mount")
     t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
     t.set_defaults(func=cmd_tune)

@@ -12,6 +12,9 @@ DEFAULT_REVALIDATE = 1.0  # s, where the backing gives no change events
 IDLE_SYNC = 1.0  # s between an idle server's looks at what other workers freed (and its filters' flushes)
 CACHE_MODES = ("auto", "off", "strict")
 ENGINES = ("native", "pyfuse3")
+IO_PATHS = ("uring", "plain")
+DEFAULT_IO_DEPTH = 8
+MAX_IO_DEPTH = 256
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -56,6 +59,14 @@ class MountConfig(msgspec.Struct, frozen=True):
     # again, instead of watching it for changes.  0: watch where the backing allows,
     # else revalidate every DEFAULT_REVALIDATE seconds.
     revalidate: float = 0.0
+    # How a worker does its I/O: "uring" reads requests and runs the backing calls of
+    # READ, WRITE, FSYNC and FALLOCATE on one io_uring per worker, many in flight at once
+    # (plain syscalls where the kernel refuses io_uring, said once in the log and in stats);
+    # "plain" serves one request at a time with blocking syscalls.
+    io: str = "uring"
+    # With io uring: requests in flight per worker, each with its own 1 MiB buffer (the
+    # worker's data memory is io_depth MiB, fixed at start).
+    io_depth: int = DEFAULT_IO_DEPTH
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

@@ -29,10 +29,11 @@ import signal
 import time
 from collections.abc import Callable
 
+import msgspec
 import uvloop
 
 from fastpass import _linux, state, stats
-from fastpass.config import CACHE_MODES, ENGINES, IDLE_SYNC, MountConfig, resolve
+from fastpass.config import CACHE_MODES, ENGINES, IDLE_SYNC, IO_PATHS, MAX_IO_DEPTH, MountConfig, resolve
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
@@ -44,6 +45,7 @@ from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
 from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
+from fastpass.uring.ring import Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -99,11 +101,17 @@ def check(config: MountConfig) -> None:
         if config.passthrough == "on":
             raise StartError("--engine pyfuse3 cannot do kernel passthrough (libfuse has no backing ids): "
                              "use --passthrough off or auto")  # fmt: skip
+        if config.io == "uring":
+            raise StartError("--engine pyfuse3 has no io_uring path (libfuse reads the requests): use --io plain")
         if importlib.util.find_spec("pyfuse3") is None:
             raise StartError("--engine pyfuse3 needs pyfuse3: pip install 'fastpass[pyfuse3]' "
                              "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
     if config.cache not in CACHE_MODES:
         raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
+    if config.io not in IO_PATHS:
+        raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
+    if not 1 <= config.io_depth <= MAX_IO_DEPTH:
+        raise StartError(f"--io-depth must be from 1 to {MAX_IO_DEPTH}")
     if config.cache_size < 1:
         raise StartError("--cache-size must be at least 1")
     if config.revalidate < 0:
@@ -204,9 +212,16 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         fs.passthrough = Passthrough(devfd, fs.inodes)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
+    ring = None
+    if config.io == "uring":
+        try:
+            ring = Ring(config.io_depth)  # one SQE per slot in flight: a device read or a backing call
+        except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
+            log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
-    worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle)
+    worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring,
+                    config.io_depth)  # fmt: skip
     signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
     try:
@@ -270,6 +285,9 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     config, fan_fd = _coherence(config)
+    if config.io == "uring" and (why := why_unavailable()) is not None:
+        log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
+        config = msgspec.structs.replace(config, io="plain")
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
     return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters).serve(ready)

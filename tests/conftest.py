@@ -1,11 +1,13 @@
 """Fixtures that mount for real and always clean up.
 
-`fs` runs a test three times: on fastpass with one worker serving every
-byte in userspace ("native-1"), on fastpass with four workers and kernel
-passthrough ("native-4"), and on a plain bind mount of the same kind of
-backing dir ("bind"), so every case is first checked against the real
-kernel's own answer.  `native` is fastpass alone (both configurations), and
-`fastpass_mount` mounts with chosen options.
+`fs` runs a test four times: on fastpass with one worker serving every
+byte in userspace, once on plain syscalls ("native-1") and once on its
+io_uring ("native-1-uring"), on fastpass with four workers and kernel
+passthrough ("native-4", io_uring for what still reaches userspace), and on
+a plain bind mount of the same kind of backing dir ("bind"), so every case
+is first checked against the real kernel's own answer.  `native` is
+fastpass alone (all its configurations), and `fastpass_mount` mounts with
+chosen options.
 
 Teardown, even after a failure: `fastpass unmount`, then a lazy umount2 if
 the mount is still there, then SIGKILL of the server by its pid; and the
@@ -161,10 +163,14 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
         stop(m)
 
 
-# fastpass serving every byte in userspace with 1 worker; fastpass with 4 workers and kernel
-# passthrough of regular files; the pyfuse3 engine (libfuse, one process); then the kernel's own
-# answer, a bind mount.
-NATIVE = {"native-1": ("--workers", "1", "--passthrough", "off"), "native-4": ("--workers", "4", "--passthrough", "on")}
+# fastpass serving every byte in userspace with 1 worker, on both I/O paths; fastpass with 4
+# workers and kernel passthrough of regular files; the pyfuse3 engine (libfuse, one process); then
+# the kernel's own answer, a bind mount.
+NATIVE = {
+    "native-1": ("--workers", "1", "--passthrough", "off", "--io", "plain"),
+    "native-1-uring": ("--workers", "1", "--passthrough", "off", "--io", "uring"),
+    "native-4": ("--workers", "4", "--passthrough", "on"),
+}
 ENGINES = {**NATIVE, "pyfuse3": ("--engine", "pyfuse3")}
 
 
@@ -178,7 +184,7 @@ def fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
 
 @pytest.fixture(params=list(NATIVE))
 def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mounted]:
-    """fastpass alone, in both configurations."""
+    """fastpass alone, in each configuration."""
     with fastpass_mount(tmp_path, *NATIVE[request.param]) as m:
         yield m
 

@@ -109,13 +109,15 @@ def run(
     size_mb: int = 256,
     seconds: float = 3.0,
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
+    options: Sequence[str] = (),
     engine: str = "native",
 ) -> TuneRecord:
     """Bench `names` at each worker count (default `default_counts()`) and recommend one.
 
     Each count gets its own `runner.run`: a fresh mount and freshly prepared
     inputs, so no count inherits another's caches.  `progress` is told what
-    starts next and how many measured runs are done over all counts.
+    starts next and how many measured runs are done over all counts.  `options` go to
+    every mount (and into the recommended command), e.g. `--io=plain`.
     """
     counts = sorted(set(default_counts() if counts is None else counts))
     check(backing, names, counts, repeat, engine)
@@ -127,8 +129,8 @@ def run(
         def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
             progress(f"{n} workers: {what}", done + runs_done)
 
-        options = [f"--workers={n}", f"--engine={engine}"]
-        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds, options, progress=step))
+        runs.append(runner.run(backing, list(names), repeat, size_mb, seconds,
+                               [f"--workers={n}", f"--engine={engine}", *options], progress=step))  # fmt: skip
     workloads = []
     for results in zip(*(r.results for r in runs)):  # one workload at every count
         workloads.append(TuneWorkload(
@@ -138,9 +140,10 @@ def run(
     per_count = scores(workloads)
     workers = recommend(counts, per_count)
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
+    extra = "".join(f"{o} " for o in options)
     return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, size_mb, seconds, repeat, workloads,
-                      per_count, workers, f"fastpass mount --engine {engine} --workers {workers} {where} MOUNTPOINT", started,
-                      time.time() - started)  # fmt: skip
+                      per_count, workers, f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT",
+                      started, time.time() - started)  # fmt: skip
 
 
 def table(record: TuneRecord) -> None:

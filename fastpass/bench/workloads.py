@@ -131,6 +131,11 @@ FIO_WORKLOADS = (
                 direct=True),
     FioWorkload("randread-cold", "4 KiB random read, cold cache, 2 jobs", cold=True, rw="randread", bs="4k",
                 numjobs=2),
+    # Many readers waiting on the backing at once: what a worker's io_uring is for.
+    FioWorkload("randread-cold-16", "4 KiB random read, cold cache, 16 jobs", cold=True, rw="randread", bs="4k",
+                numjobs=16),
+    FioWorkload("randread-direct-16", "4 KiB random read, O_DIRECT (from the disk), 16 jobs", cold=True,
+                rw="randread", bs="4k", numjobs=16, direct=True),
     FioWorkload("randwrite", "4 KiB random write, buffered, 2 jobs, verified", writes=True, rw="randwrite", bs="4k",
                 numjobs=2, max_mb=32),
     FioWorkload("randwrite-direct", "4 KiB random write, O_DIRECT, 2 jobs, verified", writes=True, rw="randwrite",

@@ -268,7 +268,8 @@ def install(fs: Fs, routes: list[Route | None], filters: list[object]) -> list[R
             continue
         chain = [h for h in (hooks(f, op) for f in filters) if h is not None]
         if chain:
-            out[op] = route._replace(handler=_wrap(op, route.handler, chain, where))
+            # A filtered op runs its wrapped handler inline, never in halves on the ring.
+            out[op] = route._replace(handler=_wrap(op, route.handler, chain, where), submit=None, done=None)
     data = [f for f in filters if touched(f) & DATA]
     if data:
 

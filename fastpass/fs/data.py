@@ -19,6 +19,7 @@ import errno
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
 from fastpass import _linux
 from fastpass.fs.attrs import kill_suidgid
@@ -28,6 +29,9 @@ from fastpass.fs.inodes import Inode
 from fastpass.kernel import abi, encode
 from fastpass.kernel.abi import FopenFlag
 from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
+
+if TYPE_CHECKING:
+    from fastpass.uring.ring import Ring
 
 # Flags the kernel has already acted on, or that must not reach the backing open.
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
@@ -134,8 +138,12 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
 
 
 def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int, flags: int) -> memoryview:
-    view = fs.read_view
-    n = _preadv(fs.file_fd(fh), [view[:size]], offset)
+    view = fs.read_view[:size]
+    return read_done(fs, req, view, _preadv(fs.file_fd(fh), [view], offset))
+
+
+def read_done(fs: Fs, req: Request, view: memoryview, n: int) -> memoryview:
+    """The reply to a READ that got `n` bytes into `view`; the read counts as an access (atime)."""
     if fs.cache is not None:
         fs.cache.read(req.nodeid)
     return view[:n]
@@ -144,7 +152,12 @@ def read(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int,
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
     fd = fs.file_fd(fh)
-    n = _pwrite(fd, data, offset)
+    return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
+
+
+def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
+    """The reply to a WRITE of `n` bytes to (fd, write_flags): the backing's attributes from now on."""
+    fd, write_flags = target
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
     fs.refresh(req.nodeid, fd)
@@ -175,6 +188,10 @@ def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:
 def fallocate(fs: Fs, req: Request, fh: int, offset: int, length: int, mode: int) -> None:
     fd = fs.file_fd(fh)
     _linux.fallocate(fd, mode, offset, length)
+    fallocate_done(fs, req, fd, 0)
+
+
+def fallocate_done(fs: Fs, req: Request, fd: int, result: int) -> None:
     fs.refresh(req.nodeid, fd)
 
 
@@ -204,3 +221,40 @@ def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out
                        length: int, flags: int) -> bytes:  # fmt: skip
     """7.45: the same with a 64-bit count in the reply."""
     return abi.COPY_FILE_RANGE_OUT.pack(_copy(fs, fh_in, off_in, nodeid_out, fh_out, off_out, length, flags))
+
+
+# --- the ring path (fastpass.worker): the backing call of each data op that may block goes to
+# the worker's io_uring.  `*_submit(fs, ring, tag, area, req, *args)` resolves the fh and
+# prepares the call (`area`: the request's page-aligned buffer, free for a READ's data once
+# the request is decoded) and returns what its `*_done(fs, req, state, result)` needs to turn
+# a successful result into the reply; the plain handlers above are the same `*_done` around a
+# synchronous syscall.  A negative result is the errno reply, made by the worker.
+
+
+def read_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
+                read_flags: int, lock_owner: int, flags: int) -> memoryview:  # fmt: skip
+    view = area[:size]
+    ring.readv(fs.file_fd(fh), view, offset, tag)
+    return view
+
+
+def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
+                 write_flags: int, lock_owner: int, flags: int, data: memoryview) -> tuple[int, int]:  # fmt: skip
+    fd = fs.file_fd(fh)
+    ring.writev(fd, data, offset, tag)
+    return fd, write_flags
+
+
+def fsync_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, fsync_flags: int) -> None:
+    ring.fsync(fs.file_fd(fh), bool(fsync_flags & abi.FSYNC_FDATASYNC), tag)
+
+
+def fsync_done(fs: Fs, req: Request, state: None, result: int) -> None:
+    return None
+
+
+def fallocate_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
+                     length: int, mode: int) -> int:  # fmt: skip
+    fd = fs.file_fd(fh)
+    ring.fallocate(fd, mode, offset, length, tag)
+    return fd

@@ -75,6 +75,16 @@ HANDLERS: dict[int, Handler | None] = {
     O.INIT: None,  # answered by the supervisor before any worker starts
 }
 
+# The data ops whose backing call may block, as (submit, done) pairs: on the ring path their
+# backing call goes to the worker's io_uring (fastpass.fs.data).  None of them is AS_CALLER,
+# so none needs the caller's credentials while in flight.
+RING: dict[int, tuple[Handler, Handler]] = {
+    O.READ: (data.read_submit, data.read_done),
+    O.WRITE: (data.write_submit, data.write_done),
+    O.FSYNC: (data.fsync_submit, data.fsync_done),
+    O.FALLOCATE: (data.fallocate_submit, data.fallocate_done),
+}
+
 AS_CALLER = frozenset({
     O.LOOKUP, O.SETATTR, O.ACCESS, O.READLINK, O.SYMLINK, O.MKNOD, O.MKDIR, O.UNLINK, O.RMDIR,
     O.RENAME, O.RENAME2, O.LINK, O.OPEN, O.CREATE, O.TMPFILE, O.OPENDIR, O.READDIRPLUS,
@@ -88,11 +98,14 @@ class Route(NamedTuple):
     handler: Handler | None
     reply: bool
     as_caller: bool
+    submit: Handler | None  # the ring path's halves (RING), None for the ops always served inline
+    done: Handler | None
 
 
 def build() -> list[Route | None]:
     """Dispatch list indexed by opcode; None where the opcode is unknown."""
     routes: list[Route | None] = [None] * (max(SPECS) + 1)
     for op, spec in SPECS.items():
-        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER)
+        submit, done = RING.get(op, (None, None))
+        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done)
     return routes

@@ -25,6 +25,9 @@ OP_STRIDE = 3 + BUCKETS  # count, errors, total_ns, histogram
 PID, STARTED_NS, FOREIGN_NODES, FOREIGN_FILES, OPENS_PASSTHROUGH, OPENS_USERSPACE = 0, 1, 2, 3, 4, 5
 CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS = 6, 7, 8  # the shared attribute cache, as this process used it
 INVALIDATIONS = 9  # notifications the watcher sent the kernel (the watcher's block only)
+IO_PATH = 10  # how the worker does its I/O: one of IO_NAMES' indices (0 before it says)
+PEAK_IN_FLIGHT = 11  # the most requests the worker has had in flight at once (ring path)
+IO_NAMES = ("", "plain", "uring")
 MISC = 16
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 

@@ -36,7 +36,7 @@ def proc_state(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while it was read
         return None
 
 
@@ -55,7 +55,7 @@ def comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return ""
 
 
@@ -323,7 +323,8 @@ def test_worker_killed_mid_request_releases_the_caller(tmp_path, workers):
         try:
 
             def busy() -> list[int]:
-                return [w for w in children(sup) if wchan(w) not in ("fuse_dev_do_read", "")]
+                # Idle: blocked reading the device (plain) or waiting on the ring (uring).
+                return [w for w in children(sup) if wchan(w) not in ("fuse_dev_do_read", "io_cqring_wait", "")]
 
             assert wait_for(lambda: len(busy()) == 1, 5), f"no worker got stuck on the inner mount: {busy()}"
             time.sleep(0.1)
