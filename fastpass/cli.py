@@ -10,8 +10,15 @@ import sys
 import time
 
 from fastpass import state, stats, supervisor
-from fastpass.config import (CACHE_MODES, DEFAULT_CACHE_SIZE, DEFAULT_IO_DEPTH, DEFAULT_MAX_INODES, ENGINES, IO_PATHS,
-                             MountConfig)
+from fastpass.config import (
+    CACHE_MODES,
+    DEFAULT_CACHE_SIZE,
+    DEFAULT_IO_DEPTH,
+    DEFAULT_MAX_INODES,
+    ENGINES,
+    IO_PATHS,
+    MountConfig,
+)
 from fastpass.kernel import mount
 
 

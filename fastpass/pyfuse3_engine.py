@@ -246,7 +246,7 @@ class Operations(pyfuse3.Operations):
             body = route.handler(fs, req, *args)
         except OSError as e:
             error = e.errno or errno.EIO
-        except Exception as e:  # noqa: BLE001 - a bug (or a filter's): EIO for the caller, the engine lives on
+        except Exception as e:
             error = errno.EIO
             origin = getattr(e, "origin", None)
             if (opcode, type(e), origin) not in self.logged:
@@ -460,7 +460,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
 
     async def main() -> None:
         pids = {0: os.getpid(), **({WATCHER: os.getpid()} if fan_fd >= 0 else {})}  # the watcher is a thread here
-        answer = lambda: stats.snapshot(shared, 1, pids, 0, record)  # noqa: E731
+        answer = lambda: stats.snapshot(shared, 1, pids, 0, record)
         async def flush_when_idle() -> None:  # as a worker does on its idle timer
             while True:
                 await asyncio.sleep(IDLE_SYNC)

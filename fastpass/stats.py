@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 
 from fastpass import state
-from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable
 from fastpass.fs.shared import SharedState
+from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.kernel.init import Negotiated
 from fastpass.shm import counters as C
 

@@ -41,9 +41,9 @@ from fastpass.fs.inodes import can_reopen, handle_of
 from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
+from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
-from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 from fastpass.uring.ring import Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
@@ -320,7 +320,6 @@ class Pool:
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
                  record: state.MountState, fan_fd: int, filters: list[object]):  # fmt: skip
         self.config = config
-        self.filters = filters
         self.session = session
         self.root_fd = root_fd
         self.shared = shared

@@ -156,8 +156,7 @@ class Worker:
                 elif res > 0:
                     armed -= 1
                     if dispatch(bufs[slot], res, slot) != _INLINE:
-                        if len(inflight) > misc[PEAK_IN_FLIGHT]:
-                            misc[PEAK_IN_FLIGHT] = len(inflight)
+                        misc[PEAK_IN_FLIGHT] = max(misc[PEAK_IN_FLIGHT], len(inflight))
                         continue
                 elif res == 0 or -res in _ENDED:  # end of stream (a socket in tests) or of the connection
                     armed -= 1
@@ -175,7 +174,7 @@ class Worker:
         """A backing call's CQE: the reply to its request and its counters; the slot is free."""
         route, req, start, state = self.inflight.pop(slot)
         body = None
-        error = res if res < 0 else 0
+        error = min(0, res)
         if not error:
             try:
                 body = route.done(self.fs, req, state, res)  # type: ignore[misc]

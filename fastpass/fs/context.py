@@ -19,7 +19,6 @@ from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
 from fastpass.shm.counters import WorkerCounters
 
-
 _clock = time.monotonic_ns
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINES, NATIVE, err, fastpass_mount, mounts_under, run_fastpass
+from tests.conftest import ENGINES, err, fastpass_mount, mounts_under, run_fastpass
 from tests.filters_sample import OWNER
 from tests.integration.test_passthrough import op_count, stats
 
