@@ -32,10 +32,11 @@ import errno
 import logging
 import mmap
 import os
-import stat
 import threading
 import time
+import types
 from collections.abc import Callable
+from typing import Any
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -43,7 +44,8 @@ import uvloop
 
 from fastpass import state, stats
 from fastpass.config import IDLE_SYNC, MountConfig
-from fastpass.filters import stack
+from fastpass.filters import results, stack
+from fastpass.filters.api import Attr, Dirent, Entry, Opened
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.handles import DIR, FILE
 from fastpass.fs.shared import SharedState
@@ -61,27 +63,26 @@ log = logging.getLogger("fastpass.pyfuse3")
 _NS = 1_000_000_000
 _XATTR_MAX = 65536  # the largest value Linux allows
 _READDIR_BUDGET = 32 * 1024  # bytes of direntplus records asked of the handler per pass
+_XATTR_ARGS = types.SimpleNamespace(size=_XATTR_MAX)  # what the xattr decoders read of a request: its size
 
 
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
-def _entry(shown: int, generation: int, entry_s: float, attr_s: float, attr: tuple) -> pyfuse3.EntryAttributes:
-    """pyfuse3's form of a fuse_attr (16 fields, as `encode.attr_values` lays them out), under the
-    inode number the kernel is to see."""
-    _ino, size, blocks, atime, mtime, ctime, ans, mns, cns, mode, nlink, uid, gid, rdev, blksize, _flags = attr
+def _attributes(shown: int, generation: int, entry_s: float, attr_s: float, a: Attr) -> pyfuse3.EntryAttributes:
+    """pyfuse3's form of a decoded fuse_attr, under the inode number the kernel is to see."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = shown
     e.generation = generation
     e.entry_timeout = entry_s
     e.attr_timeout = attr_s
-    e.st_mode, e.st_nlink, e.st_uid, e.st_gid = mode, nlink, uid, gid
-    e.st_rdev = os.makedev(*abi.new_decode_dev(rdev))
-    e.st_size, e.st_blocks, e.st_blksize = size, blocks, blksize
-    e.st_atime_ns = _signed(atime) * _NS + ans
-    e.st_mtime_ns = _signed(mtime) * _NS + mns
-    e.st_ctime_ns = _signed(ctime) * _NS + cns
+    e.st_mode, e.st_nlink, e.st_uid, e.st_gid = a.mode, a.nlink, a.uid, a.gid
+    e.st_rdev = os.makedev(*abi.new_decode_dev(a.rdev))
+    e.st_size, e.st_blocks, e.st_blksize = a.size, a.blocks, a.blksize
+    e.st_atime_ns = _signed(a.atime) * _NS + a.atimensec
+    e.st_mtime_ns = _signed(a.mtime) * _NS + a.mtimensec
+    e.st_ctime_ns = _signed(a.ctime) * _NS + a.ctimensec
     return e
 
 
@@ -140,45 +141,37 @@ class Numbers:
         return nodeid, n
 
 
-def entry_attributes(raw: bytes | memoryview, numbers: Numbers, offset: int = 0) -> pyfuse3.EntryAttributes:
-    """Decode a fuse_entry_out the kernel is to hold (one lookup)."""
-    nodeid, _gen, ev, av, evn, avn, *attr = abi.ENTRY_OUT.unpack_from(raw, offset)
-    return _entry(numbers.show(nodeid, attr[0]), nodeid >> 32, ev + evn / _NS, av + avn / _NS, tuple(attr))
+def entry_attributes(e: Entry, numbers: Numbers) -> pyfuse3.EntryAttributes:
+    """An entry the kernel is to hold (one lookup), under the number it will know it by."""
+    return _attributes(numbers.show(e.nodeid, e.attr.ino), e.nodeid >> 32, e.entry_valid + e.entry_valid_nsec / _NS,
+                       e.attr_valid + e.attr_valid_nsec / _NS, e.attr)  # fmt: skip
 
 
 def attr_attributes(raw: bytes) -> pyfuse3.EntryAttributes:
-    """Decode a fuse_attr_out.  Its st_ino is only shown, never taken as a nodeid, so it is the
+    """A fuse_attr_out.  Its st_ino is only shown, never taken as a nodeid, so it is the
     backing's number even for the root (nodeid 1)."""
-    av, avn, _dummy, *attr = abi.ATTR_OUT.unpack(raw)
-    return _entry(attr[0], 0, 0.0, av + avn / _NS, tuple(attr))
+    r = _decode(O.GETATTR, raw)
+    return _attributes(r.attr.ino, 0, 0.0, r.attr_valid + r.attr_valid_nsec / _NS, r.attr)
 
 
-def file_info(raw: bytes | memoryview, offset: int = 0) -> pyfuse3.FileInfo:
-    """Decode a fuse_open_out (without its backing id: pyfuse3 has no passthrough)."""
-    fh, flags, _backing = abi.OPEN_OUT.unpack_from(raw, offset)
-    return pyfuse3.FileInfo(fh=fh, direct_io=bool(flags & FopenFlag.DIRECT_IO),
-                            keep_cache=bool(flags & FopenFlag.KEEP_CACHE),
-                            nonseekable=bool(flags & FopenFlag.NONSEEKABLE))  # fmt: skip
+def file_info(o: Opened) -> pyfuse3.FileInfo:
+    """A fuse_open_out (without its backing id: pyfuse3 has no passthrough)."""
+    return pyfuse3.FileInfo(fh=o.fh, direct_io=bool(o.open_flags & FopenFlag.DIRECT_IO),
+                            keep_cache=bool(o.open_flags & FopenFlag.KEEP_CACHE),
+                            nonseekable=bool(o.open_flags & FopenFlag.NONSEEKABLE))  # fmt: skip
 
 
-def direntplus(raw: bytes) -> list[tuple[bytes, int, int, int]]:
-    """READDIRPLUS records: (name, offset of the next entry, nodeid (0: no entry), offset of its entry)."""
-    out = []
-    pos = 0
-    while pos < len(raw):
-        nodeid = abi.ENTRY_OUT_HEAD.unpack_from(raw, pos)[0]
-        _ino, off, namelen, _type = abi.DIRENT.unpack_from(raw, pos + abi.ENTRY_OUT.size)
-        start = pos + abi.NAME_OFFSET_DIRENTPLUS
-        out.append((bytes(raw[start : start + namelen]), off, nodeid, pos))
-        pos += (abi.NAME_OFFSET_DIRENTPLUS + namelen + 7) & ~7
-    return out
+def _decode(opcode: int, raw: object) -> Any:
+    """A reply body as the typed result the filters see (`fastpass.filters.results`, one decoder per layout)."""
+    return results.codec(opcode).decode(raw, _XATTR_ARGS)
 
 
-def _dot(raw: bytes, pos: int) -> pyfuse3.EntryAttributes:
-    """"." or "..": the kernel links neither, so only the backing's number goes out."""
+def _bare(d: Dirent) -> pyfuse3.EntryAttributes:
+    """A name without attributes ("." and "..", which the kernel never links, or one gone since
+    getdents): only the backing's number and the type go out."""
     e = pyfuse3.EntryAttributes()
-    e.st_ino = abi.DIRENT.unpack_from(raw, pos + abi.ENTRY_OUT.size)[0]
-    e.st_mode = stat.S_IFDIR  # what libfuse takes the entry's d_type from
+    e.st_ino = d.ino
+    e.st_mode = d.type << 12  # DT_* to S_IF*: what libfuse takes the entry's d_type from
     return e
 
 
@@ -261,8 +254,8 @@ class Operations(pyfuse3.Operations):
             body = bytes(body)  # the read buffer is reused by the next READ
         return error, body
 
-    def _entry(self, raw: object, offset: int = 0) -> pyfuse3.EntryAttributes:
-        return entry_attributes(raw, self.numbers, offset)  # type: ignore[arg-type]
+    def _entry(self, raw: object) -> pyfuse3.EntryAttributes:
+        return entry_attributes(_decode(O.LOOKUP, raw), self.numbers)
 
     # --- names ---------------------------------------------------------------------------
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -334,10 +327,11 @@ class Operations(pyfuse3.Operations):
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         raw = await self._call(O.STATFS, pyfuse3.ROOT_INODE, ctx)
-        blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = abi.STATFS_OUT.unpack(raw)  # type: ignore[arg-type]
+        v = _decode(O.STATFS, raw)
         s = pyfuse3.StatvfsData()
-        s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_favail = blocks, bfree, bavail, files, ffree, ffree
-        s.f_bsize, s.f_frsize, s.f_namemax = bsize, frsize, namelen
+        s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree, s.f_favail = v.blocks, v.bfree, v.bavail, v.files, \
+            v.ffree, v.ffree  # fmt: skip
+        s.f_bsize, s.f_frsize, s.f_namemax = v.bsize, v.frsize, v.namelen
         return s
 
     # --- extended attributes ------------------------------------------------------------
@@ -346,7 +340,7 @@ class Operations(pyfuse3.Operations):
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         raw = await self._call(O.LISTXATTR, inode, ctx, _XATTR_MAX)
-        return [n for n in raw.split(b"\0") if n]  # type: ignore[union-attr]
+        return _decode(O.LISTXATTR, raw)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._call(O.SETXATTR, inode, ctx, len(value), 0, name, value)
@@ -356,12 +350,13 @@ class Operations(pyfuse3.Operations):
 
     # --- files ---------------------------------------------------------------------------------
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return file_info(await self._call(O.OPEN, inode, ctx, flags, 0))  # type: ignore[arg-type]
+        return file_info(_decode(O.OPEN, await self._call(O.OPEN, inode, ctx, flags, 0)))
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:  # fmt: skip
         raw = await self._call(O.CREATE, parent_inode, ctx, flags, mode, ctx.umask, 0, name)
-        return file_info(raw, abi.ENTRY_OUT.size), self._entry(raw)
+        c = _decode(O.CREATE, raw)
+        return file_info(c.opened), entry_attributes(c.entry, self.numbers)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self._by_fh(O.READ, fh, FILE, fh, off, size, 0, 0, 0)  # type: ignore[return-value]
@@ -381,24 +376,26 @@ class Operations(pyfuse3.Operations):
 
     # --- directories -------------------------------------------------------------------------
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return file_info(await self._call(O.OPENDIR, inode, ctx, os.O_RDONLY, 0)).fh  # type: ignore[arg-type]
+        return _decode(O.OPENDIR, await self._call(O.OPENDIR, inode, ctx, os.O_RDONLY, 0)).fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """READDIRPLUS in passes; an entry pyfuse3 has no room for gives its lookup back."""
         offset = start_id
         while True:
             raw = await self._by_fh(O.READDIRPLUS, fh, DIR, fh, offset, _READDIR_BUDGET, 0, 0, 0)
-            records = direntplus(raw)  # type: ignore[arg-type]
-            if not records:
+            dirents = _decode(O.READDIRPLUS, raw)
+            if not dirents:
                 return
-            for i, (name, next_offset, nodeid, pos) in enumerate(records):
-                entry = self._entry(raw, pos) if nodeid else _dot(raw, pos)  # type: ignore[arg-type]
-                if not pyfuse3.readdir_reply(token, name, entry, next_offset):
-                    unsent = [(entry.st_ino, 1)] if nodeid else []
-                    unsent += [(self._entry(raw, p).st_ino, 1) for _, _, n, p in records[i + 1 :] if n]  # type: ignore[arg-type]
-                    await self.forget(unsent)
+            for i, d in enumerate(dirents):
+                shown = entry_attributes(d.entry, self.numbers) if d.entry is not None else _bare(d)
+                if not pyfuse3.readdir_reply(token, d.name, shown, d.off):
+                    if d.entry is not None:
+                        self.numbers.forget(shown.st_ino, 1)  # shown just now, never sent
+                    unsent = [(x.entry.nodeid, 1) for x in dirents[i:] if x.entry is not None]
+                    if unsent:  # the handler counted their lookups; the kernel will never forget them
+                        await self._call(O.BATCH_FORGET, 0, None, unsent)
                     return
-                offset = next_offset
+                offset = d.off
 
     async def releasedir(self, fh: int) -> None:
         await self._by_fh(O.RELEASEDIR, fh, DIR, fh, 0, 0, 0)

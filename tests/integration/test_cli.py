@@ -31,7 +31,7 @@ NOBODY = 65534
 
 # --- helpers -------------------------------------------------------------------
 def processes_mentioning(text: str) -> list[int]:
-    """Pids (not zombies) whose command line contains `text`: a daemon keeps its CLI's argv."""
+    """Pids whose command line contains `text` (a daemon keeps its CLI's argv); a zombie's is empty."""
     needle = text.encode()
     pids = []
     for entry in os.listdir("/proc"):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Mounted, fastpass_mount, is_mounted, run_fastpass, server_pid, wait_for
+from test_cli import processes_mentioning
 
 from fastpass import state
 from fastpass.supervisor import WATCHER_NAME
@@ -86,18 +87,7 @@ def server_processes(m: Mounted, workers: int) -> tuple[int, list[int]]:
 
 def survivors(m: Mounted) -> list[int]:
     """Live processes whose command line names this mount (a daemon keeps its CLI's argv)."""
-    needle = os.fsencode(str(m.mnt))
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if needle in f.read() and alive(int(entry)):
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
+    return [pid for pid in processes_mentioning(str(m.mnt)) if alive(pid)]
 
 
 def probe(mnt: Path, timeout: float = ACCESS_TIMEOUT) -> str:
