@@ -21,7 +21,8 @@ statx, setxattr's XATTR_CREATE/XATTR_REPLACE flags, and "." and ".." in
 listings.  pyfuse3 also uses an entry's st_ino as the kernel's nodeid, so a
 stat through this engine shows fastpass's nodeid as the inode number.
 Operations without a request context in pyfuse3 (read, write, flush,
-release, fsync, readdir) reach filters with uid, gid and pid 0.
+release, fsync) reach filters with uid, gid and pid 0; readdir runs as the
+caller that opened the directory.
 """
 
 from __future__ import annotations
@@ -167,12 +168,22 @@ def _decode(opcode: int, raw: object) -> Any:
 
 
 def _bare(d: Dirent) -> pyfuse3.EntryAttributes:
-    """A name without attributes ("." and "..", which the kernel never links, or one gone since
-    getdents): only the backing's number and the type go out."""
+    """A name without attributes: "." or "..", which the kernel never links, or a name the caller
+    may not look up (a directory it can read but not search) or gone since getdents.
+
+    pyfuse3 sends st_ino as both the entry's nodeid and its d_ino, and a nonzero nodeid makes
+    the kernel link the name with these (empty) attributes, which a later stat would be
+    answered from without asking anyone.  So such a name goes out with nodeid 0, the kernel
+    links nothing, and readdir(3) skips it (d_ino 0 marks a deleted entry): this engine lists
+    only the names the caller may look up.
+    """
     e = pyfuse3.EntryAttributes()
-    e.st_ino = d.ino
+    e.st_ino = d.ino if d.name in _DOTS else 0
     e.st_mode = d.type << 12  # DT_* to S_IF*: what libfuse takes the entry's d_type from
     return e
+
+
+_DOTS = (b".", b"..")
 
 
 class Operations(pyfuse3.Operations):
@@ -193,6 +204,9 @@ class Operations(pyfuse3.Operations):
         self.flush_failed: set[str] = set()
         self.aligned = mmap.mmap(-1, MAX_WRITE)
         self.logged: set[tuple[int, type, object]] = set()
+        # Who opened each directory fh: pyfuse3's readdir has no context, and its entries must be
+        # resolved as that caller (a directory they may read but not search shows names only).
+        self.dir_callers: dict[int, tuple[int, int, int]] = {}
 
     # --- the edge: one request in, one reply or one errno out ------------------------
     async def _call(self, opcode: int, shown: int, ctx: pyfuse3.RequestContext | None, *args: object) -> object:
@@ -201,13 +215,14 @@ class Operations(pyfuse3.Operations):
         req = Request(0, opcode, nodeid, ctx.uid, ctx.gid, ctx.pid) if ctx else Request(0, opcode, nodeid, 0, 0, 0)
         return await self._serve(opcode, req, args)
 
-    async def _by_fh(self, opcode: int, fh: int, kind: int, *args: object) -> object:
+    async def _by_fh(self, opcode: int, fh: int, kind: int, *args: object,
+                     caller: tuple[int, int, int] = (0, 0, 0)) -> object:  # fmt: skip
         """Serve a request on an open file or directory: its inode comes from the handle table."""
         try:
             nodeid = self.fs.handles.slot(fh, kind)[0]
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EBADF) from None
-        return await self._serve(opcode, Request(0, opcode, nodeid, 0, 0, 0), args)
+        return await self._serve(opcode, Request(0, opcode, nodeid, *caller), args)
 
     async def flush_filters(self) -> None:
         """The filters' buffers (audit lines) out, on the backing thread where the filters run."""
@@ -376,13 +391,16 @@ class Operations(pyfuse3.Operations):
 
     # --- directories -------------------------------------------------------------------------
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return _decode(O.OPENDIR, await self._call(O.OPENDIR, inode, ctx, os.O_RDONLY, 0)).fh
+        fh = _decode(O.OPENDIR, await self._call(O.OPENDIR, inode, ctx, os.O_RDONLY, 0)).fh
+        self.dir_callers[fh] = (ctx.uid, ctx.gid, ctx.pid)
+        return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """READDIRPLUS in passes; an entry pyfuse3 has no room for gives its lookup back."""
         offset = start_id
         while True:
-            raw = await self._by_fh(O.READDIRPLUS, fh, DIR, fh, offset, _READDIR_BUDGET, 0, 0, 0)
+            raw = await self._by_fh(O.READDIRPLUS, fh, DIR, fh, offset, _READDIR_BUDGET, 0, 0, 0,
+                                    caller=self.dir_callers.get(fh, (0, 0, 0)))  # fmt: skip
             dirents = _decode(O.READDIRPLUS, raw)
             if not dirents:
                 return
@@ -398,6 +416,7 @@ class Operations(pyfuse3.Operations):
                 offset = d.off
 
     async def releasedir(self, fh: int) -> None:
+        self.dir_callers.pop(fh, None)
         await self._by_fh(O.RELEASEDIR, fh, DIR, fh, 0, 0, 0)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -50,6 +50,7 @@ class WorkerStats(msgspec.Struct):
     opens_userspace: int  # opens of regular files served here
     io: str  # how it does its I/O: "uring" or "plain" ("" before it started serving)
     peak_in_flight: int  # the most requests it had in flight at once (the ring path; 0 on plain)
+    ring_calls: int  # backing calls it made on its io_uring (0 on plain)
 
 
 class CacheStats(msgspec.Struct):
@@ -129,6 +130,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
+            block.misc[C.RING_CALLS],
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -233,12 +235,12 @@ def render(stats: Stats) -> object:
     )
     workers = Table(title="workers")
     for col in ("index", "pid", "alive", "requests", "RSS MiB", "nodes from others", "files from others",
-                "opens passthrough", "opens userspace", "io", "peak in flight"):  # fmt: skip
+                "opens passthrough", "opens userspace", "io", "ring calls", "peak in flight"):  # fmt: skip
         workers.add_column(col, justify="right")
     for w in stats.workers:
         workers.add_row(str(w.index), str(w.pid), "yes" if w.alive else "no", f"{w.requests:,}",
                         f"{w.rss_kib / 1024:.1f}", f"{w.nodes_from_others:,}", f"{w.files_from_others:,}",
-                        f"{w.opens_passthrough:,}", f"{w.opens_userspace:,}", w.io, f"{w.peak_in_flight:,}")  # fmt: skip
+                        f"{w.opens_passthrough:,}", f"{w.opens_userspace:,}", w.io, f"{w.ring_calls:,}", f"{w.peak_in_flight:,}")  # fmt: skip
     ops = Table(title="operations (latency in us)")
     for col in ("op", "count", "errors", "mean", "p50", "p90", "p99"):
         ops.add_column(col, justify="left" if col == "op" else "right")

@@ -14,6 +14,7 @@ without attributes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -21,7 +22,9 @@ import time
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import DirHandle
+from fastpass.fs.inodes import O_PATH_FLAGS, Inode
 from fastpass.kernel import encode
+from fastpass.uring.ring import PART, Ring
 
 _DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; d_name follows
 _NAME_AT = _DIRENT64.size
@@ -98,34 +101,110 @@ def readdir(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: i
     return b"".join(out)
 
 
-def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int,
-                flags: int) -> bytes:  # fmt: skip
+def _take_plus(fs: Fs, req: Request, fh: int, offset: int, size: int) -> list[tuple[int, int, int, bytes]]:
+    """The entries (d_ino, d_off, d_type, name) that fit a READDIRPLUS reply of `size`,
+    taken from the handle: they are sent, with or without attributes."""
     h = fs.dir_handle(fh)
     if fs.cache is not None:
         fs.cache.read(req.nodeid)
-    inodes = fs.inodes
-    parent = inodes.get(req.nodeid)
-    out = []
+    taken = []
     used = 0
-    dirent = encode.dirent
-    for ino, off, dtype, name in _entries(fs, req.nodeid, h, offset):
-        need = encode.dirent_size(name, True)
+    for entry in _entries(fs, req.nodeid, h, offset):
+        need = encode.dirent_size(entry[3], True)
         if used + need > size:
             break
-        entry = _NO_ENTRY
-        if name not in _DOTS:
-            try:
-                t0 = _clock()
-                inode, st = inodes.lookup(parent, name)
-                entry = fs.entry(inode, st, t0)
-            except OSError:
-                pass  # gone since getdents: the name without attributes
-        out.append(entry)
-        out.append(dirent(ino, off, dtype, name))
+        taken.append(entry)
         used += need
         h.pending.popleft()
-        h.pos = off
+        h.pos = entry[1]
+    return taken
+
+
+def _plus_reply(taken: list[tuple[int, int, int, bytes]], entries: list[bytes]) -> bytes:
+    out = []
+    dirent = encode.dirent
+    for (ino, off, dtype, name), entry in zip(taken, entries):
+        out.append(entry)
+        out.append(dirent(ino, off, dtype, name))
     return b"".join(out)
+
+
+def _plus_entry(fs: Fs, parent: Inode, ino: int, name: bytes) -> bytes:
+    """The fuse_entry_out of one name, resolved here (a lookup the kernel will forget)."""
+    if name in _DOTS:
+        return _NO_ENTRY
+    try:
+        t0 = _clock()
+        inode, st = fs.inodes.lookup(parent, name, ino)
+        return fs.entry(inode, st, t0)
+    except OSError:
+        return _NO_ENTRY  # gone since getdents: the name without attributes
+
+
+def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flags: int, lock_owner: int,
+                flags: int) -> bytes:  # fmt: skip
+    taken = _take_plus(fs, req, fh, offset, size)
+    parent = fs.inodes.get(req.nodeid)
+    return _plus_reply(taken, [_plus_entry(fs, parent, ino, name) for ino, _off, _type, name in taken])
+
+
+# The ring path (fastpass.fs.table.RING): the entries this worker does not hold yet are opened
+# (O_PATH) as one batch on the worker's io_uring, so a cold backing loads their inodes in
+# parallel; each open's fd is then adopted (fstat, file handle) when the batch is done.  Names
+# the worker holds are resolved by a synchronous stat then: their inodes are in memory.  So
+# are names that are not UTF-8, which the ring binding cannot take.
+
+
+def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
+                       size: int, read_flags: int, lock_owner: int, flags: int) -> tuple:  # fmt: skip
+    taken = _take_plus(fs, req, fh, offset, size)
+    inodes = fs.inodes
+    parent = inodes.get(req.nodeid)
+    pfd = inodes.fd(parent)
+    parts = []  # per taken entry: the number of its call in the batch, or -1 (resolved in done)
+    calls = 0
+    for ino, _off, _type, name in taken:
+        if name in _DOTS or inodes.holds(parent, ino) or not name.isascii() and not _utf8(name):
+            parts.append(-1)
+        else:
+            ring.open_path(pfd, name.decode(), O_PATH_FLAGS, tag + calls * PART)
+            parts.append(calls)
+            calls += 1
+    return taken, parent, parts
+
+
+def _utf8(name: bytes) -> bool:
+    """Whether the ring binding can take `name` (it takes paths as str, encoded as UTF-8)."""
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def readdirplus_done(fs: Fs, req: Request, state: tuple, results: list[int]) -> bytes:
+    """The reply once every open of the batch has completed (results: an fd or -errno each)."""
+    taken, parent, parts = state
+    entries = []
+    adopt = fs.inodes.adopt
+    try:
+        for (ino, _off, _type, name), part in zip(taken, parts):
+            if part < 0:
+                entries.append(_plus_entry(fs, parent, ino, name))
+                continue
+            fd, results[part] = results[part], -1  # adopt owns it now, even if it fails
+            entry = _NO_ENTRY  # an error: gone since getdents
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    t0 = _clock()
+                    inode, st = adopt(fd)
+                    entry = fs.entry(inode, st, t0)
+            entries.append(entry)
+    finally:  # a bug above leaks no fd
+        for fd in results:
+            if fd >= 0:
+                os.close(fd)
+    return _plus_reply(taken, entries)
 
 
 _NO_ENTRY = encode.negative_entry((0, 0))

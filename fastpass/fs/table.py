@@ -75,14 +75,17 @@ HANDLERS: dict[int, Handler | None] = {
     O.INIT: None,  # answered by the supervisor before any worker starts
 }
 
-# The data ops whose backing call may block, as (submit, done) pairs: on the ring path their
-# backing call goes to the worker's io_uring (fastpass.fs.data).  None of them is AS_CALLER,
-# so none needs the caller's credentials while in flight.
-RING: dict[int, tuple[Handler, Handler]] = {
-    O.READ: (data.read_submit, data.read_done),
-    O.WRITE: (data.write_submit, data.write_done),
-    O.FSYNC: (data.fsync_submit, data.fsync_done),
-    O.FALLOCATE: (data.fallocate_submit, data.fallocate_done),
+# The ops whose backing calls may block, as (submit, done, batch): on the ring path their
+# backing calls go to the worker's io_uring (fastpass.fs.data, fastpass.fs.dirs).  `submit`
+# prepares the calls; `done` makes the reply from what they returned: the one call's result
+# (a negative one is the errno reply, made by the worker), or for a batch the list of every
+# call's result, in order, errors included (a batch of no calls is answered at once).
+RING: dict[int, tuple[Handler, Handler, bool]] = {
+    O.READ: (data.read_submit, data.read_done, False),
+    O.WRITE: (data.write_submit, data.write_done, False),
+    O.FSYNC: (data.fsync_submit, data.fsync_done, False),
+    O.FALLOCATE: (data.fallocate_submit, data.fallocate_done, False),
+    O.READDIRPLUS: (dirs.readdirplus_submit, dirs.readdirplus_done, True),
 }
 
 AS_CALLER = frozenset({
@@ -100,12 +103,13 @@ class Route(NamedTuple):
     as_caller: bool
     submit: Handler | None  # the ring path's halves (RING), None for the ops always served inline
     done: Handler | None
+    batch: bool
 
 
 def build() -> list[Route | None]:
     """Dispatch list indexed by opcode; None where the opcode is unknown."""
     routes: list[Route | None] = [None] * (max(SPECS) + 1)
     for op, spec in SPECS.items():
-        submit, done = RING.get(op, (None, None))
-        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done)
+        submit, done, batch = RING.get(op, (None, None, False))
+        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done, batch)
     return routes

@@ -27,6 +27,7 @@ CACHE_HITS, CACHE_MISSES, CACHE_EVICTIONS = 6, 7, 8  # the shared attribute cach
 INVALIDATIONS = 9  # notifications the watcher sent the kernel (the watcher's block only)
 IO_PATH = 10  # how the worker does its I/O: one of IO_NAMES' indices (0 before it says)
 PEAK_IN_FLIGHT = 11  # the most requests the worker has had in flight at once (ring path)
+RING_CALLS = 12  # backing calls the worker made on its io_uring
 IO_NAMES = ("", "plain", "uring")
 MISC = 16
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker

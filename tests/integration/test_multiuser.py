@@ -285,6 +285,32 @@ def test_access_checks_the_caller(shared):
     assert probe(shared.mnt / "secret") == (True, True, False)  # root: no x bit, no X_OK
 
 
+def test_listing_without_search_permission_shows_names_only(shared):
+    """A directory the user may read but not search (r--): its names are listed, each stat is
+    EACCES, as on the backing: the entries were resolved as the caller (on the ring by default)."""
+    d = shared.backing / "nosearch"
+    d.mkdir()
+    for i in range(40):
+        (d / f"f{i}").write_text("x")
+    d.chmod(0o744)
+
+    def ls_l(p: Path) -> list[tuple[str, int]]:
+        out = []
+        for name in sorted(os.listdir(p)):
+            try:
+                os.lstat(p / name)
+                out.append((name, 0))
+            except OSError as e:
+                out.append((name, e.errno))
+        return out
+
+    want = [(f"f{i}", errno.EACCES) for i in sorted(range(40), key=lambda i: f"f{i}")]
+    assert as_user(ls_l, d) == want  # the backing itself, as the user
+    # pyfuse3 cannot send a name without linking it: such names are left out (its documented limit)
+    assert as_user(ls_l, shared.mnt / "nosearch") == (want if shared.engine == "native" else [])
+    assert ls_l(shared.mnt / "nosearch") == [(name, 0) for name, _ in want]  # root may
+
+
 def test_root_after_user_is_root_again(shared):
     """The worker restores its own credentials after serving another user."""
     as_user(_create, shared.mnt / "pub" / "u", b"")

@@ -8,6 +8,7 @@ import hashlib
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,66 @@ def test_io_depth_checked(tmp_path: Path, depth: str) -> None:
     (tmp_path / "mnt").mkdir()
     refuse_mount(tmp_path, tmp_path / "backing", tmp_path / "mnt", "--io-depth", options=("--io-depth", depth))
     assert_nothing_left(tmp_path)
+
+
+def _listing(d: Path) -> dict[bytes, tuple]:
+    """Name -> the attributes a listing shows, as `ls -l` takes them (readdir, then lstat)."""
+    with os.scandir(os.fsencode(d)) as it:
+        return {e.name: _attrs(e.stat(follow_symlinks=False)) for e in it}
+
+
+def _attrs(st: os.stat_result) -> tuple:
+    return st.st_ino, st.st_mode, st.st_nlink, st.st_uid, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def test_readdirplus_opens_new_entries_as_one_batch_on_the_ring(tmp_path: Path) -> None:
+    """A listing of 600 entries the worker has never seen: each is opened on the ring (one call
+    per UTF-8 name; a name the binding cannot take is resolved inline), with the backing's
+    attributes.  Listed again, the entries the worker now holds make no ring call at all."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off") as m:
+        d = m.backing / "d"
+        d.mkdir()
+        for i in range(590):
+            (d / f"file{i:03d}").write_bytes(b"x" * i)
+        for i in range(5):
+            (d / f"sub{i}").mkdir()
+        os.symlink("file001", d / "link")
+        os.mkfifo(d / "fifo")
+        open(os.path.join(os.fsencode(d), b"caf\xe9"), "wb").close()  # not UTF-8
+        (d / "caf\u00e9 \u2603").write_bytes(b"snow")  # UTF-8, not ASCII
+        names = set(os.listdir(os.fsencode(d)))
+        assert len(names) == 599
+
+        before = stats(m.mnt)
+        assert _listing(m.mnt / "d") == {n: _attrs(os.lstat(os.path.join(os.fsencode(d), n))) for n in names}
+        after = stats(m.mnt)
+        (w0,), (w1,) = before["workers"], after["workers"]
+        assert op_count(after, "READDIRPLUS") > op_count(before, "READDIRPLUS")
+        assert w1["ring_calls"] - w0["ring_calls"] == len(names) - 1  # all but b"caf\xe9"
+
+        assert _listing(m.mnt / "d") == {n: _attrs(os.lstat(os.path.join(os.fsencode(d), n))) for n in names}
+        again = stats(m.mnt)
+        assert op_count(again, "READDIRPLUS") > op_count(after, "READDIRPLUS")
+        assert again["workers"][0]["ring_calls"] == w1["ring_calls"]
+
+
+def test_a_ring_worker_sleeps_when_idle(tmp_path: Path) -> None:
+    """After a burst that had calls on the ring, an idle worker blocks (it neither polls the
+    device nor spins): under 5 clock ticks of CPU in a second."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off") as m:
+        (m.backing / "f").write_bytes(os.urandom(MiB))
+        threads = [threading.Thread(target=lambda: (m.mnt / "f").read_bytes()) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (w,) = stats(m.mnt)["workers"]
+        assert w["ring_calls"] > 0
+
+        def cpu_ticks() -> int:
+            fields = Path(f"/proc/{w['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime, stime
+
+        start = cpu_ticks()
+        time.sleep(1)
+        assert cpu_ticks() - start < 5

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import select
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,35 @@ def test_errors_are_negative_errno_not_raised(ring: Ring, tmp_path: Path) -> Non
         assert wait_for(ring, {1, 2}) == {1: -errno.EISDIR, 2: -errno.EBADF}
     finally:
         os.close(fd)
+
+
+def test_poll_completes_when_there_is_something_to_read(ring: Ring) -> None:
+    r, w = os.pipe()
+    try:
+        ring.poll_in(r, tag=5)
+        ring.fsync(w, False, tag=6)  # a pipe has nothing to sync: EINVAL, and the poll still waits
+        assert ring.wait() == [(6, -errno.EINVAL)]
+        os.write(w, b"x")
+        assert wait_for(ring, {5})[5] & select.POLLIN
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_open_path_gives_an_fd_or_a_negative_errno(ring: Ring, tmp_path: Path) -> None:
+    (tmp_path / "caf\u00e9").write_text("x")
+    dfd = os.open(tmp_path, os.O_PATH)
+    try:
+        before = ring.prepared
+        ring.open_path(dfd, "caf\u00e9", os.O_PATH | os.O_NOFOLLOW, tag=1)
+        ring.open_path(dfd, "missing", os.O_PATH, tag=2)
+        assert ring.prepared == before + 2  # what a request's submit tells its calls by
+        got = wait_for(ring, {1, 2})
+        assert got[2] == -errno.ENOENT
+        assert os.path.samestat(os.fstat(got[1]), os.stat(tmp_path / "caf\u00e9"))
+        os.close(got[1])
+    finally:
+        os.close(dfd)
 
 
 def test_a_full_submission_queue_is_flushed_not_refused(tmp_path: Path) -> None:
