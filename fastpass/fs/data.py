@@ -228,19 +228,49 @@ def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out
 # prepares the call (`area`: the request's page-aligned buffer, free for a READ's data once
 # the request is decoded) and returns what its `*_done(fs, req, state, result)` needs to turn
 # a successful result into the reply; the plain handlers above are the same `*_done` around a
-# synchronous syscall.  A negative result is the errno reply, made by the worker.
+# synchronous syscall.  A negative result is the errno reply, made by the worker.  A submit
+# that can answer without waiting makes no call and returns the reply itself.
+#
+# Buffered reads and writes stay off the ring where they would not wait, measured on ext4
+# (Linux 6.18, one at a time from Python): a 4 KiB read the page cache holds is 0.52 us as a
+# preadv2(RWF_NOWAIT) and 1.5 us on the ring; a buffered write is 0.75 us inline (70 us for
+# 1 MiB) and 49.7 us on the ring (165 us), which hands every buffered write to an io-wq
+# thread because ext4 takes none without waiting.  So a buffered READ first takes what the
+# page cache has, and the ring reads the rest; a buffered WRITE is a pwrite; O_DIRECT reads
+# and writes (the app's open flags, which the backing open carries) always go to the ring.
 
 
 def read_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
-                read_flags: int, lock_owner: int, flags: int) -> memoryview:  # fmt: skip
+                read_flags: int, lock_owner: int, flags: int) -> object:  # fmt: skip
     view = area[:size]
-    ring.readv(fs.file_fd(fh), view, offset, tag)
-    return view
+    fd = fs.file_fd(fh)
+    cached = 0
+    if not flags & os.O_DIRECT:
+        try:
+            cached = _preadv(fd, [view], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            pass  # none of it is cached
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:  # a backing that cannot read without waiting: the ring
+                raise
+        else:
+            if cached in (0, size):  # 0: at end of file (a NOWAIT read of uncached data is EAGAIN)
+                return read_done(fs, req, view, cached)
+    ring.readv(fd, view[cached:], offset + cached, tag)
+    return view, cached
+
+
+def read_rest_done(fs: Fs, req: Request, state: tuple[memoryview, int], n: int) -> memoryview:
+    """The reply to a READ whose first `cached` bytes came from the page cache, the rest (n) from the ring."""
+    view, cached = state
+    return read_done(fs, req, view, cached + n)
 
 
 def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
-                 write_flags: int, lock_owner: int, flags: int, data: memoryview) -> tuple[int, int]:  # fmt: skip
+                 write_flags: int, lock_owner: int, flags: int, data: memoryview) -> object:  # fmt: skip
     fd = fs.file_fd(fh)
+    if not flags & os.O_DIRECT:
+        return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
     ring.writev(fd, data, offset, tag)
     return fd, write_flags
 

@@ -156,7 +156,7 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
 
 
 def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
-                       size: int, read_flags: int, lock_owner: int, flags: int) -> tuple:  # fmt: skip
+                       size: int, read_flags: int, lock_owner: int, flags: int) -> object:  # fmt: skip
     taken = _take_plus(fs, req, fh, offset, size)
     inodes = fs.inodes
     parent = inodes.get(req.nodeid)
@@ -170,6 +170,8 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
             ring.open_path(pfd, name.decode(), O_PATH_FLAGS, tag + calls * PART)
             parts.append(calls)
             calls += 1
+    if not calls:
+        return readdirplus_done(fs, req, (taken, parent, parts), [])
     return taken, parent, parts
 
 

@@ -79,9 +79,10 @@ HANDLERS: dict[int, Handler | None] = {
 # backing calls go to the worker's io_uring (fastpass.fs.data, fastpass.fs.dirs).  `submit`
 # prepares the calls; `done` makes the reply from what they returned: the one call's result
 # (a negative one is the errno reply, made by the worker), or for a batch the list of every
-# call's result, in order, errors included (a batch of no calls is answered at once).
+# call's result, in order, errors included.  A submit that needs no call (the page cache had
+# the data, the entries were all known) returns the reply itself and the worker answers at once.
 RING: dict[int, tuple[Handler, Handler, bool]] = {
-    O.READ: (data.read_submit, data.read_done, False),
+    O.READ: (data.read_submit, data.read_rest_done, False),
     O.WRITE: (data.write_submit, data.write_done, False),
     O.FSYNC: (data.fsync_submit, data.fsync_done, False),
     O.FALLOCATE: (data.fallocate_submit, data.fallocate_done, False),

@@ -152,7 +152,17 @@ def test_a_ring_worker_sleeps_when_idle(tmp_path: Path) -> None:
     device nor spins): under 5 clock ticks of CPU in a second."""
     with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off") as m:
         (m.backing / "f").write_bytes(os.urandom(MiB))
-        threads = [threading.Thread(target=lambda: (m.mnt / "f").read_bytes()) for _ in range(4)]
+
+        def read_direct() -> None:
+            buf = mmap.mmap(-1, 64 * 1024)
+            fd = os.open(m.mnt / "f", os.O_RDONLY | os.O_DIRECT)
+            try:
+                while os.readv(fd, [buf]):
+                    pass
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=read_direct) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
@@ -167,3 +177,36 @@ def test_a_ring_worker_sleeps_when_idle(tmp_path: Path) -> None:
         start = cpu_ticks()
         time.sleep(1)
         assert cpu_ticks() - start < 5
+
+
+def test_buffered_reads_take_the_page_cache_inline_and_the_rest_on_the_ring(tmp_path: Path) -> None:
+    """A buffered READ is answered from the backing's page cache without the ring where it can
+    be, and from the ring for what is not cached: a file whose first half alone is cached reads
+    back whole and right (a READ across the edge takes both ways), with ring calls for the
+    second half and none for a cached reread."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off") as m:
+        data = os.urandom(4 * MiB)
+        (m.backing / "f").write_bytes(data)
+        fd = os.open(m.backing / "f", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # nothing cached
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead past what is read
+            half = 2 * MiB + 8192  # not a READ's size: one READ finds its first 8 KiB cached, not the rest
+            assert os.pread(fd, half, 0) == data[:half]
+        finally:
+            os.close(fd)
+        (w0,) = stats(m.mnt)["workers"]
+        assert (m.mnt / "f").read_bytes() == data
+        (w1,) = stats(m.mnt)["workers"]
+        assert w1["ring_calls"] > w0["ring_calls"]
+        # Now all of it is in the backing's page cache: a reread (past the mount's own cache) is inline.
+        fd = os.open(m.mnt / "f", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the mount's pages, not the backing's
+            assert os.pread(fd, 4 * MiB, 0) == data
+        finally:
+            os.close(fd)
+        (w2,) = stats(m.mnt)["workers"]
+        assert w2["ring_calls"] == w1["ring_calls"]
+        assert op_count(stats(m.mnt), "READ") > 0
