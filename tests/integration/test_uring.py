@@ -1,12 +1,16 @@
 """The io_uring path as a mount sees it: which path each worker uses, the fallback where the
-kernel refuses io_uring, many requests in flight in one worker, and the options' checks."""
+kernel refuses io_uring, many requests in flight in one worker, what goes to the ring and
+what does not (READDIRPLUS's batch, buffered reads), an idle worker asleep, an abort with
+calls out, and the options' checks."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fastpass_mount
+from tests.conftest import fastpass_mount, is_mounted, wait_for
 from tests.integration.test_cli import assert_nothing_left, refuse_mount
 from tests.integration.test_passthrough import op_count, stats
 
@@ -210,3 +214,54 @@ def test_buffered_reads_take_the_page_cache_inline_and_the_rest_on_the_ring(tmp_
         (w2,) = stats(m.mnt)["workers"]
         assert w2["ring_calls"] == w1["ring_calls"]
         assert op_count(stats(m.mnt), "READ") > 0
+
+
+@contextlib.contextmanager
+def fusectl() -> Iterator[Path]:
+    """/sys/fs/fuse/connections, mounted for the test if it was not (and unmounted after)."""
+    where = Path("/sys/fs/fuse/connections")
+    mounted = is_mounted(where)
+    if not mounted:
+        subprocess.run(["mount", "-t", "fusectl", "none", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        if not mounted:
+            subprocess.run(["umount", str(where)], check=True)
+
+
+def test_an_abort_with_calls_on_the_ring_ends_everything_cleanly(tmp_path: Path) -> None:
+    """The connection aborted (fusectl) while eight O_DIRECT readers keep the ring busy: every
+    reader gets an error instead of hanging, and the server stops and unmounts without a
+    traceback."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off") as m:
+        (m.backing / "f").write_bytes(os.urandom(16 * MiB))
+        errors: list[int] = []
+        reads = [0] * 8
+
+        def reader(job: int) -> None:
+            buf = mmap.mmap(-1, 4096)
+            fd = os.open(m.mnt / "f", os.O_RDONLY | os.O_DIRECT)
+            try:
+                while True:
+                    os.preadv(fd, [buf], ((reads[job] * 7919 + job * 104729) % 4096) * 4096)
+                    reads[job] += 1
+            except OSError as e:
+                errors.append(e.errno)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+        threads = [threading.Thread(target=reader, args=(j,), daemon=True) for j in range(8)]
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: min(reads) >= 20, 10), reads
+        with fusectl() as connections:
+            (connections / str(os.minor(os.stat(m.mnt).st_dev)) / "abort").write_text("1")
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads), "a reader hung after the abort"
+        assert sorted(set(errors)) <= [errno.ECONNABORTED, errno.ENOTCONN] and len(errors) == 8, errors
+        assert wait_for(lambda: not is_mounted(m.mnt), 10)
+        assert m.pid is not None and wait_for(lambda: not Path(f"/proc/{m.pid}").exists(), 10)
+        assert m.log is not None and "Traceback" not in m.log.read_text()
