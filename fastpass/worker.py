@@ -13,10 +13,12 @@ Two loops share one dispatch step (`_dispatcher`):
 - plain: one blocking read of the device, the handler, one write, in turn;
   the request lands in a buffer laid out so a WRITE's payload is page
   aligned (`fastpass.uring.buffers`).
-- ring: a pool of `io_depth` request buffers (slots).  READ, WRITE, FSYNC
-  and FALLOCATE submit their backing call to the worker's io_uring (their
-  slot stays busy until its CQE: a WRITE's payload and a READ's data live in
-  the slot's buffer); the rest run their handler inline and answer at once.
+- ring: a pool of `io_depth` request buffers (slots).  The operations in
+  `fastpass.fs.table.RING` submit the backing calls that may wait (reads the
+  page cache cannot answer, O_DIRECT I/O, fsync, fallocate, READDIRPLUS's new
+  entries) to the worker's io_uring, and their slot stays busy until the last
+  CQE (a WRITE's payload and a READ's data live in the slot's buffer); the
+  rest run their handler inline and answer at once.
   While no backing call is out, the worker waits for the next request in a
   blocking read of the device, exactly as the plain loop does.  While some
   are out, the device fd is O_NONBLOCK: the worker reads every request
