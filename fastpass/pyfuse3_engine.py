@@ -94,25 +94,35 @@ class Numbers:
     nodeid would make every stat and listing show numbers that are not the
     backing's, so the engine shows the backing's st_ino and translates it back,
     keeping the kernel's lookup count per number so a translation goes when the
-    kernel forgets it.  The backing root is always number 1 (FUSE's root).  Two
-    backing inodes with one number (a filesystem mounted inside the backing
-    tree, or a number reused while the kernel still holds the old inode) share
-    a translation: the later one wins.  Changed on the loop thread only; the
-    watcher thread reads `shown_as` (single dict reads, atomic under the GIL).
+    kernel forgets it.  The backing root is always number 1 (FUSE's root).  A
+    number the kernel already holds for another inode (a filesystem mounted
+    inside the backing tree numbers its own inodes from 1 again; a number reused
+    while the kernel still holds the old inode), and number 1 itself, are shown
+    as a spare number instead: one nodeid per inode, whatever the numbers.
+    Changed on the loop thread only; the watcher thread reads `shown_as` (single
+    dict reads, atomic under the GIL).
     """
+
+    SPARE = 1 << 62  # above any inode number a local filesystem hands out
 
     def __init__(self) -> None:
         self._nodeid: dict[int, int] = {pyfuse3.ROOT_INODE: ROOT_ID}
         self._shown: dict[int, int] = {ROOT_ID: pyfuse3.ROOT_INODE}
         self._count: dict[int, int] = {}
+        self._spare = self.SPARE
 
     def show(self, nodeid: int, ino: int) -> int:
         """The number for a nodeid the kernel now holds one more lookup of."""
-        if nodeid == ROOT_ID:
-            return pyfuse3.ROOT_INODE
-        shown = ino if ino != pyfuse3.ROOT_INODE else nodeid
-        self._nodeid[shown] = nodeid
-        self._shown[nodeid] = shown
+        shown = self._shown.get(nodeid)
+        if shown is None:
+            shown = ino
+            if self._nodeid.get(shown, nodeid) != nodeid:  # held for another inode (1: the root)
+                self._spare += 1
+                shown = self._spare
+            self._nodeid[shown] = nodeid
+            self._shown[nodeid] = shown
+        elif nodeid == ROOT_ID:
+            return shown
         self._count[shown] = self._count.get(shown, 0) + 1
         return shown
 

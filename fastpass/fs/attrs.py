@@ -103,7 +103,7 @@ def statx(fs: Fs, req: Request, getattr_flags: int, fh: int, sx_flags: int, sx_m
     buf = fs.stx_buf
     _linux.statx(fd if fd >= 0 else fs.inode_fd(req.nodeid), sx_flags | _linux.AT_SYMLINK_NOFOLLOW,
                  sx_mask | _linux.STATX_BASIC_STATS, buf)  # fmt: skip
-    sec, nsec = fs.attr_valid
+    sec, nsec = fs.attr_valid_for(os.makedev(*abi.STATX_DEV.unpack_from(buf)))
     return abi.STATX_OUT_HEAD.pack(sec, nsec, 0) + buf.raw
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from fastpass import _linux
-from fastpass.config import MountConfig, split_time
+from fastpass.config import DEFAULT_REVALIDATE, MountConfig, split_time
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable, fd_budget
@@ -113,6 +113,14 @@ class Fs:
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
+        # A filesystem mounted inside the backing raises no events on the watched one: where the
+        # watcher is what keeps long timeouts true, its inodes get the revalidation period as
+        # timeouts and stay out of the shared cache ("away"); elsewhere they are served alike.
+        self.home_dev = os.fstat(root_fd).st_dev
+        watched = config.cache == "auto" and not config.revalidate
+        self.away_cache = None if watched else self.cache
+        self.away_entry_valid = split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)) if watched else self.entry_valid
+        self.away_attr_valid = split_time(min(config.attr_timeout, DEFAULT_REVALIDATE)) if watched else self.attr_valid
         # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
         # set by the filter stack when a filter hooks READ or WRITE.
         self.filter_data: Callable[[Request, int, int], bool] | None = None
@@ -155,9 +163,13 @@ class Fs:
     def entry(self, inode: Inode, st: os.stat_result, t0: int) -> bytes:
         """fuse_entry_out for a backing stat begun at monotonic time `t0`, kept in the cache."""
         attr = encode.attr(st)
-        if self.cache is not None:
-            self.cache.put(inode.nodeid, t0, attr)
-        return encode.entry_out(inode.nodeid, inode.generation, self.entry_valid, self.attr_valid, attr)
+        if st.st_dev == self.home_dev:
+            cache, entry_valid, attr_valid = self.cache, self.entry_valid, self.attr_valid
+        else:
+            cache, entry_valid, attr_valid = self.away_cache, self.away_entry_valid, self.away_attr_valid
+        if cache is not None:
+            cache.put(inode.nodeid, t0, attr)
+        return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)
 
     def lookup_entry(self, parent_nodeid: int, name: bytes) -> bytes:
         inodes = self.inodes
@@ -168,9 +180,17 @@ class Fs:
     def attr(self, nodeid: int, st: os.stat_result, t0: int) -> bytes:
         """fuse_attr_out for a backing stat begun at `t0`, kept in the cache."""
         attr = encode.attr(st)
-        if self.cache is not None:
-            self.cache.put(nodeid, t0, attr)
-        return encode.attr_out(self.attr_valid, attr)
+        if st.st_dev == self.home_dev:
+            cache, attr_valid = self.cache, self.attr_valid
+        else:
+            cache, attr_valid = self.away_cache, self.away_attr_valid
+        if cache is not None:
+            cache.put(nodeid, t0, attr)
+        return encode.attr_out(attr_valid, attr)
+
+    def attr_valid_for(self, dev: int) -> tuple[int, int]:
+        """How long the kernel may trust the attributes of an inode on device `dev`."""
+        return self.attr_valid if dev == self.home_dev else self.away_attr_valid
 
     def cached_attr(self, nodeid: int) -> bytes | None:
         """fuse_attr_out from the shared cache, or None: ask the backing.  An inode with a
@@ -185,7 +205,10 @@ class Fs:
         """After a change made through `fd`: the cache takes the backing's attributes from now."""
         if self.cache is not None:
             t0 = _clock()
-            self.cache.put(nodeid, t0, encode.attr(os.fstat(fd)))
+            st = os.fstat(fd)
+            cache = self.cache if st.st_dev == self.home_dev else self.away_cache
+            if cache is not None:
+                cache.put(nodeid, t0, encode.attr(st))
 
     def changed(self, *nodeids: int) -> None:
         """These inodes changed as a side effect (a parent's mtime, a victim's link count)."""

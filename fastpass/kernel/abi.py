@@ -183,6 +183,7 @@ SYNCFS_IN = struct.Struct("<8x")  # (padding)
 STATX_IN = struct.Struct("<I4xQII")
 STATX_OUT_HEAD = struct.Struct("<QII16x")  # attr_valid, attr_valid_nsec, flags, spare
 STATX_SIZE = 256  # struct fuse_statx: bit-compatible with struct statx
+STATX_DEV = struct.Struct("<136xII")  # fuse_statx up to dev_major, dev_minor: the device the inode is on
 
 # --- directories ---------------------------------------------------------
 DIRENT = struct.Struct("<QQII")  # ino, off, namelen, type; name follows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,6 +189,35 @@ def test_deep_tree_made_behind_its_back(watched: Mounted) -> None:
     with open(deep / "f", "ab") as f:
         f.write(b"2")
     assert shows(lambda: (watched.mnt / "a" / "b" / "c" / "f").read_bytes() == b"12")
+
+
+def test_a_filesystem_mounted_inside_the_backing_is_revalidated(watched: Mounted) -> None:
+    """A tmpfs mounted inside the backing raises no events on the watched filesystem: its inodes
+    get the revalidation period, so its outside changes show within it (1 s), not 60 s; and
+    the watched filesystem's own inodes keep their long timeouts."""
+    nested = watched.backing / "nested"
+    nested.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(nested)], check=True)
+    try:
+        (nested / "f").write_bytes(b"one")
+        (watched.backing / "home").write_bytes(b"one")
+        assert (watched.mnt / "nested" / "f").read_bytes() == b"one"
+        assert os.stat(watched.mnt / "nested" / "f").st_dev == os.stat(watched.mnt).st_dev  # one mount
+        (nested / "f").write_bytes(b"three")
+        (nested / "g").write_bytes(b"new")
+        os.chmod(nested / "f", 0o600)
+        assert wait_for(lambda: (watched.mnt / "nested" / "f").stat().st_size == 5, 2.5, interval=0.05)
+        assert stat.S_IMODE((watched.mnt / "nested" / "f").stat().st_mode) == 0o600
+        assert (watched.mnt / "nested" / "f").read_bytes() == b"three"
+        assert wait_for(lambda: (watched.mnt / "nested" / "g").exists(), 2.5, interval=0.05)
+        assert sorted(os.listdir(watched.mnt / "nested")) == ["f", "g"]
+        fd = os.open(watched.mnt / "nested" / "f", os.O_RDONLY)  # statx, as `stat` asks
+        try:
+            assert os.stat(fd).st_size == 5
+        finally:
+            os.close(fd)
+    finally:
+        subprocess.run(["umount", "-l", str(nested)], check=True)
 
 
 def test_many_changes_all_show(watched: Mounted) -> None:
