@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fastpass_mount, is_mounted, wait_for
+from tests.conftest import fastpass_mount, is_mounted, run_fastpass, wait_for
 from tests.integration.test_cli import assert_nothing_left, refuse_mount
 from tests.integration.test_passthrough import op_count, stats
 
@@ -44,6 +44,9 @@ def test_workers_report_the_ring(tmp_path: Path) -> None:
         (m.mnt / "f").write_bytes(b"x" * 100_000)
         assert (m.mnt / "f").read_bytes() == b"x" * 100_000
         assert [w["io"] for w in stats(m.mnt)["workers"]] == ["uring", "uring"]
+        text = run_fastpass("stats", str(m.mnt), env={**os.environ, "COLUMNS": "80"}).stdout
+        assert "…" not in text and max(map(len, text.splitlines())) <= 80, text  # every figure whole
+        assert text.count(" uring ") == 2 and "peak" in text
 
 
 def test_plain_on_request(tmp_path: Path) -> None:
