@@ -192,7 +192,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _io_options(args: argparse.Namespace) -> list[str]:
-    """The I/O path options bench and tune pass to their mounts (the server's default where not given)."""
+    """The I/O path options bench passes to its mounts (the server's default where not given)."""
     return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("io", "io_depth")
             if getattr(args, name) is not None]  # fmt: skip
 
@@ -218,13 +218,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     counts = list(range(1, max_workers + 1))
     try:
         tune.check(args.backing, names, counts, args.repeat, args.engine)
-        with progress.bar(len(counts) * len(names) * args.repeat * 2) as step:
-            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
-                              _io_options(args), args.engine)  # fmt: skip
+        ios = ["uring", "plain"] if args.io == "both" else [args.io or ""]
+        depth = [f"--io-depth={args.io_depth}"] if args.io_depth is not None else []
+        with progress.bar(len(ios) * len(counts) * len(names) * args.repeat * 2) as step:
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step, depth,
+                              args.engine, ios)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
-    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}, the fewest within "
+    on = f" on --io {record.io}" if len(ios) > 1 else ""
+    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest within "
           f"{tune.TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
     if args.plot:
         tune.plot(record, args.plot)
@@ -351,7 +354,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
-    t.add_argument("--io", choices=IO_PATHS, help="passed to every fastpass mount")
+    t.add_argument("--io", choices=(*IO_PATHS, "both"),
+                   help="passed to every fastpass mount; both: every count on each path, and the better one chosen")  # fmt: skip
     t.add_argument("--io-depth", type=int, metavar="N", help="passed to every fastpass mount")
     t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")

@@ -16,7 +16,9 @@ that doubles another gains.  The best count thus scores at most 1.0.
 
 The recommendation is the smallest count scoring within 5% of the best:
 short runs vary by a few percent between mounts, and within that noise fewer
-workers cost less.
+workers cost less.  With `--io both` every count is measured on each I/O path
+(the io_uring one and plain syscalls), the scores span both, and the
+recommendation names the path too: the better-scoring one at that count.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from fastpass import __version__
 from fastpass.bench import runner
 from fastpass.bench.report import num
 
-SCHEMA = 1
+SCHEMA = 2  # 2: `ios`, and values per (I/O path, count)
 
 # Two that keep several requests in flight, so extra workers have something to do, and readdir,
 # one request at a time, to show what they cost.  Not buffered randread: it mostly measures what the
@@ -51,7 +53,7 @@ class TuneWorkload(msgspec.Struct):
     name: str
     description: str
     unit: str
-    fastpass: list[float]  # median at each count, in TuneRecord.counts order
+    fastpass: list[float]  # median at each (I/O path, count), in TuneRecord.configs() order
     bind: float  # median over every count's bind runs: the bind mount has no workers
     ok: bool  # integrity verified at every count
 
@@ -61,15 +63,21 @@ class TuneRecord(msgspec.Struct):
     fastpass_version: str
     machine: runner.Machine
     counts: list[int]
+    ios: list[str]  # the I/O paths tried ("": the server's default)
     size_mb: int
     seconds: float
     repeat: int
     workloads: list[TuneWorkload]
-    scores: list[float]  # per count: geometric mean of `normalised` over the workloads
+    scores: list[float]  # per (I/O path, count): geometric mean of `normalised` over the workloads
     workers: int  # the recommendation
+    io: str  # and its I/O path ("": the server's default)
     command: str  # the mount command that uses it
     started: float
     elapsed: float
+
+    def configs(self) -> list[tuple[str, int]]:
+        """(I/O path, worker count) of each measured value: every count on each path in turn."""
+        return [(io, n) for io in self.ios for n in self.counts]
 
 
 def default_counts() -> list[int]:
@@ -96,9 +104,11 @@ def scores(workloads: Sequence[TuneWorkload]) -> list[float]:
     return [statistics.geometric_mean(column) for column in zip(*(normalised(w) for w in workloads))]
 
 
-def recommend(counts: Sequence[int], per_count: Sequence[float]) -> int:
-    """The smallest count whose score is within TOLERANCE of the best."""
-    return min(c for c, s in zip(counts, per_count) if s >= (1 - TOLERANCE) * max(per_count))
+def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float]) -> tuple[str, int]:
+    """The smallest count with a score within TOLERANCE of the best, on its best-scoring path."""
+    good = [(n, -s, io) for (io, n), s in zip(configs, per_config) if s >= (1 - TOLERANCE) * max(per_config)]
+    n, _, io = min(good)
+    return io, n
 
 
 def run(
@@ -111,49 +121,61 @@ def run(
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
     options: Sequence[str] = (),
     engine: str = "native",
+    ios: Sequence[str] = ("",),
 ) -> TuneRecord:
-    """Bench `names` at each worker count (default `default_counts()`) and recommend one.
+    """Bench `names` at each worker count (default `default_counts()`) on each I/O path in `ios`
+    ("": the server's default) and recommend a count and path.
 
-    Each count gets its own `runner.run`: a fresh mount and freshly prepared
-    inputs, so no count inherits another's caches.  `progress` is told what
-    starts next and how many measured runs are done over all counts.  `options` go to
-    every mount (and into the recommended command), e.g. `--io=plain`.
+    Each (path, count) gets its own `runner.run`: a fresh mount and freshly prepared
+    inputs, so none inherits another's caches.  `progress` is told what starts next
+    and how many measured runs are done in all.  `options` go to every mount (and
+    into the recommended command), e.g. `--io-depth=16`.
     """
     counts = sorted(set(default_counts() if counts is None else counts))
     check(backing, names, counts, repeat, engine)
     started = time.time()
     runs: list[runner.BenchRecord] = []
-    for n in counts:
+    configs = [(io, n) for io in ios for n in counts]
+    for io, n in configs:
         done = len(runs) * len(names) * repeat * 2
+        label = f"{n} workers{f', --io {io}' if io else ''}"
 
-        def step(what: str, runs_done: int, n: int = n, done: int = done) -> None:
-            progress(f"{n} workers: {what}", done + runs_done)
+        def step(what: str, runs_done: int, label: str = label, done: int = done) -> None:
+            progress(f"{label}: {what}", done + runs_done)
 
+        path = [f"--io={io}"] if io else []
         runs.append(runner.run(backing, list(names), repeat, size_mb, seconds,
-                               [f"--workers={n}", f"--engine={engine}", *options], progress=step))  # fmt: skip
+                               [f"--workers={n}", f"--engine={engine}", *path, *options], progress=step))  # fmt: skip
     workloads = []
-    for results in zip(*(r.results for r in runs)):  # one workload at every count
+    for results in zip(*(r.results for r in runs)):  # one workload at every (path, count)
         workloads.append(TuneWorkload(
             results[0].name, results[0].description, results[0].unit, [r.of(runner.FASTPASS).median for r in results],
             statistics.median(m.value for r in results for m in r.of(runner.BIND).runs), all(r.ok for r in results),
         ))  # fmt: skip
-    per_count = scores(workloads)
-    workers = recommend(counts, per_count)
+    per_config = scores(workloads)
+    io, workers = recommend(configs, per_config)
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
-    extra = "".join(f"{o} " for o in options)
-    return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, size_mb, seconds, repeat, workloads,
-                      per_count, workers, f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT",
+    extra = "".join(f"{o} " for o in ([f"--io {io}"] if io else []) + list(options))
+    return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, list(ios), size_mb, seconds, repeat,
+                      workloads, per_config, workers, io,
+                      f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT",
                       started, time.time() - started)  # fmt: skip
 
 
+def _label(io: str, n: int, several: bool) -> str:
+    return f"{n} {io}" if several else str(n)
+
+
 def table(record: TuneRecord) -> None:
-    """Median throughput per workload and count (each row's best in bold), then the scores."""
+    """Median throughput per workload and (path, count) (each row's best in bold), then the scores."""
     t = Table(title=f"fastpass by number of workers, median of {record.repeat} round(s)",
               caption="score: geometric mean over the workloads of value / the workload's best")  # fmt: skip
     t.add_column("workload", no_wrap=True)
     t.add_column("unit")
-    for n in record.counts:
-        t.add_column(str(n), justify="right")
+    configs = record.configs()
+    several = len(record.ios) > 1
+    for io, n in configs:
+        t.add_column(_label(io, n, several), justify="right")
     t.add_column("bind", justify="right")
     for w in record.workloads:
         best = max(w.fastpass)
@@ -161,8 +183,9 @@ def table(record: TuneRecord) -> None:
         name = w.name if w.ok else f"{w.name} [red]FAILED[/red]"
         t.add_row(name, w.unit, *cells, num(w.bind))
     t.add_section()
-    t.add_row("score", "", *(f"[bold green]{s:.2f}[/bold green]" if n == record.workers else f"{s:.2f}"
-                             for n, s in zip(record.counts, record.scores)), "")  # fmt: skip
+    chosen = (record.io, record.workers)
+    t.add_row("score", "", *(f"[bold green]{s:.2f}[/bold green]" if c == chosen else f"{s:.2f}"
+                             for c, s in zip(configs, record.scores)), "")  # fmt: skip
     Console().print(t)
 
 
@@ -174,12 +197,19 @@ def plot(record: TuneRecord, path: str) -> None:
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for w in record.workloads:
-        ax.plot(record.counts, normalised(w), marker="o", linewidth=1, alpha=0.7, label=w.name)
-    ax.plot(record.counts, record.scores, marker="s", color="black", linewidth=2.5, label="score")
+    k = len(record.counts)
+    for i, io in enumerate(record.ios):  # one line style per I/O path
+        style = ("-", "--", ":")[i % 3]
+        suffix = f" ({io})" if len(record.ios) > 1 else ""
+        for w in record.workloads:
+            ax.plot(record.counts, normalised(w)[i * k : (i + 1) * k], marker="o", linewidth=1, alpha=0.7,
+                    linestyle=style, label=w.name + suffix)  # fmt: skip
+        ax.plot(record.counts, record.scores[i * k : (i + 1) * k], marker="s", color="black", linewidth=2.5,
+                linestyle=style, label="score" + suffix)  # fmt: skip
     ax.axhline((1 - TOLERANCE) * max(record.scores), linestyle="--", color="grey", linewidth=1,
                label=f"within {TOLERANCE:.0%} of the best score")  # fmt: skip
-    ax.axvline(record.workers, linestyle=":", color="tab:green", linewidth=2, label=f"recommended: {record.workers}")
+    ax.axvline(record.workers, linestyle=":", color="tab:green", linewidth=2,
+               label=f"recommended: {record.workers}{f' ({record.io})' if len(record.ios) > 1 else ''}")  # fmt: skip
     ax.set_xticks(record.counts)
     ax.set_xlabel("workers")
     ax.set_ylabel("throughput / best count's (higher is better)")

@@ -46,6 +46,7 @@ def test_end_to_end(tmp_path):
     assert record.schema == tune.SCHEMA
     assert record.machine.kernel == platform.release()
     assert record.counts == list(range(1, MAX_WORKERS + 1))
+    assert record.ios == [""] and record.io == ""  # the server's default path
     assert [w.name for w in record.workloads] == WORKLOADS
     for w in record.workloads:
         assert w.ok, w.name
@@ -62,6 +63,24 @@ def test_end_to_end(tmp_path):
     assert record.command in r.stdout
 
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_both_io_paths_in_one_run(tmp_path):
+    """`--io both`: every count on each path, scored together; the recommendation names its path."""
+    out = tmp_path / "tune.json"
+    r = run_tune(tmp_path, "--workloads", "randread-direct", "--max-workers", "2", "--size", "4", "--seconds", "0.5",
+                 "--io", "both", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    record = msgspec.json.decode(out.read_bytes(), type=tune.TuneRecord)
+    assert record.ios == ["uring", "plain"] and record.configs() == [("uring", 1), ("uring", 2), ("plain", 1), ("plain", 2)]
+    (w,) = record.workloads
+    assert len(w.fastpass) == 4 and all(v > 0 for v in w.fastpass)
+    scores = [v / max(w.fastpass) for v in w.fastpass]
+    assert record.scores == pytest.approx(scores)
+    good = sorted((n, -s, io) for (io, n), s in zip(record.configs(), scores) if s >= 0.95 * max(scores))
+    assert (record.workers, record.io) == (good[0][0], good[0][2])
+    assert f"--workers {record.workers} --io {record.io} BACKING" in record.command
+    assert record.command in r.stdout and f"on --io {record.io}" in r.stdout
 
 
 @pytest.mark.parametrize(
