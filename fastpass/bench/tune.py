@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import msgspec
+from rich.box import SIMPLE_HEAD
 from rich.console import Console
 from rich.table import Table
 
@@ -162,30 +163,28 @@ def run(
                       started, time.time() - started)  # fmt: skip
 
 
-def _label(io: str, n: int, several: bool) -> str:
-    return f"{n} {io}" if several else str(n)
-
-
 def table(record: TuneRecord) -> None:
-    """Median throughput per workload and (path, count) (each row's best in bold), then the scores."""
+    """Median throughput per (path, count) and workload, a row each (each column's best in bold),
+    with the score; rows, not columns, so that many counts still fit a terminal."""
     t = Table(title=f"fastpass by number of workers, median of {record.repeat} round(s)",
-              caption="score: geometric mean over the workloads of value / the workload's best")  # fmt: skip
-    t.add_column("workload", no_wrap=True)
-    t.add_column("unit")
-    configs = record.configs()
+              caption="score: geometric mean over the workloads of value / the workload's best",
+              box=SIMPLE_HEAD)  # fmt: skip
     several = len(record.ios) > 1
-    for io, n in configs:
-        t.add_column(_label(io, n, several), justify="right")
-    t.add_column("bind", justify="right")
+    t.add_column("workers", justify="right")
+    if several:
+        t.add_column("io")
     for w in record.workloads:
-        best = max(w.fastpass)
-        cells = [f"[bold]{num(v)}[/bold]" if v == best else num(v) for v in w.fastpass]
-        name = w.name if w.ok else f"{w.name} [red]FAILED[/red]"
-        t.add_row(name, w.unit, *cells, num(w.bind))
-    t.add_section()
+        t.add_column(f"{w.name}\n{w.unit}" + ("" if w.ok else " [red]FAILED[/red]"), justify="right")
+    t.add_column("score", justify="right")
+    best = [max(w.fastpass) for w in record.workloads]
     chosen = (record.io, record.workers)
-    t.add_row("score", "", *(f"[bold green]{s:.2f}[/bold green]" if c == chosen else f"{s:.2f}"
-                             for c, s in zip(configs, record.scores)), "")  # fmt: skip
+    for i, (config, score) in enumerate(zip(record.configs(), record.scores)):
+        cells = [f"[bold]{num(w.fastpass[i])}[/bold]" if w.fastpass[i] == b else num(w.fastpass[i])
+                 for w, b in zip(record.workloads, best)]  # fmt: skip
+        mark = f"[bold green]{score:.2f}[/bold green]" if config == chosen else f"{score:.2f}"
+        t.add_row(str(config[1]), *([config[0]] if several else []), *cells, mark)
+    t.add_section()
+    t.add_row("bind", *([""] if several else []), *(num(w.bind) for w in record.workloads), "")
     Console().print(t)
 
 
