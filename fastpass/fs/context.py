@@ -114,13 +114,14 @@ class Fs:
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
         # A filesystem mounted inside the backing raises no events on the watched one: where the
-        # watcher is what keeps long timeouts true, its inodes get the revalidation period as
-        # timeouts and stay out of the shared cache ("away"); elsewhere they are served alike.
+        # watcher is what keeps long timeouts true, its inodes ("away") get the revalidation period
+        # as timeouts and stay out of the shared cache; elsewhere they are served alike.
+        # Each is (cache, entry timeout, attr timeout) for an inode on the backing's device / another.
         self.home_dev = os.fstat(root_fd).st_dev
+        self.home = (self.cache, self.entry_valid, self.attr_valid)
         watched = config.cache == "auto" and not config.revalidate
-        self.away_cache = None if watched else self.cache
-        self.away_entry_valid = split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)) if watched else self.entry_valid
-        self.away_attr_valid = split_time(min(config.attr_timeout, DEFAULT_REVALIDATE)) if watched else self.attr_valid
+        self.away = (None, split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)),
+                     split_time(min(config.attr_timeout, DEFAULT_REVALIDATE))) if watched else self.home  # fmt: skip
         # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
         # set by the filter stack when a filter hooks READ or WRITE.
         self.filter_data: Callable[[Request, int, int], bool] | None = None
@@ -163,10 +164,7 @@ class Fs:
     def entry(self, inode: Inode, st: os.stat_result, t0: int) -> bytes:
         """fuse_entry_out for a backing stat begun at monotonic time `t0`, kept in the cache."""
         attr = encode.attr(st)
-        if st.st_dev == self.home_dev:
-            cache, entry_valid, attr_valid = self.cache, self.entry_valid, self.attr_valid
-        else:
-            cache, entry_valid, attr_valid = self.away_cache, self.away_entry_valid, self.away_attr_valid
+        cache, entry_valid, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
             cache.put(inode.nodeid, t0, attr)
         return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)
@@ -180,17 +178,14 @@ class Fs:
     def attr(self, nodeid: int, st: os.stat_result, t0: int) -> bytes:
         """fuse_attr_out for a backing stat begun at `t0`, kept in the cache."""
         attr = encode.attr(st)
-        if st.st_dev == self.home_dev:
-            cache, attr_valid = self.cache, self.attr_valid
-        else:
-            cache, attr_valid = self.away_cache, self.away_attr_valid
+        cache, _, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
             cache.put(nodeid, t0, attr)
         return encode.attr_out(attr_valid, attr)
 
     def attr_valid_for(self, dev: int) -> tuple[int, int]:
         """How long the kernel may trust the attributes of an inode on device `dev`."""
-        return self.attr_valid if dev == self.home_dev else self.away_attr_valid
+        return (self.home if dev == self.home_dev else self.away)[2]
 
     def cached_attr(self, nodeid: int) -> bytes | None:
         """fuse_attr_out from the shared cache, or None: ask the backing.  An inode with a
@@ -206,7 +201,7 @@ class Fs:
         if self.cache is not None:
             t0 = _clock()
             st = os.fstat(fd)
-            cache = self.cache if st.st_dev == self.home_dev else self.away_cache
+            cache = (self.home if st.st_dev == self.home_dev else self.away)[0]
             if cache is not None:
                 cache.put(nodeid, t0, encode.attr(st))
 

@@ -27,9 +27,10 @@ The facts that shape it, measured on this project's 2-core machine (Linux 6.18, 
   the identity step (open, fstat, handle) 14.6 / 8.6 us; openat batch on the ring then
   fstat and handle 12.9 / 6.4 us.  STATX always goes to an io-wq thread, OPENAT only when
   the dentry is not cached; and the binding's `Statx` gives times as float seconds (steps
-  of 238 ns at today's dates), too coarse for the attributes a reply carries.  An entry the worker already holds is stat'ed synchronously:
-  its inode is pinned in memory by the worker's fd, and a stat is 1.6 us there, 2.3 on
-  the ring.  The binding takes paths only as str (UTF-8), so other names stay inline.
+  of 238 ns at today's dates), too coarse for the attributes a reply carries.  An entry
+  the worker already holds is stat'ed synchronously: its inode is pinned in memory by the
+  worker's fd, and a stat is 1.6 us there, 2.3 on the ring.  The binding takes paths only
+  as str (UTF-8), so other names stay inline.
 - OPEN and RELEASE stay synchronous.  An open reopens the inode's O_PATH fd through
   /proc/self/fd, a magic link the ring cannot resolve without an io-wq thread: 53.6 us
   against 1.5 us inline.  A close on the ring completes inline (+1.2 us), and the last
@@ -145,10 +146,12 @@ class Ring:
         self._set(sqe, tag)
 
     def open_path(self, dirfd: int, name: str, flags: int, tag: int) -> None:
-        """openat(dirfd, name, flags): the CQE's result is the new fd.  The binding takes the name
-        as str and passes it on UTF-8 encoded (it refuses bytes and surrogate escapes).  The kernel completes it
-        inline when the name's dentry is cached and in an io-wq thread when it must read the
-        disk (unlike STATX, which always goes to io-wq)."""
+        """openat(dirfd, name, flags): the CQE's result is the new fd.
+
+        The binding takes the name as str and passes it on UTF-8 encoded (it refuses bytes
+        and surrogate escapes).  The kernel completes the open inline when the name's dentry
+        is cached, and in an io-wq thread when it must read the disk.
+        """
         sqe = self._sqe()
         self._held[tag] = name
         L.io_uring_prep_open(sqe, name, flags, 0, dirfd)
