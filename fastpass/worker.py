@@ -65,6 +65,20 @@ _POLL = 0  # the tag of the device's readiness poll (slot 0 without the _BACKING
 _INLINE = -1  # dispatch: the request was answered (or needs no answer); its buffer is free
 
 
+class _Calls:
+    """A request's backing calls on the ring, from its submit until the last completion."""
+
+    __slots__ = ("left", "req", "results", "route", "start", "state")
+
+    def __init__(self, route: Route, req: Request, start: int, state: object, left: int, results: list[int] | None):
+        self.route = route
+        self.req = req
+        self.start = start  # perf_counter ns at dispatch
+        self.state = state  # what the route's `done` needs
+        self.left = left  # calls still out
+        self.results = results  # a batch's results, in call order; None: one call, its result is the last CQE's
+
+
 class Worker:
     def __init__(self, devfd: int, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool,
                  idle: Callable[[], None] | None = None, ring: Ring | None = None, depth: int = 1):  # fmt: skip
@@ -79,9 +93,7 @@ class Worker:
         self.errors_logged: set[tuple[int, type, object]] = set()
         self.unexpected = 0
         self.pool = BufferPool(depth if ring is not None else 1)
-        # Per slot on the ring path, while its backing calls are in flight: [route, request,
-        # start ns, what the route's `done` needs, calls still out, a batch's results or None].
-        self.inflight: dict[int, list] = {}
+        self.inflight: dict[int, _Calls] = {}  # per slot on the ring path, while its calls are out
         self.waiting = False  # blocked waiting for requests, none in progress
         fs.counters.misc[IO_PATH] = IO_NAMES.index("plain" if ring is None else "uring")
 
@@ -180,18 +192,19 @@ class Worker:
                     polling = False
                     continue
                 slot = tag >> 1 & _SLOTS
-                call = inflight[slot]
-                if call[5] is not None:
-                    call[5][tag // PART] = res
-                call[4] -= 1
-                if not call[4]:
+                calls = inflight[slot]
+                if calls.results is not None:
+                    calls.results[tag // PART] = res
+                calls.left -= 1
+                if not calls.left:
                     finish(slot, res)
                     free.append(slot)
             sync()
 
     def _finish(self, slot: int, res: int) -> None:
         """The last CQE of a slot's backing calls: the reply to its request; the slot is free."""
-        route, req, start, state, _, results = self.inflight.pop(slot)
+        c = self.inflight.pop(slot)
+        route, req, start, state, results = c.route, c.req, c.start, c.state, c.results
         body = None
         error = 0 if results is not None else min(0, res)
         if not error:
@@ -275,7 +288,7 @@ class Worker:
                         misc[RING_CALLS] += calls
                         if switched:  # the kernel checks permissions as of the submit: do it now
                             ring.submit()
-                        inflight[slot] = [route, req, start, state, calls, [0] * calls if route.batch else None]
+                        inflight[slot] = _Calls(route, req, start, state, calls, [0] * calls if route.batch else None)
                         return slot
                     body = state  # answered without the ring: the reply itself
                 else:
