@@ -45,7 +45,7 @@ from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
-from fastpass.uring.ring import Ring, Unavailable, why_unavailable
+from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
@@ -215,7 +215,9 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     ring = None
     if config.io == "uring":
         try:
-            ring = Ring(config.io_depth)  # one SQE per slot in flight: a device read or a backing call
+            # A slot has one call out, or a READDIRPLUS batch (about 25 for a 4 KiB reply): room for
+            # a few batches' completions without overflow (which the kernel would hold back anyway).
+            ring = Ring(max(ENTRIES, config.io_depth))
         except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     flush_failed: set[str] = set()

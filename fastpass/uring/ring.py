@@ -59,6 +59,7 @@ NEEDED_OPS = (
     "IORING_OP_OPENAT",
 )  # fmt: skip
 _POLLIN = select.POLLIN
+ENTRIES = 64  # the least SQ size a worker's ring gets (its CQ is twice that)
 # A request that makes a batch of calls tags call i `tag + i * PART`: the bits below PART are
 # the worker's (its slot and a flag), the ones above number the calls of the batch.
 PART = 1 << 17
