@@ -127,6 +127,7 @@ class Worker:
         ring, pool, devfd = self.ring, self.pool, self.devfd
         bufs = pool.bufs
         iovs = [[buf] for buf in bufs]
+        depth = len(bufs)
         free = list(range(len(pool)))  # slots with no request: the last one is read into next
         inflight = self.inflight
         misc = self.fs.counters.misc
@@ -160,12 +161,16 @@ class Worker:
                 if dispatch(bufs[slot], n, slot) != _INLINE:
                     free.pop()
                 continue
-            # Backing calls are out: take every request already queued, without blocking, into
-            # the free slots; then wait on the ring for a completion or for the device to have more.
+            # Backing calls are out: take the requests already queued, without blocking, into the
+            # free slots; then wait on the ring for a completion or for the device to have more.
+            # At most `depth` reads a pass, so a steady stream of requests answered inline cannot
+            # keep the completions waiting (the poll fires at once if more are queued).
             if blocking:
                 os.set_blocking(devfd, False)
                 blocking = False
-            while free and not ended:
+            reads = depth
+            while free and reads and not ended:
+                reads -= 1
                 slot = free[-1]
                 try:
                     n = readv(devfd, iovs[slot])
