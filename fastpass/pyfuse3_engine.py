@@ -48,6 +48,7 @@ from fastpass.config import IDLE_SYNC, MountConfig
 from fastpass.filters import results, stack
 from fastpass.filters.api import Attr, Dirent, Entry, Opened
 from fastpass.fs.context import Fs, Request
+from fastpass.fs.dirs import DOTS
 from fastpass.fs.handles import DIR, FILE
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import Route, build
@@ -188,12 +189,9 @@ def _bare(d: Dirent) -> pyfuse3.EntryAttributes:
     only the names the caller may look up.
     """
     e = pyfuse3.EntryAttributes()
-    e.st_ino = d.ino if d.name in _DOTS else 0
+    e.st_ino = d.ino if d.name in DOTS else 0
     e.st_mode = d.type << 12  # DT_* to S_IF*: what libfuse takes the entry's d_type from
     return e
-
-
-_DOTS = (b".", b"..")
 
 
 class Operations(pyfuse3.Operations):

@@ -28,7 +28,7 @@ from fastpass.uring.ring import PART, Ring
 
 _DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; d_name follows
 _NAME_AT = _DIRENT64.size
-_DOTS = (b".", b"..")
+DOTS = (b".", b"..")  # the names a listing has that the kernel never looks up
 _clock = time.monotonic_ns
 
 
@@ -131,7 +131,7 @@ def _plus_reply(taken: list[tuple[int, int, int, bytes]], entries: list[bytes]) 
 
 def _plus_entry(fs: Fs, parent: Inode, ino: int, name: bytes) -> bytes:
     """The fuse_entry_out of one name, resolved here (a lookup the kernel will forget)."""
-    if name in _DOTS:
+    if name in DOTS:
         return _NO_ENTRY
     try:
         t0 = _clock()
@@ -164,7 +164,7 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
     parts = []  # per taken entry: the number of its call in the batch, or -1 (resolved in done)
     calls = 0
     for ino, _off, _type, name in taken:
-        if name in _DOTS or inodes.holds(parent, ino) or not name.isascii() and not _utf8(name):
+        if name in DOTS or inodes.holds(parent, ino) or not name.isascii() and not _utf8(name):
             parts.append(-1)
         else:
             ring.open_path(pfd, name.decode(), O_PATH_FLAGS, tag + calls * PART)
