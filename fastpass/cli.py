@@ -191,9 +191,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _finish(record, args.json, [r.name for r in record.results if not r.ok])
 
 
-def _io_options(args: argparse.Namespace) -> list[str]:
-    """The I/O path options bench passes to its mounts (the server's default where not given)."""
-    return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ("io", "io_depth")
+def _io_options(args: argparse.Namespace, names: tuple[str, ...] = ("io", "io_depth")) -> list[str]:
+    """The I/O path options bench and tune pass to their mounts (the server's default where not given)."""
+    return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in names
             if getattr(args, name) is not None]  # fmt: skip
 
 
@@ -219,10 +219,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         tune.check(args.backing, names, counts, args.repeat, args.engine)
         ios = ["uring", "plain"] if args.io == "both" else [args.io or ""]
-        depth = [f"--io-depth={args.io_depth}"] if args.io_depth is not None else []
         with progress.bar(len(ios) * len(counts) * len(names) * args.repeat * 2) as step:
-            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step, depth,
-                              args.engine, ios)  # fmt: skip
+            record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
+                              _io_options(args, ("io_depth",)), args.engine, ios)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)

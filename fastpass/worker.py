@@ -151,12 +151,12 @@ class Worker:
                 except OSError as e:
                     if e.errno == errno.ENOENT:  # interrupted before we read it
                         continue
-                    if e.errno in _ENDED:
-                        return
-                    raise
+                    if e.errno not in _ENDED:
+                        raise
+                    n = 0
                 finally:
                     self.waiting = False
-                if n == 0:  # end of stream: a socket in tests; /dev/fuse never returns 0
+                if n == 0:  # the connection ended (a socket in tests reads 0 at its end)
                     return
                 if dispatch(bufs[slot], n, slot) != _INLINE:
                     free.pop()
@@ -177,7 +177,7 @@ class Worker:
                 except BlockingIOError:
                     break
                 except OSError as e:
-                    if e.errno == errno.ENOENT:
+                    if e.errno == errno.ENOENT:  # interrupted before we read it
                         continue
                     if e.errno not in _ENDED:
                         raise
