@@ -61,7 +61,7 @@ class Report:
             os.write(self.fd, f"mounted {entry.mount_id} {entry.dev}\n".encode())
 
     def ready(self, error: str | None) -> None:
-        os.write(self.fd, " ".join((error or "ok").split()).encode() + b"\n")
+        os.write(self.fd, ("ok" if error is None else " ".join(error.split()) or "failed").encode() + b"\n")
         os.close(self.fd)
 
 

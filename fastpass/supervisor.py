@@ -15,6 +15,11 @@ kernel then ends the connection, each worker's read returns ENODEV after it
 has answered what it was serving, and the supervisor exits when they all
 have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
 detach the mount and exit, so no dead mount lingers.
+
+Start-up is answered once every first worker is set up (see `Pool`), and a
+failed one leaves nothing mounted: before serving, the supervisor unmounts
+after any failure of its own or of a worker; should it die unheard, the
+waiting `fastpass mount` detaches the mount (`fastpass.startup`).
 """
 
 from __future__ import annotations
