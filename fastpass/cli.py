@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from fastpass import state, stats, supervisor
+from fastpass import startup, state, stats, supervisor
 from fastpass.config import (
     CACHE_MODES,
     DEFAULT_CACHE_SIZE,
@@ -88,8 +88,9 @@ def _default_workers(engine: str) -> int:
 
 
 def _daemonize(config: MountConfig) -> int:
-    """Serve in a detached child; return once it is serving or has failed."""
+    """Serve in a detached child; return once it is serving or has failed (see fastpass.startup)."""
     r, w = os.pipe()
+    log_start = startup.log_size(config.log)
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -99,26 +100,21 @@ def _daemonize(config: MountConfig) -> int:
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         _setup_logging(config.debug, config.log or os.devnull)
-
-        def ready(err: str | None) -> None:
-            os.write(w, (err or "ok").encode() + b"\n")
-            os.close(w)
-
+        report = startup.Report(w)
         code = 1
         try:
-            code = supervisor.run(config, ready)
+            code = supervisor.run(config, report.ready, report.mounted)
         except BaseException:
             logging.getLogger("fastpass").exception("supervisor failed")
         finally:
             logging.shutdown()
             os._exit(code)
     os.close(w)
+    if config.log:
+        _setup_logging(config.debug, config.log)  # should the server die unheard, its log says so
     with os.fdopen(r, "rb") as f:
-        answer = f.readline().decode().strip()  # not read(): the workers hold the pipe too
-    if answer != "ok":
-        os.waitpid(pid, 0)
-        return _fail(answer or "the server exited before it was ready")
-    return 0
+        error = startup.wait(f, pid, config.mountpoint, config.log, log_start)
+    return _fail(error) if error else 0
 
 
 def _resolve_parent(path: str) -> str:
@@ -144,6 +140,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         return 0
     if record is not None:
         _wait_gone(record.pid, args.timeout)
+        state.remove_stale(mnt, record.pid)  # the record of a server that was killed (a dead mount)
     return 0
 
 

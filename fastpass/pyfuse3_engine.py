@@ -57,7 +57,7 @@ from fastpass.kernel import abi
 from fastpass.kernel.abi import ROOT_ID, Fattr, FopenFlag
 from fastpass.kernel.abi import Opcode as O
 from fastpass.kernel.init import MAX_WRITE
-from fastpass.kernel.mount import SUBTYPE
+from fastpass.kernel.mount import SUBTYPE, MountEntry, mount_entry
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 
 log = logging.getLogger("fastpass.pyfuse3")
@@ -458,9 +458,9 @@ def _options(config: MountConfig) -> set[str]:
     return opts
 
 
-def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, root_fd: int, shared: SharedState,
-        filters: list[object]) -> int:  # fmt: skip
-    """Serve `config` through pyfuse3 until unmounted; `ready` as for the native engine."""
+def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Callable[[MountEntry | None], None],
+        fan_fd: int, root_fd: int, shared: SharedState, filters: list[object]) -> int:  # fmt: skip
+    """Serve `config` through pyfuse3 until unmounted; `ready` and `mounted` as for the native engine."""
     os.umask(0)  # the kernel applied the caller's umask already
     fs = Fs(config, root_fd, shared, 0)
     fs.counters.misc[PID] = os.getpid()
@@ -472,6 +472,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
     except RuntimeError as e:
         ready(f"pyfuse3 could not mount {config.mountpoint}: {e}")
         return 1
+    mounted(mount_entry(config.mountpoint))
     record = state.MountState(os.getpid(), config, None, time.time())
     state.write(record)
     if fan_fd >= 0:
