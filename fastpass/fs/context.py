@@ -120,6 +120,7 @@ class Fs:
         self.home_dev = os.fstat(root_fd).st_dev
         self.home = (self.cache, self.entry_valid, self.attr_valid)
         watched = config.cache == "auto" and not config.revalidate
+        self.watched = watched
         self.away = (None, split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)),
                      split_time(min(config.attr_timeout, DEFAULT_REVALIDATE))) if watched else self.home  # fmt: skip
         # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
@@ -182,6 +183,11 @@ class Fs:
         if cache is not None:
             cache.put(nodeid, t0, attr)
         return encode.attr_out(attr_valid, attr)
+
+    def kept(self, inode: Inode) -> bool:
+        """Whether the kernel may keep the inode's pages (a file's data, a directory's listing)
+        across opens: only where the watcher drops them when something else changes them."""
+        return self.watched and inode.key[0] == self.home_dev
 
     def attr_valid_for(self, dev: int) -> tuple[int, int]:
         """How long the kernel may trust the attributes of an inode on device `dev`."""

@@ -52,6 +52,8 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
         open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
     if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
         open_flags |= FopenFlag.DIRECT_IO
+    elif not backing_id and fs.kept(inode):  # (the kernel refuses KEEP_CACHE with passthrough)
+        open_flags |= FopenFlag.KEEP_CACHE
     try:
         fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
     except BaseException:

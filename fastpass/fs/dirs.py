@@ -24,17 +24,24 @@ from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import DirHandle
 from fastpass.fs.inodes import O_PATH_FLAGS, Inode
 from fastpass.kernel import encode
+from fastpass.kernel.abi import FopenFlag
 from fastpass.uring.ring import PART, Ring
 
 _DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; d_name follows
 _NAME_AT = _DIRENT64.size
 DOTS = (b".", b"..")  # the names a listing has that the kernel never looks up
 _clock = time.monotonic_ns
+# The kernel caches the listing (CACHE_DIR) and keeps it across opens (KEEP_CACHE) until the
+# watcher drops the directory's pages, or the kernel its own after a change through the mount.
+_CACHED_LISTING = FopenFlag.CACHE_DIR | FopenFlag.KEEP_CACHE
 
 
 def opendir(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return encode.open_out(fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY), 0)
+    """Open a directory; where the watcher keeps it coherent, the kernel caches its listing."""
+    inode = fs.inodes.get(req.nodeid)
+    fd = os.open(proc_path(fs.inodes.fd(inode)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fh = fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY)
+    return encode.open_out(fh, _CACHED_LISTING if fs.kept(inode) else 0)
 
 
 def releasedir(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:

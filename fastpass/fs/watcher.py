@@ -16,7 +16,8 @@ falls back to revalidation by time (`--revalidate`).
 
 For each change from another process, the watcher drops the inode's
 shared-cache entry first and then tells the kernel: FUSE_NOTIFY_INVAL_INODE
-for changed attributes (with the page cache for changed data),
+for changed attributes (with the page cache for changed data, and for a
+directory whose names changed: its cached listing lives there),
 FUSE_NOTIFY_INVAL_ENTRY for a name created, removed or renamed (so a name
 the kernel would trust for its entry timeout is looked up again), and
 FUSE_NOTIFY_DELETE where the removed inode is one the kernel knows.  Events
@@ -134,7 +135,7 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
         parent = resolve(place[0]) if place is not None else 0
         if parent:
             child = resolve(target) if target and mask & _linux.FAN_DELETE else 0
-            changes.inodes.setdefault(parent, False)  # its mtime, size and link count moved
+            changes.inodes[parent] = True  # its mtime, size and link count moved, and its listing
             changes.entries[(parent, place[1])] = child  # type: ignore[index]
             if child:
                 changes.inodes.setdefault(child, False)
