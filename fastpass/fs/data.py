@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from fastpass import _linux
 from fastpass.fs.attrs import kill_suidgid
-from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.context import CallerUmask, Fs, Request, proc_path
 from fastpass.fs.handles import PASSTHROUGH_MARK
 from fastpass.fs.inodes import Inode
 from fastpass.kernel import abi, encode
@@ -93,7 +93,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
     dir_fd = fs.inode_fd(req.nodeid)
     how = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+        with CallerUmask(umask):
+            fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
         made = True
     except FileExistsError:
         if flags & os.O_EXCL:
@@ -126,7 +127,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
     flags &= ~_STRIP
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
+    with CallerUmask(umask):
+        fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         t0 = _clock()
