@@ -66,7 +66,8 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     flags &= ~_STRIP
     inode = fs.inodes.get(req.nodeid)
-    fd = os.open(proc_path(fs.inodes.fd(inode)), flags | os.O_CLOEXEC)
+    path = proc_path(fs.inodes.fd(inode))
+    fd = _open_to_exec(fs, path, flags) if flags & abi.FMODE_EXEC else os.open(path, flags | os.O_CLOEXEC)
     try:
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
@@ -76,6 +77,16 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_to_exec(fs: Fs, path: str, flags: int) -> int:
+    """execve's open: the caller needs the execute permission only (a 0711 program runs, its
+    contents read by the kernel, not the caller), so that is checked as the caller (AT_EACCESS:
+    the fsuid, fsgid and groups we run the request with) and the file is opened as the server."""
+    if not os.access(path, os.X_OK, effective_ids=True):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    with _linux.fsuid(fs.credentials.uid):
+        return os.open(path, flags | os.O_CLOEXEC)
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
