@@ -484,7 +484,8 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
         counters = WorkerCounters(shared.counters, shared.region, WATCHER).misc
         watcher = Watcher(fan_fd, Notifier(ops.numbers), config.backing, shared.inodes, shared.region, fs.cache,
                           lambda pid: pid == me, counters)  # fmt: skip
-        threading.Thread(target=watcher.run, args=(config.mountpoint,), name="fastpass-watch", daemon=True).start()
+        root = config.mountpoint if config.default_permissions else None
+        threading.Thread(target=watcher.run, args=(root,), name="fastpass-watch", daemon=True).start()
     log.info("mounted %s on %s (pyfuse3 %s)", config.backing, config.mountpoint, pyfuse3.__version__)
 
     async def main() -> None:

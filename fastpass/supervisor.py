@@ -249,7 +249,7 @@ def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedStat
         return pid == supervisor or any(misc[PID] == pid for misc in pids)
 
     watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc)
-    watcher.run(config.mountpoint)
+    watcher.run(config.mountpoint if config.default_permissions else None)
 
 
 def _detach(mountpoint: str) -> None:
