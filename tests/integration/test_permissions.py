@@ -10,9 +10,10 @@ entry).  The same table runs on a bind mount of the same kind of directory,
 the kernel's own answer, and on fastpass with one worker on plain syscalls
 and with four workers, kernel passthrough and io_uring.
 
-Each table runs twice: with every path fresh, so that the user's own walk is
-the first through the mount, and with every path already cached by another
-user (root walks the tree and reads every file through the mount first).
+Each table runs twice: with every path fresh (built on the backing), so that
+the user's own walk is the first through the mount, and with every path
+already cached by another user (root builds the tree through the mount and
+reads every file).
 The second is where a FUSE server that checks permissions only on the
 requests it gets lets users through: the kernel walks cached dentries
 without asking, and an OPEN names the inode, not the path.
@@ -160,7 +161,7 @@ def tree(root: Path) -> list[tuple]:
 @dataclass(frozen=True)
 class Case:
     name: str
-    build: Callable[[Path, tuple], None]  # (case dir on the backing, the acting user), as root
+    build: Callable[[Path, tuple], None]  # (case dir, the acting user's uid, gid, groups), as root
     act: Callable[[Path], dict[str, Any]]  # (case dir through the mount), as the user
 
 
@@ -182,10 +183,11 @@ def _setfacl(p: Path, *args: str) -> None:
     subprocess.run(["setfacl", *args, str(p)], check=True, capture_output=True)
 
 
-def _walk_case(dir_mode: int, dir_gid: int = GROUP) -> Case:
+def _walk_case(dir_mode: int) -> Case:
     """A directory of this mode (root's, group 4242) holding a 0644 file: the search and read bits."""
+
     def build(b: Path, who: tuple) -> None:
-        _file(_dir(b / "d", dir_mode, 0, dir_gid) / "f", 0o644)
+        _file(_dir(b / "d", dir_mode, 0, GROUP) / "f", 0o644)
 
     def act(d: Path) -> dict[str, Any]:
         return {"stat d": outcome(stat_of, d / "d"), "list d": outcome(lambda: sorted(os.listdir(d / "d"))),
@@ -197,6 +199,7 @@ def _walk_case(dir_mode: int, dir_gid: int = GROUP) -> Case:
 
 def _file_case(mode: int, owned: bool) -> Case:
     """A file of this mode, root's or the user's, group 4242: read, write and exec bits."""
+
     def build(b: Path, who: tuple) -> None:
         _file(b / "f", mode, who[0] if owned else 0, GROUP, SCRIPT)
 
@@ -210,6 +213,7 @@ def _file_case(mode: int, owned: bool) -> Case:
 def _dir_write_case(mode: int) -> Case:
     """A directory of this mode (root's, group 4242) holding a 0666 file and an empty directory:
     every call that adds or removes a name."""
+
     def build(b: Path, who: tuple) -> None:
         d = _dir(b / "d", mode, 0, GROUP)
         _file(d / "victim", 0o666)
@@ -230,6 +234,7 @@ def _prefix_case(locked_mode: int) -> Case:
     """The user's own file in a directory whose search bit it lacks (root's, this mode): every call
     on a path through it is EACCES (POSIX: "search permission is denied for a component of the
     path prefix"), whoever looked the path up before."""
+
     def build(b: Path, who: tuple) -> None:
         uid, gid, _ = who
         locked = _dir(b / "locked", locked_mode)
@@ -401,6 +406,7 @@ def _acl_set_act(d: Path) -> dict[str, Any]:
 def _default_acl_case(umask: int, spec: str) -> Case:
     """Made in a directory with this default ACL, under this umask: the default ACL, not the umask,
     shapes the new inodes (as the kernel's own filesystems do)."""
+
     def build(b: Path, who: tuple) -> None:
         _setfacl(_dir(b / "d", 0o777), "-d", "-m", spec)
 
