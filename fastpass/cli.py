@@ -46,7 +46,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         backing=os.path.realpath(args.backing),
         mountpoint=os.path.realpath(args.mountpoint),
         allow_other=args.allow_other,
-        default_permissions=args.default_permissions,
+        default_permissions=args.allow_other if args.default_permissions is None else args.default_permissions,
         attr_timeout=args.attr_timeout,
         entry_timeout=args.entry_timeout,
         debug=args.debug,
@@ -264,8 +264,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("backing")
     m.add_argument("mountpoint")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; log to stderr")
-    m.add_argument("--allow-other", action="store_true", help="let other users in, each with their own credentials")
-    m.add_argument("--default-permissions", action="store_true", help="let the kernel check mode bits")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users in, each with their own credentials; the kernel checks mode bits and "
+                        "POSIX ACLs on every path component (--default-permissions) and the backing checks each "
+                        "operation as its caller")  # fmt: skip
+    m.add_argument("--default-permissions", action=argparse.BooleanOptionalAction,
+                   help="the kernel checks mode bits and POSIX ACLs on every path component, cached ones included "
+                        "(default: on with --allow-other). --no-default-permissions leaves the checks to the "
+                        "backing alone; RISK: with --allow-other a user may then reach files through paths that "
+                        "another user's access left in the kernel's cache, which the backing would deny them "
+                        "(a 0700 directory's files, once its owner has opened them)")  # fmt: skip
     m.add_argument("--attr-timeout", type=float, metavar="S",
                    help="kernel attribute cache time (default: set by --cache, see README)")  # fmt: skip
     m.add_argument("--entry-timeout", type=float, metavar="S",

@@ -48,7 +48,7 @@ from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
-from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
+from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
@@ -161,6 +161,8 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
         raise StartError(f"kernel sent opcode {opcode} before INIT")
     init_in = abi.INIT_IN.unpack_from(raw, abi.IN_HEADER.size)
     extra = abi.InitFlag.PASSTHROUGH if config.passthrough != "off" and os.geteuid() == 0 else 0
+    if config.default_permissions:
+        extra |= KERNEL_PERMISSIONS
     # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
     depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
     try:
@@ -221,7 +223,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     """
     devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
     os.close(session)
-    os.umask(0)  # the kernel applied the caller's umask already
+    os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes)
@@ -265,7 +267,7 @@ def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedStat
 
     watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc)
     started()
-    watcher.run()
+    watcher.run(config.mountpoint if config.default_permissions else None)
 
 
 def _detach(mountpoint: str, ours: mount.MountEntry | None = None) -> None:

@@ -41,6 +41,28 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+class CallerUmask:
+    """The caller's umask around one backing call that makes an inode (MKNOD, MKDIR, CREATE, TMPFILE).
+
+    The kernel leaves the umask to us (FUSE_DONT_MASK) and sends it with the request.  Under
+    it the backing does what it does for the caller's own call: applies it, or ignores it where
+    the parent has a default ACL.  A worker is one thread, so the process-wide umask is this
+    request's for the call's duration (the pyfuse3 engine makes its backing calls on one thread).
+    """
+
+    __slots__ = ("mask", "saved")
+
+    def __init__(self, mask: int):
+        self.mask = mask
+        self.saved = 0
+
+    def __enter__(self) -> None:
+        self.saved = os.umask(self.mask)
+
+    def __exit__(self, *exc: object) -> None:
+        os.umask(self.saved)
+
+
 class Credentials:
     """Runs a request as its caller (fsuid, fsgid, supplementary groups).
 

@@ -31,6 +31,7 @@ one attribute invalidation.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -219,8 +220,19 @@ class Watcher:
         for (parent, name), child in changes.entries.items():
             self._notify(kernel.inval_entry, parent, name, child)
 
-    def run(self) -> None:
-        """Forever: the supervisor ends this process when the mount ends."""
+    def run(self, root: str | None) -> None:
+        """Forever: the supervisor ends this process when the mount ends.
+
+        With default_permissions, `root` (the mountpoint) is stat'ed first, before any
+        invalidation is sent.  The kernel makes the root inode at mount time with no permission
+        bits, and keeps a GETATTR reply only if no FUSE_NOTIFY_INVAL_INODE of that inode came
+        while it was out: a user's first walk through the root, racing an invalidation, would be
+        checked against those bits and refused.  Afterwards a lost reply leaves the previous,
+        real attributes.
+        """
+        if root is not None:
+            with contextlib.suppress(OSError):
+                os.stat(root)
         buf = bytearray(256 * 1024)
         poller = select.poll()
         poller.register(self.fan_fd, select.POLLIN)
