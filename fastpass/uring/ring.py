@@ -184,8 +184,12 @@ class Ring:
         prot = mmap.PROT_READ | mmap.PROT_WRITE
         share = mmap.MAP_SHARED | mmap.MAP_POPULATE
         size = max(sq_array + 4 * sq_n, cqes + cq_n * cqe.size)
-        self._rings = mmap.mmap(fd, size, share, prot, offset=abi.OFF_SQ_RING)
-        self._sqes = mmap.mmap(fd, sq_n << self._sqe_shift, share, prot, offset=abi.OFF_SQES)
+        try:
+            self._rings = mmap.mmap(fd, size, share, prot, offset=abi.OFF_SQ_RING)
+            self._sqes = mmap.mmap(fd, sq_n << self._sqe_shift, share, prot, offset=abi.OFF_SQES)
+        except OSError as e:
+            os.close(fd)
+            raise Unavailable(f"io_uring rings could not be mapped: {e.strerror}") from None
         self._u32 = u32 = memoryview(self._rings).cast("I")
         self._cqes = memoryview(self._rings)[cqes : cqes + cq_n * cqe.size]
         for i in range(sq_n):
@@ -416,7 +420,12 @@ def isolated(check: Callable[[], str | None], timeout: float = 10.0) -> str | No
     """Run `check` in a forked child and give its answer; a child that crashes (a wrong pointer
     through ctypes is a SIGSEGV) or hangs is an answer too, and never the caller's end."""
     r, w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        return f"io_uring probe could not start: {e.strerror}"
     if pid == 0:  # the child: answer through the pipe, never return into the caller's code
         try:
             os.close(r)
