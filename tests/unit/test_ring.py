@@ -185,7 +185,7 @@ def test_registered_buffers_serve_o_direct_io(ring: Ring, tmp_path: Path) -> Non
     pool = buffers.BufferPool(3)
     ring.register_buffers(pool.memory)
     base = ctypes.addressof(ctypes.c_char.from_buffer(pool.memory))
-    assert f"UserBufs:\t1\n    0: 0x{base:x}/{len(pool.memory)}" in fdinfo(ring).replace(f"0x{base:016x}", f"0x{base:x}")
+    assert f"UserBufs:\t1\n    0: 0x{base:x}/{len(pool.memory)}\n" in fdinfo(ring)
     data = os.urandom(1 << 20)
     fd = os.open(_direct_dir(tmp_path), os.O_RDWR | os.O_DIRECT | os.O_TMPFILE, 0o600)
     try:
