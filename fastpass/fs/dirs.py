@@ -158,8 +158,7 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
 # The ring path (fastpass.fs.table.RING): the entries this worker does not hold yet are opened
 # (O_PATH) as one batch on the worker's io_uring, so a cold backing loads their inodes in
 # parallel; each open's fd is then adopted (fstat, file handle) when the batch is done.  Names
-# the worker holds are resolved by a synchronous stat then: their inodes are in memory.  So
-# are names that are not UTF-8, which the ring binding cannot take.
+# the worker holds are resolved by a synchronous stat then: their inodes are in memory.
 
 
 def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
@@ -171,24 +170,15 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
     parts = []  # per taken entry: the number of its call in the batch, or -1 (resolved in done)
     calls = 0
     for ino, _off, _type, name in taken:
-        if name in DOTS or inodes.holds(parent, ino) or not name.isascii() and not _utf8(name):
+        if name in DOTS or inodes.holds(parent, ino):
             parts.append(-1)
         else:
-            ring.open_path(pfd, name.decode(), O_PATH_FLAGS, tag + calls * PART)
+            ring.open_path(pfd, name, O_PATH_FLAGS, tag + calls * PART)
             parts.append(calls)
             calls += 1
     if not calls:
         return readdirplus_done(fs, req, (taken, parent, parts), [])
     return taken, parent, parts
-
-
-def _utf8(name: bytes) -> bool:
-    """Whether the ring binding can take `name` (it takes paths as str, encoded as UTF-8)."""
-    try:
-        name.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def readdirplus_done(fs: Fs, req: Request, state: tuple, results: list[int]) -> bytes:
