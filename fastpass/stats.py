@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
-from fastpass import state
+from fastpass import options, state
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable
 from fastpass.fs.shared import SharedState
@@ -84,6 +84,7 @@ class Stats(msgspec.Struct):
     cache: CacheStats
     engine: str  # "native" or "pyfuse3"
     filters: list[str] = []  # the --filter specs, outermost first
+    options: str = ""  # the -o list that mounts the same again, as the mount runs (cache timeouts resolved)
 
 
 def _rss_kib(pid: int) -> int:
@@ -150,6 +151,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
         record.negotiated is not None and record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
         _cache(blocks, watcher, watcher_pid, record), record.config.engine, list(record.config.filters),
+        options.render(record.config),
     )  # fmt: skip
 
 
@@ -229,6 +231,7 @@ def render(stats: Stats) -> object:
         f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
         f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; {protocol}"
         + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
+        + f"\noptions: {stats.options}"
     )
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)
