@@ -39,6 +39,9 @@ settings.register_profile("fastpass", deadline=None, max_examples=60)
 settings.load_profile("fastpass")
 
 FASTPASS = [sys.executable, "-m", "fastpass"]
+TREE = Path(__file__).resolve().parent.parent  # the fastpass under test
+README = TREE / "README.md"
+SHELL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # mount.fuse3's shell's, and systemd's
 MOUNT_TIMEOUT = 30
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_BIND = 4096
@@ -200,6 +203,16 @@ def mounts_under(path: Path) -> list[tuple[str, str]]:
             if point == prefix or point.startswith(prefix + b"/"):
                 found.append((os.fsdecode(point), os.fsdecode(right.split(b" ")[0])))
     return found
+
+
+@pytest.fixture(scope="session")
+def helper_env() -> dict[str, str]:
+    """An environment in which the installed `fastpass` command, as mount(8) (through mount.fuse3) and
+    systemd find it, runs the fastpass under test: PYTHONPATH, which both pass on, puts this tree first."""
+    assert os.path.exists("/sbin/mount.fuse"), "no /sbin/mount.fuse: install fuse3 (tools/setup)"
+    assert shutil.which("fastpass", path=SHELL_PATH), f"no `fastpass` in {SHELL_PATH}: run tools/setup"
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=f"{TREE}:{path}" if path else str(TREE))
 
 
 @pytest.fixture
