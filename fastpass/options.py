@@ -151,7 +151,7 @@ class _Given(argparse.Action):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`-o` and every long mount option; the parsed options land in `namespace.given` (see `collect`)."""
     parser.set_defaults(given=[])
-    shown = [o.name for o in OPTIONS if not o.long]
+    shown = [o.name + (f"={o.metavar}" if o.parse else "") for o in OPTIONS if not o.long]
     parser.add_argument("-o", dest="given", action=_Given, metavar="OPT[,OPT...]", default=argparse.SUPPRESS,
                         help="mount options as mount(8) and fstab give them: each long option below as NAME[=VALUE] "
                              f"with '_' for '-', and {', '.join(shown)}; a ',' in a value is written '\\,'")  # fmt: skip
