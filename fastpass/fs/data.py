@@ -1,8 +1,9 @@
 """Open files and their data: open, create, tmpfile, read, write and friends.
 
 A regular file is opened again from its O_PATH fd through /proc/self/fd,
-with the caller's flags, so permission checks are the backing's and the
-open file description carries O_DIRECT and O_SYNC as asked.
+with the caller's flags (fastpass.fs.openflags says which, and why), so
+permission checks are the backing's and the open file description carries
+O_DIRECT and O_SYNC as asked.
 
 Reads and writes go to the offsets the kernel sends (pread/pwrite); the
 backing fd's own position is never used.  O_APPEND is left off the backing
@@ -26,6 +27,7 @@ from fastpass.fs.attrs import kill_suidgid
 from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import PASSTHROUGH_MARK
 from fastpass.fs.inodes import Inode
+from fastpass.fs.openflags import backing
 from fastpass.kernel import abi, encode
 from fastpass.kernel.abi import FopenFlag
 from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
@@ -33,8 +35,6 @@ from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
 if TYPE_CHECKING:
     from fastpass.uring.ring import Ring
 
-# Flags the kernel has already acted on, or that must not reach the backing open.
-_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND
 _preadv = os.preadv
 _clock = time.monotonic_ns
 _pwrite = os.pwrite
@@ -64,7 +64,7 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
 
 
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
-    flags &= ~_STRIP
+    flags = backing(flags)
     inode = fs.inodes.get(req.nodeid)
     fd = os.open(proc_path(fs.inodes.fd(inode)), flags | os.O_CLOEXEC)
     try:
@@ -89,14 +89,15 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
     if answering fails afterwards (a full inode table, say), a file it made is
     removed again and the backing is left as it was.
     """
-    flags &= ~os.O_APPEND
+    exclusive = flags & os.O_EXCL
+    flags = backing(flags)
     dir_fd = fs.inode_fd(req.nodeid)
     how = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
         made = True
     except FileExistsError:
-        if flags & os.O_EXCL:
+        if exclusive:
             raise
         fd = os.open(name, how & ~os.O_CREAT, dir_fd=dir_fd)
         made = False
@@ -125,7 +126,7 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
-    flags &= ~_STRIP
+    flags = backing(flags)
     fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)

@@ -7,8 +7,8 @@ worker opened.  Facts that shape the answer:
   flags; `fh = generation << 32 | slot`, so a stale fh never aliases a new
   one.  Each worker keeps its own backing fd per fh, opened lazily.
 * A worker's own fd is a reopen of the inode (through its O_PATH fd) with
-  the same flags, less O_CREAT/O_EXCL/O_TRUNC, which the opener already
-  acted on.  Separate open file descriptions of one inode behave as one
+  the opener's backing flags less O_TRUNC, which the opener already acted
+  on (fastpass.fs.openflags).  Separate open file descriptions of one inode behave as one
   open file for everything fastpass serves: data and size live in the
   inode, reads and writes carry explicit offsets, O_APPEND is the kernel's
   (it sends append offsets), fsync flushes the inode, and an unlinked file
@@ -31,6 +31,7 @@ import os
 import struct
 from collections import deque
 
+from fastpass.fs import openflags
 from fastpass.shm.counters import FOREIGN_FILES
 from fastpass.shm.region import LOCK_HANDLES, RING, U32, U64, Layout, Region, ring_push, ring_since
 
@@ -39,8 +40,6 @@ HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-rin
 FREE, FILE, DIR = 0, 1, 2
 _MASK32 = 0xFFFFFFFF
 PASSTHROUGH_MARK = 1 << 31  # kept with the open flags: the fh holds one of its inode's passthrough opens
-# Already done by the opener; a copy must not do them again.
-_NOT_AGAIN = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_TMPFILE | PASSTHROUGH_MARK
 
 
 def _badf() -> OSError:
@@ -129,7 +128,7 @@ class HandleTable:
             raise _badf()
         if creator != self._worker:
             self._misc[FOREIGN_FILES] += 1
-        return nodeid, flags & ~_NOT_AGAIN
+        return nodeid, openflags.copy(flags)
 
     def local(self, fh: int) -> int | DirHandle | None:
         return self._files.get(fh)
