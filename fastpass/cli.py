@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 
-from fastpass import state, stats, supervisor
+from fastpass import startup, state, stats, supervisor
 from fastpass.config import (
     CACHE_MODES,
     DEFAULT_CACHE_SIZE,
@@ -46,7 +46,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         backing=os.path.realpath(args.backing),
         mountpoint=os.path.realpath(args.mountpoint),
         allow_other=args.allow_other,
-        default_permissions=args.default_permissions,
+        default_permissions=args.allow_other if args.default_permissions is None else args.default_permissions,
         attr_timeout=args.attr_timeout,
         entry_timeout=args.entry_timeout,
         debug=args.debug,
@@ -88,8 +88,9 @@ def _default_workers(engine: str) -> int:
 
 
 def _daemonize(config: MountConfig) -> int:
-    """Serve in a detached child; return once it is serving or has failed."""
+    """Serve in a detached child; return once it is serving or has failed (see fastpass.startup)."""
     r, w = os.pipe()
+    log_start = startup.log_size(config.log)
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -99,26 +100,21 @@ def _daemonize(config: MountConfig) -> int:
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         _setup_logging(config.debug, config.log or os.devnull)
-
-        def ready(err: str | None) -> None:
-            os.write(w, (err or "ok").encode() + b"\n")
-            os.close(w)
-
+        report = startup.Report(w)
         code = 1
         try:
-            code = supervisor.run(config, ready)
+            code = supervisor.run(config, report.ready, report.mounted)
         except BaseException:
             logging.getLogger("fastpass").exception("supervisor failed")
         finally:
             logging.shutdown()
             os._exit(code)
     os.close(w)
+    if config.log:
+        _setup_logging(config.debug, config.log)  # should the server die unheard, its log says so
     with os.fdopen(r, "rb") as f:
-        answer = f.readline().decode().strip()  # not read(): the workers hold the pipe too
-    if answer != "ok":
-        os.waitpid(pid, 0)
-        return _fail(answer or "the server exited before it was ready")
-    return 0
+        error = startup.wait(f, pid, config.mountpoint, config.log, log_start)
+    return _fail(error) if error else 0
 
 
 def _resolve_parent(path: str) -> str:
@@ -144,6 +140,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         return 0
     if record is not None:
         _wait_gone(record.pid, args.timeout)
+        state.remove_stale(mnt, record.pid)  # the record of a server that was killed (a dead mount)
     return 0
 
 
@@ -267,8 +264,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("backing")
     m.add_argument("mountpoint")
     m.add_argument("-f", "--foreground", action="store_true", help="stay attached; log to stderr")
-    m.add_argument("--allow-other", action="store_true", help="let other users in, each with their own credentials")
-    m.add_argument("--default-permissions", action="store_true", help="let the kernel check mode bits")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users in, each with their own credentials; the kernel checks mode bits and "
+                        "POSIX ACLs on every path component (--default-permissions) and the backing checks each "
+                        "operation as its caller")  # fmt: skip
+    m.add_argument("--default-permissions", action=argparse.BooleanOptionalAction,
+                   help="the kernel checks mode bits and POSIX ACLs on every path component, cached ones included "
+                        "(default: on with --allow-other). --no-default-permissions leaves the checks to the "
+                        "backing alone; RISK: with --allow-other a user may then reach files through paths that "
+                        "another user's access left in the kernel's cache, which the backing would deny them "
+                        "(a 0700 directory's files, once its owner has opened them)")  # fmt: skip
     m.add_argument("--attr-timeout", type=float, metavar="S",
                    help="kernel attribute cache time (default: set by --cache, see README)")  # fmt: skip
     m.add_argument("--entry-timeout", type=float, metavar="S",

@@ -23,7 +23,11 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Let users other than the mounter in; each request then runs with the
     # caller's fsuid/fsgid/groups, so the backing's permission checks decide.
     allow_other: bool = False
-    # Let the kernel check mode bits before asking fastpass (fewer requests).
+    # The kernel checks mode bits and POSIX ACLs (the backing's, which it reads through
+    # GETATTR and GETXATTR) on every path component, cached dentries included, before
+    # asking fastpass: the default_permissions mount option with FUSE_POSIX_ACL.  The
+    # command line turns it on with allow_other: without it a user could walk paths that
+    # another user's lookups left in the kernel's cache, which no request ever checks.
     default_permissions: bool = False
     # How long (s) the kernel may trust attributes and names without asking;
     # None: what the cache mode implies (`resolve`).

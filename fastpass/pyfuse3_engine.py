@@ -57,7 +57,7 @@ from fastpass.kernel import abi
 from fastpass.kernel.abi import ROOT_ID, Fattr, FopenFlag
 from fastpass.kernel.abi import Opcode as O
 from fastpass.kernel.init import MAX_WRITE
-from fastpass.kernel.mount import SUBTYPE
+from fastpass.kernel.mount import SUBTYPE, MountEntry, mount_entry
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 
 log = logging.getLogger("fastpass.pyfuse3")
@@ -203,6 +203,11 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, fs: Fs, routes: list[Route | None], allow_other: bool, filters: list[object]):
         super().__init__()
+        # FUSE_POSIX_ACL where the kernel checks permissions (default_permissions), as the native
+        # engine asks.  libfuse through pyfuse3 cannot ask for FUSE_DONT_MASK: the kernel applies
+        # the umask before the request, so under a parent's default ACL a new inode may lack
+        # bits the bind mount would give it (never has more).
+        self.enable_acl = fs.config.default_permissions
         self.fs = fs
         self.routes = routes
         self.creds = fs.credentials if allow_other else None
@@ -458,10 +463,10 @@ def _options(config: MountConfig) -> set[str]:
     return opts
 
 
-def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, root_fd: int, shared: SharedState,
-        filters: list[object]) -> int:  # fmt: skip
-    """Serve `config` through pyfuse3 until unmounted; `ready` as for the native engine."""
-    os.umask(0)  # the kernel applied the caller's umask already
+def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Callable[[MountEntry | None], None],
+        fan_fd: int, root_fd: int, shared: SharedState, filters: list[object]) -> int:  # fmt: skip
+    """Serve `config` through pyfuse3 until unmounted; `ready` and `mounted` as for the native engine."""
+    os.umask(0)  # creating calls run under the caller's umask (fastpass.fs.context.CallerUmask)
     fs = Fs(config, root_fd, shared, 0)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
@@ -472,6 +477,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
     except RuntimeError as e:
         ready(f"pyfuse3 could not mount {config.mountpoint}: {e}")
         return 1
+    mounted(mount_entry(config.mountpoint))
     record = state.MountState(os.getpid(), config, None, time.time())
     state.write(record)
     if fan_fd >= 0:
@@ -479,7 +485,8 @@ def run(config: MountConfig, ready: Callable[[str | None], None], fan_fd: int, r
         counters = WorkerCounters(shared.counters, shared.region, WATCHER).misc
         watcher = Watcher(fan_fd, Notifier(ops.numbers), config.backing, shared.inodes, shared.region, fs.cache,
                           lambda pid: pid == me, counters)  # fmt: skip
-        threading.Thread(target=watcher.run, name="fastpass-watch", daemon=True).start()
+        root = config.mountpoint if config.default_permissions else None
+        threading.Thread(target=watcher.run, args=(root,), name="fastpass-watch", daemon=True).start()
     log.info("mounted %s on %s (pyfuse3 %s)", config.backing, config.mountpoint, pyfuse3.__version__)
 
     async def main() -> None:

@@ -36,6 +36,11 @@ def path_for(mountpoint: str) -> str:
     return os.path.join(runtime_dir(), f"{digest}.json")
 
 
+def socket_path(mountpoint: str) -> str:
+    """Where the supervisor answers `fastpass stats`, beside its record."""
+    return path_for(mountpoint).removesuffix(".json") + ".sock"
+
+
 def write(state: MountState) -> None:
     os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
     path = path_for(state.config.mountpoint)
@@ -54,10 +59,19 @@ def read(mountpoint: str) -> MountState | None:
 
 
 def remove(mountpoint: str) -> None:
-    try:
-        os.unlink(path_for(mountpoint))
-    except FileNotFoundError:
-        pass
+    """Remove the mount's record and its stats socket."""
+    for path in (path_for(mountpoint), socket_path(mountpoint)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def remove_stale(mountpoint: str, pid: int) -> None:
+    """Remove what server `pid` left behind if it is gone without doing so (it was killed)."""
+    record = read(mountpoint)
+    if record is not None and record.pid == pid and not alive(pid):
+        remove(mountpoint)
 
 
 def alive(pid: int) -> bool:

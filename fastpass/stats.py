@@ -176,7 +176,7 @@ async def serving(mountpoint: str, answer: Callable[[], bytes]) -> AsyncIterator
         finally:
             writer.close()
 
-    path = socket_path(mountpoint)
+    path = state.socket_path(mountpoint)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = await asyncio.start_unix_server(reply, path=path)
@@ -189,16 +189,12 @@ async def serving(mountpoint: str, answer: Callable[[], bytes]) -> AsyncIterator
             os.unlink(path)
 
 
-def socket_path(mountpoint: str) -> str:
-    return state.path_for(mountpoint).removesuffix(".json") + ".sock"
-
-
 class StatsUnavailable(Exception):
     """No supervisor answers for that mountpoint."""
 
 
 def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:
-    path = socket_path(mountpoint)
+    path = state.socket_path(mountpoint)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)

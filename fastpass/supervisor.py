@@ -15,12 +15,17 @@ kernel then ends the connection, each worker's read returns ENODEV after it
 has answered what it was serving, and the supervisor exits when they all
 have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
 detach the mount and exit, so no dead mount lingers.
+
+Start-up is answered once every first worker is set up (see `Pool`), and a
+failed one leaves nothing mounted: before serving, the supervisor unmounts
+after any failure of its own or of a worker; should it die unheard, the
+waiting `fastpass mount` detaches the mount (`fastpass.startup`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import importlib.util
 import logging
 import os
@@ -32,7 +37,7 @@ from collections.abc import Callable
 import msgspec
 import uvloop
 
-from fastpass import _linux, state, stats
+from fastpass import _linux, startup, state, stats
 from fastpass.config import CACHE_MODES, ENGINES, IDLE_SYNC, IO_PATHS, MAX_IO_DEPTH, MountConfig, resolve
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
@@ -43,7 +48,7 @@ from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
-from fastpass.kernel.init import KernelTooOld, Negotiated, negotiate
+from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
 from fastpass.worker import Worker
@@ -72,8 +77,16 @@ def check(config: MountConfig) -> None:
         os.close(os.open(backing, os.O_RDONLY | os.O_DIRECTORY))
     except PermissionError:
         raise StartError(f"backing directory {backing} is not readable") from None
-    if not os.path.exists(mnt):
-        raise StartError(f"mountpoint {mnt} does not exist")
+    try:
+        os.stat(mnt)
+    except FileNotFoundError:
+        raise StartError(f"mountpoint {mnt} does not exist") from None
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise StartError(f"mountpoint {mnt}: {e.strerror}") from None
+        raise StartError(f"mountpoint {mnt} is a dead FUSE mount (its server is gone): clear it with "
+                         f"`fastpass unmount {mnt}` (or `umount -l {mnt}`, or `fusermount3 -uz {mnt}` "
+                         "as its user)") from None  # fmt: skip
     if not os.path.isdir(mnt):
         raise StartError(f"mountpoint {mnt} is not a directory")
     real_b, real_m = os.path.realpath(backing), os.path.realpath(mnt)
@@ -148,6 +161,8 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
         raise StartError(f"kernel sent opcode {opcode} before INIT")
     init_in = abi.INIT_IN.unpack_from(raw, abi.IN_HEADER.size)
     extra = abi.InitFlag.PASSTHROUGH if config.passthrough != "off" and os.geteuid() == 0 else 0
+    if config.default_permissions:
+        extra |= KERNEL_PERMISSIONS
     # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
     depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
     try:
@@ -162,7 +177,8 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
     return negotiated
 
 
-def _child(config: MountConfig, parent: int, name: str, body: Callable[[], None]) -> None:
+def _child(config: MountConfig, ours: mount.MountEntry | None, parent: int, name: str,
+           body: Callable[[], None]) -> None:  # fmt: skip
     """Run a worker's or the watcher's body in a forked child; never returns.
 
     SIGTERM from the supervisor stops the child alone (it is replaced if need
@@ -177,10 +193,8 @@ def _child(config: MountConfig, parent: int, name: str, body: Callable[[], None]
             if os.getppid() == parent:
                 raise SystemExit(128 + signo)  # told to stop alone: the supervisor replaces us
             # The supervisor is gone: leave no dead mount and no stale record behind.
-            _detach(config.mountpoint)
+            _detach(config.mountpoint, ours)
             state.remove(config.mountpoint)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stats.socket_path(config.mountpoint))
             raise SystemExit(0)
 
         signal.signal(signal.SIGTERM, on_term)
@@ -202,11 +216,14 @@ def _child(config: MountConfig, parent: int, name: str, body: Callable[[], None]
 
 
 def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
-           filters: list[object], index: int) -> None:  # fmt: skip
-    """A worker: serve requests from its own clone of the device fd until the connection ends."""
+           filters: list[object], index: int, started: Callable[[], None]) -> None:  # fmt: skip
+    """A worker: serve requests from its own clone of the device fd until the connection ends.
+
+    `started()` tells the supervisor that it is set up and about to serve.
+    """
     devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
     os.close(session)
-    os.umask(0)  # the kernel applied the caller's umask already
+    os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes)
@@ -226,6 +243,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
                     config.io_depth)  # fmt: skip
     signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
+    started()
     try:
         worker.serve()
     finally:
@@ -233,7 +251,8 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         stack.flush(filters, flush_failed)  # what the filters buffered (audit lines) goes out before exit
 
 
-def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int) -> None:
+def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int,
+             started: Callable[[], None]) -> None:  # fmt: skip
     """The watcher: push changes other processes make in the backing to the kernel."""
     counters = WorkerCounters(shared.counters, shared.region, WATCHER)
     counters.misc[PID] = os.getpid()
@@ -246,18 +265,33 @@ def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedStat
     def own(pid: int) -> bool:
         return pid == supervisor or any(misc[PID] == pid for misc in pids)
 
-    Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc).run()
+    watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc)
+    started()
+    watcher.run(config.mountpoint if config.default_permissions else None)
 
 
-def _detach(mountpoint: str) -> None:
+def _detach(mountpoint: str, ours: mount.MountEntry | None = None) -> None:
+    """Unmount, lazily if busy; given `ours`, only that mount.
+
+    Every orphaned worker tries, so another may have detached it a moment
+    ago, and someone else may have mounted there since.
+    """
+    if ours is not None and not mount.is_same(mountpoint, ours):
+        return
     try:
         mount.unmount(mountpoint)
     except (OSError, mount.MountError) as e:
-        log.warning("could not unmount %s: %s", mountpoint, e)
+        if ours is None or mount.is_same(mountpoint, ours):  # else another process just detached it
+            log.warning("could not unmount %s: %s", mountpoint, e)
 
 
-def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
-    """Mount and serve until unmounted; `ready(None)` once serving, `ready(message)` on failure."""
+def run(config: MountConfig, ready: Callable[[str | None], None],
+        mounted: Callable[[mount.MountEntry | None], None] = lambda entry: None) -> int:  # fmt: skip
+    """Mount and serve until unmounted; `ready(None)` once serving, `ready(message)` on failure.
+
+    `mounted(entry)` comes first, as soon as the mount exists: whoever waits for
+    `ready` then knows which mount to detach should this process die unheard.
+    """
     try:
         check(config)
         try:
@@ -269,20 +303,29 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
             from fastpass import pyfuse3_engine  # an optional extra: imported only when asked for
 
             config, fan_fd = _coherence(config)
-            return pyfuse3_engine.run(config, ready, fan_fd, root_fd, _shared(root_fd, config), filters)
+            return pyfuse3_engine.run(config, ready, mounted, fan_fd, root_fd, _shared(root_fd, config), filters)
         try:
             session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
         except mount.MountError as e:
             raise StartError(str(e)) from None
+        ours = mount.mount_entry(config.mountpoint)
+        mounted(ours)
         try:
-            negotiated = _answer_init(session, config)
-        except BaseException:
+            pool = _prepare(config, session, root_fd, filters, ours)
+        except BaseException:  # whatever failed, no dead mount stays behind
             _detach(config.mountpoint)
             os.close(session)
             raise
     except StartError as e:
         ready(str(e))
         return 1
+    return pool.serve(ready)
+
+
+def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[object],
+             ours: mount.MountEntry | None) -> Pool:  # fmt: skip
+    """Answer INIT on the new mount and make ready what its workers share."""
+    negotiated = _answer_init(session, config)
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
@@ -292,7 +335,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None]) -> int:
         config = msgspec.structs.replace(config, io="plain")
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters).serve(ready)
+    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters, ours)
 
 
 def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
@@ -317,11 +360,18 @@ class Pool:
     The loop (asyncio on uvloop) takes SIGTERM/SIGINT (unmount), worker exits
     (each worker's pidfd turns readable: reap, replace a crashed one), and
     `fastpass stats` requests on a unix socket beside the mount's state record.
+
+    Start-up ends when every first worker (and the watcher) has set itself up:
+    each adds 1 to an eventfd just before it serves, and `ready(None)` follows
+    the last.  One that exits before that is a failed start, not a crash to
+    replace: the supervisor unmounts and `ready` says who died, and how.
     """
 
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
-                 record: state.MountState, fan_fd: int, filters: list[object]):  # fmt: skip
+                 record: state.MountState, fan_fd: int, filters: list[object],
+                 ours: mount.MountEntry | None):  # fmt: skip
         self.config = config
+        self.ours = ours  # the mount this pool serves, as mountinfo showed it just after mounting
         self.session = session
         self.root_fd = root_fd
         self.shared = shared
@@ -335,6 +385,9 @@ class Pool:
         self._recent: list[float] = []
         self._done: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)  # workers count themselves in
+        self._starting = 0  # processes of the first start that have not counted themselves in yet
+        self._ready: Callable[[str | None], None] | None = None  # until the start is answered
 
     def start_worker(self, index: int) -> int:
         """Fork worker `index`, or the watcher for index WATCHER."""
@@ -344,13 +397,14 @@ class Pool:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             config, shared = self.config, self.shared
+            started = lambda: os.eventfd_write(self._started, 1)
             try:
                 if index == WATCHER:
-                    _child(config, self.record.pid, WATCHER_NAME,
-                           lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd))  # fmt: skip
+                    _child(config, self.ours, self.record.pid, WATCHER_NAME,
+                           lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd, started))  # fmt: skip
                 else:
-                    _child(config, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
-                                                                   self.root_fd, shared, self.filters, index))  # fmt: skip
+                    _child(config, self.ours, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
+                                                                   self.root_fd, shared, self.filters, index, started))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
@@ -370,11 +424,28 @@ class Pool:
 
         self._loop.add_reader(pidfd, exited)
 
-    def stop(self, why: str) -> None:
+    def stop(self, why: str, answer: str | None = None) -> None:
+        """Unmount; a start not answered yet fails with `answer` (default: stopped by `why`)."""
         if not self.stopping:
             self.stopping = True
             log.info("%s: unmounting %s", why, self.config.mountpoint)
-            _detach(self.config.mountpoint)
+            _detach(self.config.mountpoint, self.ours)
+        self._answer(answer or f"stopped by {why} during start-up")
+
+    def _answer(self, error: str | None) -> None:
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            ready(error)
+
+    def _count_started(self) -> None:
+        """The start succeeded once every process of it has counted itself in."""
+        try:
+            self._starting -= os.eventfd_read(self._started)
+        except BlockingIOError:
+            return
+        if self._starting <= 0:
+            self._loop.remove_reader(self._started)  # type: ignore[union-attr]
+            self._answer(None)
 
     def reap(self) -> None:
         for pid in list(self.workers):
@@ -383,6 +454,13 @@ class Pool:
                 continue
             index = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            if self._ready is not None and not self.stopping:
+                who = "the watcher" if index == WATCHER else f"worker {index}"
+                why = f"{who} (pid {pid}) {startup.exit_cause(status)} during start-up"
+                log.error("%s", why)
+                self.failed = True
+                self.stop("start-up failed", why)
+                continue
             serving = any(i != WATCHER for i in self.workers.values())
             if code == 0 or self.stopping or (index == WATCHER and not serving):
                 continue  # the connection ended (unmount): the others follow
@@ -407,7 +485,7 @@ class Pool:
         pids = {index: pid for pid, index in self.workers.items()}
         return stats.snapshot(self.shared, self.config.workers, pids, self.restarts, self.record)
 
-    async def _control(self, ready: Callable[[str | None], None]) -> None:
+    async def _control(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self.stop, "SIGTERM")
@@ -415,19 +493,20 @@ class Pool:
         for pid in self.workers:
             self._watch(pid)
         async with stats.serving(self.config.mountpoint, self.stats):
-            ready(None)
+            loop.add_reader(self._started, self._count_started)
             self.reap()  # a worker may have died before the handler was in place
             await self._done
 
     def serve(self, ready: Callable[[str | None], None]) -> int:
-        """Run the workers until the mount ends; returns the exit code."""
+        """Run the workers until the mount ends; returns the exit code.  `ready` as for `run`."""
+        self._ready = ready
         for index in range(self.config.workers):
             self.start_worker(index)
         if self.fan_fd >= 0:
             self.start_worker(WATCHER)
-        uvloop.run(self._control(ready))
-        if mount.is_ours(self.config.mountpoint, self.config.backing):
-            _detach(self.config.mountpoint)
+        self._starting = len(self.workers)
+        uvloop.run(self._control())
+        _detach(self.config.mountpoint, self.ours)
         os.close(self.session)
         state.remove(self.config.mountpoint)
         log.info("stopped")

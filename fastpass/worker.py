@@ -93,6 +93,11 @@ class Worker:
         self.errors_logged: set[tuple[int, type, object]] = set()
         self.unexpected = 0
         self.pool = BufferPool(depth if ring is not None else 1)
+        if ring is not None:
+            try:
+                ring.register_buffers(self.pool.memory)
+            except OSError as e:  # a memlock limit: the ring reads and writes the pool all the same
+                log.warning("io_uring buffers not registered (%s): O_DIRECT I/O pins pages per call", e.strerror)
         self.inflight: dict[int, _Calls] = {}  # per slot on the ring path, while its calls are out
         self.waiting = False  # blocked waiting for requests, none in progress
         fs.counters.misc[IO_PATH] = IO_NAMES.index("plain" if ring is None else "uring")

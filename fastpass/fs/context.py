@@ -41,6 +41,28 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+class CallerUmask:
+    """The caller's umask around one backing call that makes an inode (MKNOD, MKDIR, CREATE, TMPFILE).
+
+    The kernel leaves the umask to us (FUSE_DONT_MASK) and sends it with the request.  Under
+    it the backing does what it does for the caller's own call: applies it, or ignores it where
+    the parent has a default ACL.  A worker is one thread, so the process-wide umask is this
+    request's for the call's duration (the pyfuse3 engine makes its backing calls on one thread).
+    """
+
+    __slots__ = ("mask", "saved")
+
+    def __init__(self, mask: int):
+        self.mask = mask
+        self.saved = 0
+
+    def __enter__(self) -> None:
+        self.saved = os.umask(self.mask)
+
+    def __exit__(self, *exc: object) -> None:
+        os.umask(self.saved)
+
+
 class Credentials:
     """Runs a request as its caller (fsuid, fsgid, supplementary groups).
 
@@ -120,6 +142,7 @@ class Fs:
         self.home_dev = os.fstat(root_fd).st_dev
         self.home = (self.cache, self.entry_valid, self.attr_valid)
         watched = config.cache == "auto" and not config.revalidate
+        self.watched = watched
         self.away = (None, split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)),
                      split_time(min(config.attr_timeout, DEFAULT_REVALIDATE))) if watched else self.home  # fmt: skip
         # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
@@ -182,6 +205,11 @@ class Fs:
         if cache is not None:
             cache.put(nodeid, t0, attr)
         return encode.attr_out(attr_valid, attr)
+
+    def kept(self, inode: Inode) -> bool:
+        """Whether the kernel may keep the inode's pages (a file's data, a directory's listing)
+        across opens: only where the watcher drops them when something else changes them."""
+        return self.watched and inode.key[0] == self.home_dev
 
     def attr_valid_for(self, dev: int) -> tuple[int, int]:
         """How long the kernel may trust the attributes of an inode on device `dev`."""

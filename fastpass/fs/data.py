@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from fastpass import _linux
 from fastpass.fs.attrs import kill_suidgid
-from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.context import CallerUmask, Fs, Request, proc_path
 from fastpass.fs.handles import PASSTHROUGH_MARK
 from fastpass.fs.inodes import Inode
 from fastpass.fs.openflags import backing
@@ -52,6 +52,8 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
         open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
     if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
         open_flags |= FopenFlag.DIRECT_IO
+    elif not backing_id and fs.kept(inode):  # (the kernel refuses KEEP_CACHE with passthrough)
+        open_flags |= FopenFlag.KEEP_CACHE
     try:
         fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
     except BaseException:
@@ -64,9 +66,11 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
 
 
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
+    to_exec = flags & abi.FMODE_EXEC
     flags = backing(flags)
     inode = fs.inodes.get(req.nodeid)
-    fd = os.open(proc_path(fs.inodes.fd(inode)), flags | os.O_CLOEXEC)
+    path = proc_path(fs.inodes.fd(inode))
+    fd = _open_to_exec(fs, path, flags) if to_exec else os.open(path, flags | os.O_CLOEXEC)
     try:
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
@@ -76,6 +80,16 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_to_exec(fs: Fs, path: str, flags: int) -> int:
+    """execve's open: the caller needs the execute permission only (a 0711 program runs, its
+    contents read by the kernel, not the caller), so that is checked as the caller (AT_EACCESS:
+    the fsuid, fsgid and groups we run the request with) and the file is opened as the server."""
+    if not os.access(path, os.X_OK, effective_ids=True):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+    with _linux.fsuid(fs.credentials.uid):
+        return os.open(path, flags | os.O_CLOEXEC)
 
 
 def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
@@ -94,7 +108,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
     dir_fd = fs.inode_fd(req.nodeid)
     how = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+        with CallerUmask(umask):
+            fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
         made = True
     except FileExistsError:
         if exclusive:
@@ -127,7 +142,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
     flags = backing(flags)
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
+    with CallerUmask(umask):
+        fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         t0 = _clock()

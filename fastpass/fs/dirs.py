@@ -24,17 +24,24 @@ from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.handles import DirHandle
 from fastpass.fs.inodes import O_PATH_FLAGS, Inode
 from fastpass.kernel import encode
+from fastpass.kernel.abi import FopenFlag
 from fastpass.uring.ring import PART, Ring
 
 _DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; d_name follows
 _NAME_AT = _DIRENT64.size
 DOTS = (b".", b"..")  # the names a listing has that the kernel never looks up
 _clock = time.monotonic_ns
+# The kernel caches the listing (CACHE_DIR) and keeps it across opens (KEEP_CACHE) until the
+# watcher drops the directory's pages, or the kernel its own after a change through the mount.
+_CACHED_LISTING = FopenFlag.CACHE_DIR | FopenFlag.KEEP_CACHE
 
 
 def opendir(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
-    fd = os.open(proc_path(fs.inode_fd(req.nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    return encode.open_out(fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY), 0)
+    """Open a directory; where the watcher keeps it coherent, the kernel caches its listing."""
+    inode = fs.inodes.get(req.nodeid)
+    fd = os.open(proc_path(fs.inodes.fd(inode)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fh = fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY)
+    return encode.open_out(fh, _CACHED_LISTING if fs.kept(inode) else 0)
 
 
 def releasedir(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
@@ -151,8 +158,7 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
 # The ring path (fastpass.fs.table.RING): the entries this worker does not hold yet are opened
 # (O_PATH) as one batch on the worker's io_uring, so a cold backing loads their inodes in
 # parallel; each open's fd is then adopted (fstat, file handle) when the batch is done.  Names
-# the worker holds are resolved by a synchronous stat then: their inodes are in memory.  So
-# are names that are not UTF-8, which the ring binding cannot take.
+# the worker holds are resolved by a synchronous stat then: their inodes are in memory.
 
 
 def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
@@ -164,24 +170,15 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
     parts = []  # per taken entry: the number of its call in the batch, or -1 (resolved in done)
     calls = 0
     for ino, _off, _type, name in taken:
-        if name in DOTS or inodes.holds(parent, ino) or not name.isascii() and not _utf8(name):
+        if name in DOTS or inodes.holds(parent, ino):
             parts.append(-1)
         else:
-            ring.open_path(pfd, name.decode(), O_PATH_FLAGS, tag + calls * PART)
+            ring.open_path(pfd, name, O_PATH_FLAGS, tag + calls * PART)
             parts.append(calls)
             calls += 1
     if not calls:
         return readdirplus_done(fs, req, (taken, parent, parts), [])
     return taken, parent, parts
-
-
-def _utf8(name: bytes) -> bool:
-    """Whether the ring binding can take `name` (it takes paths as str, encoded as UTF-8)."""
-    try:
-        name.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def readdirplus_done(fs: Fs, req: Request, state: tuple, results: list[int]) -> bytes:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 
 from fastpass import _linux
-from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.context import CallerUmask, Fs, Request, proc_path
 from fastpass.kernel import abi
 
 
@@ -31,13 +31,15 @@ def batch_forget(fs: Fs, req: Request, forgets: list[tuple[int, int]]) -> None:
 
 
 def mkdir(fs: Fs, req: Request, mode: int, umask: int, name: bytes) -> bytes:
-    os.mkdir(name, mode, dir_fd=fs.inode_fd(req.nodeid))
+    with CallerUmask(umask):
+        os.mkdir(name, mode, dir_fd=fs.inode_fd(req.nodeid))
     fs.changed(req.nodeid)
     return fs.lookup_entry(req.nodeid, name)
 
 
 def mknod(fs: Fs, req: Request, mode: int, rdev: int, umask: int, name: bytes) -> bytes:
-    os.mknod(name, mode, os.makedev(*abi.new_decode_dev(rdev)), dir_fd=fs.inode_fd(req.nodeid))
+    with CallerUmask(umask):
+        os.mknod(name, mode, os.makedev(*abi.new_decode_dev(rdev)), dir_fd=fs.inode_fd(req.nodeid))
     fs.changed(req.nodeid)
     return fs.lookup_entry(req.nodeid, name)
 

@@ -30,8 +30,9 @@ acted on by the kernel or by fastpass itself, never passed to the backing open
                         fds are always close-on-exec
   O_ASYNC               set by fcntl(F_SETFL) for signals to the application; it means
                         nothing to the backing open
-  __FMODE_EXEC (0o40)   execve's open (the kernel refuses a write open of a running binary
-                        itself); unknown to open(2)
+  __FMODE_EXEC (0o40)   execve's open (abi.FMODE_EXEC), unknown to open(2): it needs only the
+                        execute bit, so OPEN checks that as the caller and opens as the
+                        server (data._open_to_exec)
   anything else         unknown bits are dropped rather than guessed at
 """
 

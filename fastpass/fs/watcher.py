@@ -16,7 +16,8 @@ falls back to revalidation by time (`--revalidate`).
 
 For each change from another process, the watcher drops the inode's
 shared-cache entry first and then tells the kernel: FUSE_NOTIFY_INVAL_INODE
-for changed attributes (with the page cache for changed data),
+for changed attributes (with the page cache for changed data, and for a
+directory whose names changed: its cached listing lives there),
 FUSE_NOTIFY_INVAL_ENTRY for a name created, removed or renamed (so a name
 the kernel would trust for its entry timeout is looked up again), and
 FUSE_NOTIFY_DELETE where the removed inode is one the kernel knows.  Events
@@ -30,6 +31,7 @@ one attribute invalidation.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -134,7 +136,7 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
         parent = resolve(place[0]) if place is not None else 0
         if parent:
             child = resolve(target) if target and mask & _linux.FAN_DELETE else 0
-            changes.inodes.setdefault(parent, False)  # its mtime, size and link count moved
+            changes.inodes[parent] = True  # its mtime, size and link count moved, and its listing
             changes.entries[(parent, place[1])] = child  # type: ignore[index]
             if child:
                 changes.inodes.setdefault(child, False)
@@ -218,8 +220,19 @@ class Watcher:
         for (parent, name), child in changes.entries.items():
             self._notify(kernel.inval_entry, parent, name, child)
 
-    def run(self) -> None:
-        """Forever: the supervisor ends this process when the mount ends."""
+    def run(self, root: str | None) -> None:
+        """Forever: the supervisor ends this process when the mount ends.
+
+        With default_permissions, `root` (the mountpoint) is stat'ed first, before any
+        invalidation is sent.  The kernel makes the root inode at mount time with no permission
+        bits, and keeps a GETATTR reply only if no FUSE_NOTIFY_INVAL_INODE of that inode came
+        while it was out: a user's first walk through the root, racing an invalidation, would be
+        checked against those bits and refused.  Afterwards a lost reply leaves the previous,
+        real attributes.
+        """
+        if root is not None:
+            with contextlib.suppress(OSError):
+                os.stat(root)
         buf = bytearray(256 * 1024)
         poller = select.poll()
         poller.register(self.fan_fd, select.POLLIN)

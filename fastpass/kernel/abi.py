@@ -168,6 +168,9 @@ COPY_FILE_RANGE_OUT = struct.Struct("<Q")  # bytes_copied (7.45)
 WRITE_CACHE = 1 << 0  # write_flags: delayed write from the page cache
 WRITE_KILL_SUIDGID = 1 << 2  # write_flags (7.33): clear suid/sgid, the writer lacks CAP_FSETID
 OPEN_KILL_SUIDGID = 1 << 0  # fuse_open_in/fuse_create_in.open_flags (7.33): O_TRUNC by such a caller
+# fuse_open_in.flags carries the file's f_flags, and execve's open (O_RDONLY) keeps the kernel's
+# __FMODE_EXEC there: an open to execute, for which the kernel checked MAY_EXEC, not MAY_READ.
+FMODE_EXEC = 0o40
 
 # --- misc ----------------------------------------------------------------
 # blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, padding, spare[6]

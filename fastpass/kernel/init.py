@@ -41,7 +41,17 @@ WANTED = (
     # filter needs, served without kernel passthrough) goes through the page cache instead of
     # failing with ENODEV.
     | F.DIRECT_IO_ALLOW_MMAP
+    # The kernel leaves the caller's umask to us (it comes in CREATE, MKNOD, MKDIR and TMPFILE):
+    # the backing call runs under it, so the backing applies it, or the parent's default ACL
+    # instead, exactly as for the caller's own call.  Without it the kernel would mask the mode
+    # first, and a default ACL would be cut down by bits the caller's umask never meant to drop.
+    | F.DONT_MASK
 )
+# Asked for (as `extra`) with the default_permissions mount option and only then, as the kernel
+# turns default_permissions on with it: the kernel checks POSIX ACLs too (it reads
+# system.posix_acl_access and _default through GETXATTR, keeps them until an attribute refresh
+# or FUSE_NOTIFY_INVAL_INODE, and hands setfacl to SETXATTR, the backing then setting the mode).
+KERNEL_PERMISSIONS = F.POSIX_ACL
 
 
 class KernelTooOld(Exception):

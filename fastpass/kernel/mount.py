@@ -32,6 +32,7 @@ class MountEntry(NamedTuple):
     dev: str  # "major:minor", also the name of the mount's bdi in /sys/class/bdi
     fstype: str
     source: str
+    mount_id: int  # unique among live mounts; with `dev`, tells one mount from a later one at the same place
 
 
 def mount_entry(path: str) -> MountEntry | None:
@@ -49,7 +50,8 @@ def mount_entry(path: str) -> MountEntry | None:
             fields = left.split(b" ")
             if _unescape(fields[4]) == real:
                 fstype, source = right.split(b" ")[:2]
-                found = MountEntry(fields[2].decode(), os.fsdecode(fstype), os.fsdecode(_unescape(source)))
+                found = MountEntry(fields[2].decode(), os.fsdecode(fstype), os.fsdecode(_unescape(source)),
+                                   int(fields[0]))  # fmt: skip
     return found
 
 
@@ -69,6 +71,12 @@ def fstype_of(path: str) -> str:
 
 def is_mountpoint(path: str) -> bool:
     return mount_entry(path) is not None
+
+
+def is_same(mountpoint: str, ours: MountEntry) -> bool:
+    """Whether the top mount at `mountpoint` is still `ours`, not a later one at the same place."""
+    entry = mount_entry(mountpoint)
+    return entry is not None and (entry.mount_id, entry.dev) == (ours.mount_id, ours.dev)
 
 
 def is_ours(mountpoint: str, backing: str) -> bool:

@@ -242,7 +242,7 @@ def test_explicit_backing_is_left_as_it_was(tmp_path):
         pytest.param(["--variant", "x=", "--variant", "x=--cache off"], "--variant x given twice", id="variant-twice"),
         # Parsed fine, refused by `fastpass mount` once the default configuration is mounted: that one goes too.
         pytest.param(
-            ["--workloads", "readdir", "--variant", "x=--log /nonexistent/log"],
+            ["--workloads", "readdir", "--variant", "x=--log {tmp}/missing/log"],
             "x: cannot write the log file",
             id="variant-mount-fails",
         ),

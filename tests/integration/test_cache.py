@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import Mounted, fastpass_mount, run_fastpass, wait_for
 from tests.integration.test_cli import assert_refused
-from tests.integration.test_passthrough import stats
+from tests.integration.test_passthrough import op_count, stats
 
 LONG = ("--attr-timeout", "60", "--entry-timeout", "60")
 CONFIGS = {"w1": ("--workers", "1", "--passthrough", "off"), "w4": ("--workers", "4", "--passthrough", "on"),
@@ -233,6 +233,71 @@ def test_many_changes_all_show(watched: Mounted) -> None:
 
 
 # --- changes through the mount ----------------------------------------------------------
+# --- pages and listings the kernel keeps across opens, while the watcher keeps them true ----
+USERSPACE = ("--workers", "2", "--passthrough", "off", *LONG)
+
+
+def _backing(tmp_path: Path, names: set[str], size: int) -> None:
+    """Files made before the mount: no watcher event of theirs can drop what the test reads."""
+    (tmp_path / "backing").mkdir()
+    for name in names:
+        (tmp_path / "backing" / name).write_bytes(b"x" * size)
+
+
+def _listings(mnt: Path) -> int:
+    s = stats(mnt)
+    return op_count(s, "READDIR") + op_count(s, "READDIRPLUS")
+
+
+def test_reopened_file_is_read_from_kept_pages(tmp_path: Path) -> None:
+    _backing(tmp_path, {"f"}, 65536)
+    with fastpass_mount(tmp_path, *USERSPACE) as m:
+        assert (m.mnt / "f").read_bytes() == b"x" * 65536
+        reads = op_count(stats(m.mnt), "READ")
+        for _ in range(5):
+            assert (m.mnt / "f").read_bytes() == b"x" * 65536
+        assert op_count(stats(m.mnt), "READ") == reads  # every reopen read the kernel's pages
+        (m.backing / "f").write_bytes(b"y" * 65536)  # outside: same size, new bytes
+        assert shows(lambda: (m.mnt / "f").read_bytes() == b"y" * 65536)
+        with open(m.mnt / "f", "r+b") as f:  # through the mount: every later open sees it at once
+            f.write(b"z" * 4096)
+        assert (m.mnt / "f").read_bytes() == b"z" * 4096 + b"y" * 61440
+
+
+def test_listing_is_kept_until_the_backing_changes(tmp_path: Path) -> None:
+    names = {f"n{i:03}" for i in range(100)}
+    _backing(tmp_path, names, 0)
+    with fastpass_mount(tmp_path, *USERSPACE) as m:
+        assert set(os.listdir(m.mnt)) == names
+        listings = _listings(m.mnt)
+        for _ in range(5):
+            assert set(os.listdir(m.mnt)) == names
+        assert _listings(m.mnt) == listings  # every reopen listed the kernel's cache
+        (m.backing / "outside").write_bytes(b"")
+        assert shows(lambda: set(os.listdir(m.mnt)) == names | {"outside"})
+        os.unlink(m.backing / "n000")
+        os.rename(m.backing / "n001", m.backing / "renamed")
+        want = names - {"n000", "n001"} | {"outside", "renamed"}
+        assert shows(lambda: set(os.listdir(m.mnt)) == want)
+        (m.mnt / "inside").write_bytes(b"")  # through the mount: the kernel drops its own cache
+        os.unlink(m.mnt / "n002")
+        assert set(os.listdir(m.mnt)) == want - {"n002"} | {"inside"}
+
+
+@pytest.mark.parametrize("mode", [("--revalidate", "1"), ("--cache", "strict")], ids=["revalidate", "strict"])
+def test_without_a_watcher_nothing_is_kept_across_opens(tmp_path: Path, mode: tuple[str, str]) -> None:
+    """No watcher, so no one would drop stale pages: every open reads and lists the backing again."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off", *mode) as m:
+        (m.backing / "f").write_bytes(b"x" * 8192)
+        assert (m.mnt / "f").read_bytes() == b"x" * 8192
+        assert os.listdir(m.mnt) == ["f"]
+        reads, listings = op_count(stats(m.mnt), "READ"), _listings(m.mnt)
+        assert (m.mnt / "f").read_bytes() == b"x" * 8192
+        assert os.listdir(m.mnt) == ["f"]
+        assert op_count(stats(m.mnt), "READ") > reads
+        assert _listings(m.mnt) > listings
+
+
 def test_own_changes_are_not_echoed(tmp_path: Path) -> None:
     """With passthrough off every change is a worker's: the watcher must send nothing."""
     with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", "off", *LONG) as m:

@@ -17,7 +17,8 @@ import stat
 import pytest
 
 from tests.conftest import bind_mount, fastpass_mount
-from tests.integration.test_multiuser import GID, UID, as_user, user1000  # noqa: F401 (a fixture)
+from tests.integration.test_multiuser import user1000  # noqa: F401 (a fixture)
+from tests.users import GID, UID, as_user
 
 
 def _write(path, data: bytes) -> None:

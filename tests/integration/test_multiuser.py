@@ -6,8 +6,8 @@ rules apply to the caller.  Without it the kernel lets nobody but the
 mounter in.  A non-root user mounts through fusermount3.
 
 Acting as another user: the interpreter lives under /root (mode 0700), so a
-subprocess started with `user=1000` cannot exec it.  `as_user` forks this
-process and drops to the uid/gid/groups in the child (setgroups, setresgid,
+subprocess started with `user=1000` cannot exec it.  `as_user` (tests/users.py)
+forks this process and drops to the uid/gid/groups in the child (setgroups, setresgid,
 setresuid: no capability survives), runs a function there and sends its
 result or OSError back through a pipe.  `run_cli_as` does the same around
 `fastpass.cli.main()`.
@@ -19,12 +19,9 @@ import errno
 import hashlib
 import json
 import os
-import pickle
-import select
 import signal
 import subprocess
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,56 +30,9 @@ import msgspec
 import pytest
 from conftest import MNT_DETACH, _libc, fastpass_mount, is_mounted, wait_for
 
-from tests.users import drop, run_cli_as, wait_child
+from tests.users import GID, UID, as_user, run_cli_as
 
-UID = GID = 1000
 OTHER_GROUP = 4242
-
-
-# --- acting as another user ----------------------------------------------------------
-def as_user(fn: Callable[..., Any], *args: Any, uid: int = UID, gid: int = GID, groups: list[int] | None = None,
-            timeout: float = 20) -> Any:  # fmt: skip
-    """fn(*args) run as uid/gid/groups in a forked child; its OSError is raised here."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        try:
-            os.close(r)
-            try:
-                drop(uid, gid, list(groups or []))
-                result: tuple = ("ok", fn(*args))
-            except OSError as e:
-                result = ("oserror", e.errno, e.strerror, e.filename)
-            except BaseException:  # noqa: BLE001 - sent back to the parent
-                result = ("exc", traceback.format_exc())
-            data = pickle.dumps(result)
-            while data:
-                data = data[os.write(w, data) :]
-        finally:
-            os._exit(0)
-    os.close(w)
-    deadline = time.monotonic() + timeout
-    chunks = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise TimeoutError(f"{getattr(fn, '__name__', fn)} as uid {uid} hung")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-    wait_child(pid, deadline + 5, "child")
-    result = pickle.loads(b"".join(chunks))
-    if result[0] == "oserror":
-        raise OSError(result[1], result[2], result[3])
-    if result[0] == "exc":
-        raise AssertionError(f"as uid {uid}:\n{result[1]}")
-    return result[1]
 
 
 # --- fixtures ---------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from fastpass.worker import Worker
 @pytest.fixture(params=["plain", "uring"])
 def channel(request: pytest.FixtureRequest, tmp_path: Path):
     """The worker on one end of a socket pair, on either I/O path: plain in a thread (the test
-    can reach into it), uring in a forked child, as in a mount (the binding holds the GIL
-    while it waits for completions, so a thread beside the test would stop it)."""
+    can reach into it), uring in a forked child that sets up its own ring, as a mount's worker
+    does."""
     (tmp_path / "file").write_bytes(b"0123456789")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     root_fd = os.open(tmp_path, os.O_PATH)
