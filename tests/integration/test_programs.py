@@ -25,7 +25,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ENGINES, MNT_DETACH, Mounted, _libc, bind_mount, fastpass_mount, mounts_under
+from tests.conftest import ENGINES, Mounted, bind_mount, fastpass_mount, scratch_dir
 from tests.tree import data_map, differences, snapshot
 
 # The fs fixture's configurations, and one more: N workers with passthrough and --allow-other,
@@ -130,15 +129,9 @@ def snapshot_of(tree: dict[str, dict], holes: bool) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
     """One directory for the module: the same mountpoint path in every run, so programs write the same paths."""
-    path = Path(tempfile.mkdtemp(prefix="fastpass-programs-", dir="/tmp"))
-    try:
+    with scratch_dir("fastpass-programs-") as path:
         make_sources(path / "src")
         yield path
-    finally:
-        for point, _ in reversed(mounts_under(path)):
-            _libc.umount2(os.fsencode(point), MNT_DETACH)
-        if not mounts_under(path):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=list(CONFIGS))
@@ -247,28 +240,19 @@ def rsync_nothing_left(options: str, source: Path, dst: Path) -> str:
     return sh("rsync", options, "--checksum", "--delete", "--dry-run", "--itemize-changes", f"{source}/", f"{dst}/")
 
 
-def test_rsync(prog):
-    """rsync -a of the kernel's headers (the issue's reproducer: ELOOP on the temp file's close), then
-    --delete from a changed tree, with rsync's default temp files and renames."""
+@pytest.mark.parametrize("update", [("--delete",), ("--inplace", "--no-whole-file", "--delete")],
+                         ids=["temp-files", "inplace"])  # fmt: skip
+def test_rsync(prog, update):
+    """rsync -a of the kernel's headers (the issue's reproducer: ELOOP on the temp file's close), then of
+    a changed tree with --delete: through rsync's temp files and renames, or patched in place by the
+    delta algorithm."""
 
     def job(m: Mounted) -> object:
         dst = m.mnt / "dst"
         sh("rsync", "-a", "/usr/include/linux/", f"{dst}/")
         assert rsync_nothing_left("-a", Path("/usr/include/linux"), dst) == ""
         sh("rsync", "-a", f"{prog.src / 'orig'}/", f"{dst}/")
-        sh("rsync", "-a", "--delete", f"{prog.src / 'changed'}/", f"{dst}/")
-        return rsync_nothing_left("-a", prog.src / "changed", dst)
-
-    assert prog.run(job, mtime=True) == ""
-
-
-def test_rsync_inplace(prog):
-    """rsync --inplace --no-whole-file: the changed files are patched in place by the delta algorithm."""
-
-    def job(m: Mounted) -> object:
-        dst = m.mnt / "dst"
-        sh("rsync", "-a", f"{prog.src / 'orig'}/", f"{dst}/")
-        sh("rsync", "-a", "--inplace", "--no-whole-file", "--delete", f"{prog.src / 'changed'}/", f"{dst}/")
+        sh("rsync", "-a", *update, f"{prog.src / 'changed'}/", f"{dst}/")
         return rsync_nothing_left("-a", prog.src / "changed", dst)
 
     assert prog.run(job, mtime=True) == ""
