@@ -202,10 +202,11 @@ def mounts_under(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-@pytest.fixture
-def world_dir():
-    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-test-", dir="/tmp"))
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "fastpass-test-") -> Iterator[Path]:
+    """A fresh directory in /tmp that every uid can traverse (pytest's tmp_path is 0700 root), with
+    a path of the same length each time; removed afterwards with whatever is still mounted in it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
     try:
         yield base
@@ -214,3 +215,10 @@ def world_dir():
             _libc.umount2(os.fsencode(point), MNT_DETACH)
         if not mounts_under(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def world_dir():
+    """A fresh directory every uid can traverse."""
+    with scratch_dir() as base:
+        yield base
