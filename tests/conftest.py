@@ -92,7 +92,7 @@ def server_pid(mnt: Path) -> int | None:
 
 
 def run_fastpass(*args: str, timeout: float = MOUNT_TIMEOUT, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
@@ -215,10 +215,11 @@ def helper_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{TREE}:{path}" if path else str(TREE))
 
 
-@pytest.fixture
-def world_dir():
-    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-test-", dir="/tmp"))
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "fastpass-test-") -> Iterator[Path]:
+    """A fresh directory in /tmp that every uid can traverse (pytest's tmp_path is 0700 root), with
+    a path of the same length each time; removed afterwards with whatever is still mounted in it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
     try:
         yield base
@@ -227,3 +228,10 @@ def world_dir():
             _libc.umount2(os.fsencode(point), MNT_DETACH)
         if not mounts_under(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def world_dir():
+    """A fresh directory every uid can traverse."""
+    with scratch_dir() as base:
+        yield base
