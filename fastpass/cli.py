@@ -138,7 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
     mount_args = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}",
-               *_io_options(args)]  # fmt: skip
+                  *_io_options(args)]  # fmt: skip
     for name in ("attr_timeout", "entry_timeout"):
         if getattr(args, name) is not None:
             mount_args.append(f"--{name.replace('_', '-')}={getattr(args, name)}")

@@ -14,6 +14,7 @@ down by the fixtures' own means whatever happens.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_mount_t(tmp_path, helper_env):
         assert (mnt / "f").read_text() == "served"
         config = state.read(str(mnt)).config
         assert (config.workers, config.cache) == (2, "auto")
+        r = _run(*FASTPASS, "stats", "--json", str(mnt), env=helper_env)  # the options as an -o list, from the table
+        assert r.returncode == 0, r.stderr
+        assert {"workers=2", "cache=auto", "suid", "dev"} <= set(json.loads(r.stdout)["options"].split(","))
         # mount.fuse3 adds dev,suid for root, as for every FUSE filesystem: nosuid,nodev are the fstab's to ask.
         assert (config.nosuid, config.nodev) == (False, False)
         assert not {"nosuid", "nodev"} & _mount_options(mnt)
