@@ -308,7 +308,7 @@ COMMANDS = ("mount", "unmount", "stats", "bench", "tune")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+    if argv and argv[0] not in COMMANDS and ("/" in argv[0] or os.path.exists(argv[0])):
         argv = ["mount", *argv]  # `fastpass SOURCE MOUNTPOINT -o OPTIONS`: how mount.fuse3 runs a FUSE filesystem
     args = parser().parse_args(argv)
     return args.func(args)

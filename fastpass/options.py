@@ -34,14 +34,15 @@ class OptionError(Exception):
     """A mount option that cannot be taken; the message names it, in one line."""
 
 
-def _name(value: str) -> str:
+def subtype_name(value: str) -> str:
     """A subtype: mountinfo shows it as fuse.NAME, and mount -t fuse.NAME finds the helper by it."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", value):
         raise ValueError("a name of letters, digits, '.', '_', '+', '-'")
     return value
 
 
-def _text(value: str) -> str:
+def text(value: str) -> str:
+    """A value that must not be empty (a path, a filter spec, a source)."""
     if not value:
         raise ValueError("a value")
     return value
@@ -110,10 +111,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_inodes", "max_inodes", f"inodes the kernel may know at once (default {_D['max_inodes']})", int,
            metavar="N"),
     Option("filter", "filters", "a filter around the operations, outermost first (repeatable): readonly, "
-           "hide:pattern=GLOB, audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]", _text,
+           "hide:pattern=GLOB, audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]", text,
            metavar="SPEC", repeat=True),
     Option("debug", "debug", "log every request and reply"),
-    Option("log", "log", "log file (background mode)", _text, metavar="FILE"),
+    Option("log", "log", "log file (background mode)", text, metavar="FILE"),
     Option("nonempty", "nonempty", "allow a non-empty mountpoint"),
     # mount(8)'s and FUSE's own, -o only.
     Option("ro", "read_only", "read-only: every change fails with EROFS", long=False),
@@ -126,9 +127,9 @@ OPTIONS: tuple[Option, ...] = (
            long=False),
     Option("noexec", "noexec", "nothing executes from the mount", long=False),
     Option("exec", "noexec", "files may execute (default)", const=False, long=False),
-    Option("fsname", "fsname", "the source mountinfo shows (default: the backing path)", _text, metavar="NAME",
+    Option("fsname", "fsname", "the source mountinfo shows (default: the backing path)", text, metavar="NAME",
            long=False),
-    Option("subtype", "subtype", f"the type mountinfo shows is fuse.NAME (default {_D['subtype']})", _name,
+    Option("subtype", "subtype", f"the type mountinfo shows is fuse.NAME (default {_D['subtype']})", subtype_name,
            metavar="NAME", long=False),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
