@@ -167,10 +167,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             **kw)  # fmt: skip
 
 
-def parse(text: str) -> list[tuple[Option, Any]]:
+def parse(listing: str) -> list[tuple[Option, Any]]:
     """The options of one `-o` list, in order."""
     found = []
-    for item in split(text):
+    for item in split(listing):
         name, eq, raw = item.partition("=")
         if name.startswith(("x-", "X-")):
             continue
