@@ -15,8 +15,10 @@ from fastpass.config import (
     DEFAULT_CACHE_SIZE,
     DEFAULT_IO_DEPTH,
     DEFAULT_MAX_INODES,
+    DEFAULT_QUEUE_DEPTH,
     ENGINES,
     IO_PATHS,
+    TRANSPORTS,
     MountConfig,
 )
 from fastpass.kernel import mount
@@ -62,6 +64,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         filters=tuple(args.filter),
         io=args.io or ("plain" if args.engine == "pyfuse3" else "uring"),
         io_depth=args.io_depth,
+        transport=args.transport or ("dev" if args.engine == "pyfuse3" else "auto"),
+        queue_depth=args.queue_depth,
     )
     _user_modules()
     try:
@@ -308,6 +312,15 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--io-depth", type=int, default=DEFAULT_IO_DEPTH, metavar="N",
                    help="with --io uring: requests in flight per worker, 1 MiB of buffer each "
                         "(default %(default)s)")  # fmt: skip
+    m.add_argument("--transport", choices=TRANSPORTS,
+                   help="where requests come from: uring: FUSE-over-io_uring entries on each worker's ring "
+                        "(Linux 6.14+; as root it turns the fuse module's enable_uring on while the mount starts, "
+                        "as a normal user it needs it on); auto: uring where the kernel offers it "
+                        "(enable_uring already on), /dev/fuse otherwise; dev: /dev/fuse "
+                        "(default: auto with the native engine, dev with pyfuse3)")  # fmt: skip
+    m.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH, metavar="N",
+                   help="with --transport uring: entries per queue (one queue per CPU), 1 MiB of resident "
+                        "buffer each (default %(default)s)")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")

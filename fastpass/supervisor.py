@@ -28,6 +28,7 @@ import asyncio
 import errno
 import importlib.util
 import logging
+import mmap
 import os
 import shutil
 import signal
@@ -37,8 +38,18 @@ from collections.abc import Callable
 import msgspec
 import uvloop
 
-from fastpass import _linux, startup, state, stats
-from fastpass.config import CACHE_MODES, ENGINES, IDLE_SYNC, IO_PATHS, MAX_IO_DEPTH, MountConfig, resolve
+from fastpass import _linux, startup, state, stats, transport
+from fastpass.config import (
+    CACHE_MODES,
+    ENGINES,
+    IDLE_SYNC,
+    IO_PATHS,
+    MAX_IO_DEPTH,
+    MAX_QUEUE_DEPTH,
+    TRANSPORTS,
+    MountConfig,
+    resolve,
+)
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
@@ -50,8 +61,9 @@ from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
+from fastpass.transport import Entries
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
-from fastpass.worker import Worker
+from fastpass.worker import Refused, Worker
 
 log = logging.getLogger("fastpass")
 
@@ -125,6 +137,17 @@ def check(config: MountConfig) -> None:
         raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
     if not 1 <= config.io_depth <= MAX_IO_DEPTH:
         raise StartError(f"--io-depth must be from 1 to {MAX_IO_DEPTH}")
+    if config.transport not in TRANSPORTS:
+        raise StartError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    if not 1 <= config.queue_depth <= MAX_QUEUE_DEPTH:
+        raise StartError(f"--queue-depth must be from 1 to {MAX_QUEUE_DEPTH}")
+    if config.transport == "uring":
+        if config.engine == "pyfuse3":
+            raise StartError("--engine pyfuse3 takes requests through libfuse: use --transport dev")
+        if config.io != "uring":
+            raise StartError("--transport uring takes requests on each worker's io_uring: it needs --io uring")
+    if (why := transport.refusal(config.transport)) is not None:
+        raise StartError(why)
     if config.cache_size < 1:
         raise StartError("--cache-size must be at least 1")
     if config.revalidate < 0:
@@ -163,6 +186,8 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
     extra = abi.InitFlag.PASSTHROUGH if config.passthrough != "off" and os.geteuid() == 0 else 0
     if config.default_permissions:
         extra |= KERNEL_PERMISSIONS
+    if config.transport != "dev":
+        extra |= abi.InitFlag.OVER_IO_URING
     # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
     depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
     try:
@@ -216,8 +241,11 @@ def _child(config: MountConfig, ours: mount.MountEntry | None, parent: int, name
 
 
 def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
-           filters: list[object], index: int, started: Callable[[], None]) -> None:  # fmt: skip
-    """A worker: serve requests from its own clone of the device fd until the connection ends.
+           filters: list[object], index: int, started: Callable[[], None], entries: Entries | None,
+           replacing: bool) -> None:  # fmt: skip
+    """A worker: serve requests from its own clone of the device fd until the connection ends,
+    and from its FUSE-over-io_uring entries where `entries` are given (taken over from the worker
+    it replaces, if `replacing`).
 
     `started()` tells the supervisor that it is set up and about to serve.
     """
@@ -230,20 +258,33 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None
+    share = entries.share(index) if entries is not None else None
     if config.io == "uring":
         try:
             # A slot has one call out, or a READDIRPLUS batch (about 25 for a 4 KiB reply): room for
             # a few batches' completions without overflow (which the kernel would hold back anyway).
-            ring = Ring(max(ENTRIES, config.io_depth))
+            ring = Ring(max(ENTRIES, config.io_depth, 2 * len(share or ())), sqe128=share is not None)
         except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
+            if share is not None and config.transport == "uring":
+                log.error("worker %d: io_uring unavailable (%s): no FUSE-over-io_uring", index, e)
+                raise SystemExit(1) from None
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
+            share = None
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
     worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring,
-                    config.io_depth)  # fmt: skip
+                    config.io_depth, share)  # fmt: skip
+    if share is not None:
+        try:
+            worker.take_entries(required=config.transport == "uring")
+        except Refused as e:
+            log.error("worker %d: %s", index, e)
+            raise SystemExit(1) from None
     signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
     started()
+    if share is not None and replacing:
+        worker.kick(config.mountpoint)
     try:
         worker.serve()
     finally:
@@ -304,18 +345,20 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
 
             config, fan_fd = _coherence(config)
             return pyfuse3_engine.run(config, ready, mounted, fan_fd, root_fd, _shared(root_fd, config), filters)
-        try:
-            session = mount.mount(config.backing, config.mountpoint, config.allow_other, config.default_permissions)
-        except mount.MountError as e:
-            raise StartError(str(e)) from None
-        ours = mount.mount_entry(config.mountpoint)
-        mounted(ours)
-        try:
-            pool = _prepare(config, session, root_fd, filters, ours)
-        except BaseException:  # whatever failed, no dead mount stays behind
-            _detach(config.mountpoint)
-            os.close(session)
-            raise
+        with transport.offered(config.transport):
+            try:
+                session = mount.mount(config.backing, config.mountpoint, config.allow_other,
+                                      config.default_permissions)  # fmt: skip
+            except mount.MountError as e:
+                raise StartError(str(e)) from None
+            ours = mount.mount_entry(config.mountpoint)
+            mounted(ours)
+            try:
+                pool = _prepare(config, session, root_fd, filters, ours)
+            except BaseException:  # whatever failed, no dead mount stays behind
+                _detach(config.mountpoint)
+                os.close(session)
+                raise
     except StartError as e:
         ready(str(e))
         return 1
@@ -333,9 +376,34 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     if config.io == "uring" and (why := why_unavailable()) is not None:
         log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
         config = msgspec.structs.replace(config, io="plain")
+    entries = None
+    if config.transport != "dev":
+        why = _no_entries(config, negotiated)
+        if why is not None and config.transport == "uring":
+            raise StartError(f"--transport uring: {why}")
+        if why is not None:
+            log.info("requests from /dev/fuse: %s", why)
+        else:
+            queues = transport.possible_cpus()
+            # The kernel's max_payload_sz: what a request or reply may carry besides its headers.
+            payload = max(abi.MIN_READ_BUFFER, negotiated.max_write, negotiated.max_pages * mmap.PAGESIZE)
+            entries = Entries(queues, config.workers, config.queue_depth, payload)
+            log.info("requests from FUSE-over-io_uring: %d queues, %d entries per queue and worker", queues,
+                     config.queue_depth)  # fmt: skip
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
-    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters, ours)
+    return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters, ours, entries)
+
+
+def _no_entries(config: MountConfig, negotiated: Negotiated) -> str | None:
+    """Why requests cannot come from FUSE-over-io_uring entries on this mount; None: they can."""
+    if not negotiated.has(abi.InitFlag.OVER_IO_URING):
+        if transport.enabled() is None:
+            return "this kernel has no FUSE-over-io_uring (Linux 6.14+ built with CONFIG_FUSE_IO_URING)"
+        return f"the kernel does not offer FUSE-over-io_uring ({transport.PARAMETER} is N)"
+    if config.io != "uring":
+        return "the workers do not use io_uring (--io plain, or io_uring unavailable)"
+    return why_unavailable(sqe128=True)
 
 
 def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
@@ -369,8 +437,9 @@ class Pool:
 
     def __init__(self, config: MountConfig, session: int, root_fd: int, shared: SharedState,
                  record: state.MountState, fan_fd: int, filters: list[object],
-                 ours: mount.MountEntry | None):  # fmt: skip
+                 ours: mount.MountEntry | None, entries: Entries | None = None):  # fmt: skip
         self.config = config
+        self.entries = entries  # the workers' FUSE-over-io_uring entries; None: requests from /dev/fuse
         self.ours = ours  # the mount this pool serves, as mountinfo showed it just after mounting
         self.session = session
         self.root_fd = root_fd
@@ -389,8 +458,8 @@ class Pool:
         self._starting = 0  # processes of the first start that have not counted themselves in yet
         self._ready: Callable[[str | None], None] | None = None  # until the start is answered
 
-    def start_worker(self, index: int) -> int:
-        """Fork worker `index`, or the watcher for index WATCHER."""
+    def start_worker(self, index: int, replacing: bool = False) -> int:
+        """Fork worker `index`, or the watcher for index WATCHER (`replacing` a dead one)."""
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)  # the control loop's wakeup pipe is the supervisor's, not ours
@@ -404,7 +473,8 @@ class Pool:
                            lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd, started))  # fmt: skip
                 else:
                     _child(config, self.ours, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
-                                                                   self.root_fd, shared, self.filters, index, started))  # fmt: skip
+                                                                   self.root_fd, shared, self.filters, index, started,
+                                                                   self.entries, replacing))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
@@ -474,7 +544,7 @@ class Pool:
                 continue
             self.restarts += 1
             log.error("%s %d exited with %d; replaced by %d", "watcher" if index == WATCHER else "worker", pid, code,
-                      self.start_worker(index))  # fmt: skip
+                      self.start_worker(index, replacing=True))  # fmt: skip
         if set(self.workers.values()) == {WATCHER}:
             for pid in self.workers:  # the connection ended: nothing left to watch for
                 os.kill(pid, signal.SIGTERM)
@@ -483,7 +553,8 @@ class Pool:
 
     def stats(self) -> bytes:
         pids = {index: pid for pid, index in self.workers.items()}
-        return stats.snapshot(self.shared, self.config.workers, pids, self.restarts, self.record)
+        return stats.snapshot(self.shared, self.config.workers, pids, self.restarts, self.record,
+                              self.entries.requests_per_queue() if self.entries is not None else [])  # fmt: skip
 
     async def _control(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
