@@ -121,6 +121,8 @@ class Worker:
         self.waiting = False  # blocked waiting for requests, none in progress
         fs.counters.misc[IO_PATH] = IO_NAMES.index("plain" if ring is None else "uring")
         fs.counters.misc[TRANSPORT] = TRANSPORT_NAMES.index("dev")
+        # reply(slot, unique, error, body): the one way a request is answered, wherever it came from
+        self._reply = self._write_reply if entries is None else self._committer()
 
     def idle_sync(self) -> None:
         """For a periodic signal: let go of what other workers freed, if no request is in progress.
@@ -134,11 +136,8 @@ class Worker:
             if self.idle is not None:
                 self.idle()
 
-    def _reply(self, slot: int, unique: int, error: int, body: object = None) -> None:
-        """Answer the request in `slot`: on the device, or by committing its entry."""
-        if slot >= self.first_entry:
-            self._commit(slot - self.first_entry, unique, error, body)
-            return
+    def _write_reply(self, slot: int, unique: int, error: int, body: object = None) -> None:
+        """Answer the request in `slot` on the device."""
         try:
             if body is None:
                 os.write(self.devfd, abi.OUT_HEADER.pack(16, error, unique))
@@ -261,7 +260,7 @@ class Worker:
         for i, h in enumerate(share.headers):
             unique = _unpack_u64(view, h + 8)[0]  # fuse_in_header.unique, fuse_out_header's too
             if unique:
-                self._commit(i, unique, -errno.ECONNABORTED, None)
+                self._reply(self.first_entry + i, unique, -errno.ECONNABORTED)
             else:
                 self._register(i)
         refused: dict[int, int] = {}
@@ -292,22 +291,35 @@ class Worker:
         self.ring.uring_cmd(self.devfd, abi.URING_CMD_REGISTER, _pack_cmd(0, 0, share.qids[i]),  # type: ignore[union-attr]
                             (self.first_entry + i) << 1, share.iov_addrs[i], abi.URING_IOV_SEGS)  # fmt: skip
 
-    def _commit(self, i: int, unique: int, error: int, body: object) -> None:
-        """Put the reply in entry i and hand it back (COMMIT_AND_FETCH, submitted with the next wait)."""
-        share = self.entries
-        view = share.view
-        h = share.headers[i]
-        n = 0
-        if body is not None:
-            n = len(body)  # type: ignore[arg-type]
-            # A READ's data is already where the reply goes: the payload, which was its `area`.
-            if body.__class__ is not memoryview or body.obj is not view.obj or address_of(body) != share.payload_addrs[i]:
-                p = share.payloads[i]
-                view[p : p + n] = body
-        _pack_out(view, h, 16 + n, error, unique)
-        _pack_u32(view, h + abi.URING_PAYLOAD_SZ, n)
-        self.ring.uring_cmd(self.devfd, abi.URING_CMD_COMMIT_AND_FETCH, _pack_cmd(0, unique, share.qids[i]),  # type: ignore[union-attr]
-                            (self.first_entry + i) << 1, share.iov_addrs[i], abi.URING_IOV_SEGS)  # fmt: skip
+    def _committer(self) -> Callable[[int, int, int, object], None]:
+        """reply(slot, unique, error, body) for a worker with entries: a request of the device is
+        answered there; one in an entry gets its reply in the entry, handed back with
+        COMMIT_AND_FETCH (submitted with the next wait)."""
+        share, devfd, first, write = self.entries, self.devfd, self.first_entry, self._write_reply
+        assert share is not None and self.ring is not None
+        view, memory = share.view, share.view.obj
+        headers, payloads, addrs, qids, iovs = share.headers, share.payloads, share.payload_addrs, share.qids, share.iov_addrs
+        prep = self.ring.command(abi.URING_CMD_REQ)
+        commit, segs, payload_sz = abi.URING_CMD_COMMIT_AND_FETCH, abi.URING_IOV_SEGS, abi.URING_PAYLOAD_SZ
+
+        def reply(slot: int, unique: int, error: int, body: object = None) -> None:
+            if slot < first:
+                write(slot, unique, error, body)
+                return
+            i = slot - first
+            h = headers[i]
+            n = 0
+            if body is not None:
+                n = len(body)  # type: ignore[arg-type]
+                # A READ's data is already where the reply goes: the payload, which was its `area`.
+                if body.__class__ is not memoryview or body.obj is not memory or address_of(body) != addrs[i]:
+                    p = payloads[i]
+                    view[p : p + n] = body  # type: ignore[assignment]
+            _pack_out(view, h, 16 + n, error, unique)
+            _pack_u32(view, h + payload_sz, n)
+            prep(devfd, commit, iovs[i], segs, slot << 1, 0, unique, qids[i])
+
+        return reply
 
     def _serve_entries(self) -> None:
         """The loop of a worker with entries: one wait on the ring for everything, requests in
@@ -320,52 +332,53 @@ class Worker:
         inflight = self.inflight
         misc = self.fs.counters.misc
         sync = self.fs.sync
+        wait = ring.wait
         dispatch = self._dispatcher()
         complete = self._complete
         first = self.first_entry
         view = share.view
         headers, payloads, qids, counts = share.headers, share.payloads, share.qids, share.counts
-        payload_sz = abi.URING_PAYLOAD_SZ
-        op_in = abi.URING_OP_IN
+        payload_sz, op_in, header, backing, poll = abi.URING_PAYLOAD_SZ, abi.URING_OP_IN, _HEADER, _BACKING, _POLL
         os.set_blocking(devfd, False)
         polling = False
         ended = False
         done, self.backlog = self.backlog, []
         while True:
             for tag, res in done:
-                if tag & _BACKING:
+                if tag & backing:
                     complete(tag, res, free)
-                elif tag == _POLL:
+                elif tag == poll:
                     polling = False
                     ended = self._drain(dispatch, free, iovs) or ended
-                elif res == 0:  # a request in entry i: made one view of it, as a device read gives it
-                    slot = tag >> 1
-                    i = slot - first
+                elif res == 0:  # a request in entry i: one view of it, as a device read gives it
+                    i = (tag >> 1) - first
                     counts[qids[i]] += 1
-                    h, p = headers[i], payloads[i]
+                    h = headers[i]
+                    p = payloads[i]
                     size = _unpack_u32(view, h + payload_sz)[0]
-                    arg = _unpack_u32(view, h)[0] - _HEADER - size  # the first argument's size
-                    if not 0 <= arg <= 128:
-                        arg = 0  # dispatch answers EINVAL: the header's length is not what came
-                    start = p - _HEADER - arg
-                    view[start : start + _HEADER] = view[h : h + _HEADER]
+                    arg = _unpack_u32(view, h)[0] - header - size  # the first argument's size
                     if arg:
+                        if not 0 < arg <= 128:
+                            arg = 0  # dispatch answers EINVAL: the header's length is not what came
                         view[p - arg : p] = view[h + op_in : h + op_in + arg]
-                    dispatch(view[start : p + size], p + size - start, slot)
+                    start = p - header - arg
+                    view[start : start + header] = view[h : h + header]
+                    dispatch(view[start : p + size], p + size - start, tag >> 1)
                 elif res == -errno.ENOENT:  # committed after its request was gone (takeover): anew
                     self._register((tag >> 1) - first)
                 elif res not in _GONE:
                     log.warning("FUSE-over-io_uring entry %d: %s", (tag >> 1) - first, os.strerror(-res))
-            misc[PEAK_IN_FLIGHT] = max(misc[PEAK_IN_FLIGHT], len(inflight))
-            sync()
-            if ended and not inflight:
+            if inflight:
+                misc[PEAK_IN_FLIGHT] = max(misc[PEAK_IN_FLIGHT], len(inflight))
+            elif ended:
                 return
+            sync()
             if free and not ended and not polling:
-                ring.poll_in(devfd, _POLL)
+                ring.poll_in(devfd, poll)
                 polling = True
             self.waiting = not inflight
             try:
-                done = ring.wait()
+                done = wait()
             finally:
                 self.waiting = False
 
