@@ -176,8 +176,8 @@ def _handles_reopen(backing: str) -> bool:
         os.close(fd)
 
 
-def _answer_init(session: int, config: MountConfig) -> Negotiated:
-    """Read FUSE_INIT from the new connection and answer it."""
+def _answer_init(session: int, config: MountConfig, rings: bool) -> Negotiated:
+    """Read FUSE_INIT from the new connection and answer it; FUSE_OVER_IO_URING with `rings`."""
     raw = os.read(session, abi.MIN_READ_BUFFER + abi.IN_HEADER.size + abi.WRITE_IN.size)
     _len, opcode, unique, *_ = abi.IN_HEADER.unpack_from(raw)
     if opcode != abi.Opcode.INIT:
@@ -186,7 +186,7 @@ def _answer_init(session: int, config: MountConfig) -> Negotiated:
     extra = abi.InitFlag.PASSTHROUGH if config.passthrough != "off" and os.geteuid() == 0 else 0
     if config.default_permissions:
         extra |= KERNEL_PERMISSIONS
-    if config.transport != "dev":
+    if rings:
         extra |= abi.InitFlag.OVER_IO_URING
     # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
     depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
@@ -265,11 +265,10 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
             # a few batches' completions without overflow (which the kernel would hold back anyway).
             ring = Ring(max(ENTRIES, config.io_depth, 2 * len(share or ())), sqe128=share is not None)
         except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
-            if share is not None and config.transport == "uring":
-                log.error("worker %d: io_uring unavailable (%s): no FUSE-over-io_uring", index, e)
+            if share is not None:  # the kernel holds every request until this worker's queues have entries
+                log.error("worker %d: io_uring unavailable (%s): cannot take its FUSE-over-io_uring queues", index, e)
                 raise SystemExit(1) from None
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
-            share = None
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
     worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring,
@@ -368,7 +367,12 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
 def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[object],
              ours: mount.MountEntry | None) -> Pool:  # fmt: skip
     """Answer INIT on the new mount and make ready what its workers share."""
-    negotiated = _answer_init(session, config)
+    # Once INIT agrees FUSE_OVER_IO_URING, the kernel holds every new request until each queue
+    # has an entry (fuse_block_alloc, since 6.14): agree it only where the workers will register.
+    no_rings = _no_rings(config) if config.transport != "dev" else None
+    if no_rings is not None and config.transport == "uring":
+        raise StartError(f"--transport uring: {no_rings}")
+    negotiated = _answer_init(session, config, rings=config.transport != "dev" and no_rings is None)
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
@@ -378,11 +382,14 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
         config = msgspec.structs.replace(config, io="plain")
     entries = None
     if config.transport != "dev":
-        why = _no_entries(config, negotiated)
-        if why is not None and config.transport == "uring":
-            raise StartError(f"--transport uring: {why}")
-        if why is not None:
-            log.info("requests from /dev/fuse: %s", why)
+        if no_rings is None and not negotiated.has(abi.InitFlag.OVER_IO_URING):
+            no_rings = f"the kernel does not offer FUSE-over-io_uring ({transport.PARAMETER} is N)"
+            if transport.enabled() is None:
+                no_rings = "this kernel has no FUSE-over-io_uring (Linux 6.14+ built with CONFIG_FUSE_IO_URING)"
+            if config.transport == "uring":
+                raise StartError(f"--transport uring: {no_rings}")
+        if no_rings is not None:
+            log.info("requests from /dev/fuse: %s", no_rings)
         else:
             queues = transport.possible_cpus()
             # The kernel's max_payload_sz: what a request or reply may carry besides its headers.
@@ -395,15 +402,13 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters, ours, entries)
 
 
-def _no_entries(config: MountConfig, negotiated: Negotiated) -> str | None:
-    """Why requests cannot come from FUSE-over-io_uring entries on this mount; None: they can."""
-    if not negotiated.has(abi.InitFlag.OVER_IO_URING):
-        if transport.enabled() is None:
-            return "this kernel has no FUSE-over-io_uring (Linux 6.14+ built with CONFIG_FUSE_IO_URING)"
-        return f"the kernel does not offer FUSE-over-io_uring ({transport.PARAMETER} is N)"
+def _no_rings(config: MountConfig) -> str | None:
+    """Why the workers could not take requests from FUSE-over-io_uring entries; None: they can
+    (whether the kernel offers them is known from INIT)."""
     if config.io != "uring":
-        return "the workers do not use io_uring (--io plain, or io_uring unavailable)"
-    return why_unavailable(sqe128=True)
+        return "the workers do not use io_uring (--io plain)"
+    why = why_unavailable(sqe128=True)
+    return None if why is None else f"io_uring unavailable ({why})"
 
 
 def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
