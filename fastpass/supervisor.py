@@ -369,17 +369,20 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     """Answer INIT on the new mount and make ready what its workers share."""
     # Once INIT agrees FUSE_OVER_IO_URING, the kernel holds every new request until each queue
     # has an entry (fuse_block_alloc, since 6.14): agree it only where the workers will register.
-    no_rings = _no_rings(config) if config.transport != "dev" else None
-    if no_rings is not None and config.transport == "uring":
-        raise StartError(f"--transport uring: {no_rings}")
+    no_rings = None
+    if config.transport != "dev":
+        no_rings = "the workers do not use io_uring (--io plain)" if config.io != "uring" else why_unavailable(sqe128=True)
+        if no_rings is not None and config.transport == "uring":
+            raise StartError(f"--transport uring: io_uring unavailable ({no_rings})")
+    if config.io == "uring" and (config.transport == "dev" or no_rings) and (why := why_unavailable()) is not None:
+        log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
+        config = msgspec.structs.replace(config, io="plain")
+        no_rings = "the workers do not use io_uring"
     negotiated = _answer_init(session, config, rings=config.transport != "dev" and no_rings is None)
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     config, fan_fd = _coherence(config)
-    if config.io == "uring" and (why := why_unavailable()) is not None:
-        log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
-        config = msgspec.structs.replace(config, io="plain")
     entries = None
     if config.transport != "dev":
         if no_rings is None and not negotiated.has(abi.InitFlag.OVER_IO_URING):
@@ -400,15 +403,6 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     record = state.MountState(os.getpid(), config, negotiated, time.time())
     state.write(record)
     return Pool(config, session, root_fd, _shared(root_fd, config), record, fan_fd, filters, ours, entries)
-
-
-def _no_rings(config: MountConfig) -> str | None:
-    """Why the workers could not take requests from FUSE-over-io_uring entries; None: they can
-    (whether the kernel offers them is known from INIT)."""
-    if config.io != "uring":
-        return "the workers do not use io_uring (--io plain)"
-    why = why_unavailable(sqe128=True)
-    return None if why is None else f"io_uring unavailable ({why})"
 
 
 def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
