@@ -65,11 +65,15 @@ def possible_cpus() -> int:
     """The kernel's queue count, num_possible_cpus(): CPUs in /sys/devices/system/cpu/possible."""
     try:
         with open("/sys/devices/system/cpu/possible") as f:
-            text = f.read().strip()
+            return cpu_count(f.read())
     except OSError:
         return os.sysconf("SC_NPROCESSORS_CONF")
+
+
+def cpu_count(cpu_list: str) -> int:
+    """How many CPUs a kernel CPU list names ("0-3,8-11" is 8)."""
     count = 0
-    for part in text.split(","):
+    for part in cpu_list.strip().split(","):
         low, _, high = part.partition("-")
         count += int(high or low) - int(low) + 1
     return count
