@@ -348,6 +348,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
     """
     try:
         check(config)
+        config, no_rings = _rings(config)  # before the filters, whose fork hooks are for workers
         try:
             filters = load.load_all(config.filters)  # once, here: the workers inherit them
         except load.SpecError as e:
@@ -367,7 +368,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
             ours = mount.mount_entry(config.mountpoint)
             mounted(ours)
             try:
-                pool = _prepare(config, session, root_fd, filters, ours)
+                pool = _prepare(config, session, root_fd, filters, ours, no_rings)
             except BaseException:  # whatever failed, no dead mount stays behind
                 _detach(config.mountpoint)
                 os.close(session)
@@ -378,11 +379,10 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
     return pool.serve(ready)
 
 
-def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[object],
-             ours: mount.MountEntry | None) -> Pool:  # fmt: skip
-    """Answer INIT on the new mount and make ready what its workers share."""
-    # Once INIT agrees FUSE_OVER_IO_URING, the kernel holds every new request until each queue
-    # has an entry (fuse_block_alloc, since 6.14): agree it only where the workers will register.
+def _rings(config: MountConfig) -> tuple[MountConfig, str | None]:
+    """io_uring as the workers will have it, probed in children before anything is mounted: the
+    config with --io resolved, and why requests cannot come from FUSE-over-io_uring entries
+    (None: they can, where the kernel offers them)."""
     no_rings = None
     if config.transport != "dev":
         no_rings = "the workers do not use io_uring (--io plain)" if config.io != "uring" else why_unavailable(sqe128=True)
@@ -392,6 +392,14 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
         log.warning("io_uring unavailable (%s): workers serve with plain syscalls", why)
         config = msgspec.structs.replace(config, io="plain")
         no_rings = "the workers do not use io_uring"
+    return config, no_rings
+
+
+def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[object],
+             ours: mount.MountEntry | None, no_rings: str | None) -> Pool:  # fmt: skip
+    """Answer INIT on the new mount and make ready what its workers share (`no_rings`: see `_rings`)."""
+    # Once INIT agrees FUSE_OVER_IO_URING, the kernel holds every new request until each queue
+    # has an entry (fuse_block_alloc, since 6.14): agree it only where the workers will register.
     negotiated = _answer_init(session, config, rings=config.transport != "dev" and no_rings is None)
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
     if os.geteuid() == 0:
