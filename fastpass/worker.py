@@ -8,7 +8,7 @@ log line; an unexpected exception is EIO, a counter and one traceback per
 as its `origin`, so each filter is logged once per operation; the loop
 itself never dies of a request.
 
-Two loops share one dispatch step (`_dispatcher`):
+Three loops share one dispatch step (`_dispatcher`) and one reply step (`_reply`):
 
 - plain: one blocking read of the device, the handler, one write, in turn;
   the request lands in a buffer laid out so a WRITE's payload is page
@@ -36,6 +36,20 @@ Two loops share one dispatch step (`_dispatcher`):
   metadata-bound work (4,967 against 8,064 creates+stats+reads+unlinks a
   second with --cache off, measured on this project's 2-core machine) for
   nothing: a request that is already queued is read at once either way.
+- entries (FUSE-over-io_uring, `fastpass.transport`): the kernel writes each
+  request into one of the worker's entries and completes its command on the
+  ring; the worker copies the in-header and the first argument (at most 168
+  bytes, one slice assignment each) to just before the entry's payload, so the
+  request is one view laid out as a device read gives it, and dispatches it
+  from that; the reply goes into the entry and back with COMMIT_AND_FETCH,
+  submitted with the next wait.  The ring is the only place the worker waits:
+  requests, backing completions and the device's readiness (forgets,
+  interrupts, requests queued there before the kernel switched) arrive there.
+  Per request, the copy and the view cost about as much as the 0.4 us a
+  device read of the same request would, and the reply's one pack_into of
+  SQE and command (`Ring.command`) replaces a write(2): measured per stat with
+  one worker and one client (this machine, 3 alternating rounds), 10.7 us of
+  Python and 23 us waiting a request, against 18 and 33 us on /dev/fuse.
 """
 
 from __future__ import annotations
