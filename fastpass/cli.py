@@ -11,7 +11,7 @@ import sys
 import time
 
 from fastpass import options, startup, state, stats, supervisor, systemd
-from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, SUBTYPE, MountConfig
+from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, SUBTYPE, TRANSPORTS, MountConfig
 from fastpass.kernel import mount
 
 
@@ -164,7 +164,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _finish(record, args.json, [r.name for r in record.results if not r.ok])
 
 
-def _io_options(args: argparse.Namespace, names: tuple[str, ...] = ("io", "io_depth")) -> list[str]:
+def _io_options(args: argparse.Namespace,
+                names: tuple[str, ...] = ("io", "io_depth", "transport", "queue_depth")) -> list[str]:  # fmt: skip
     """The I/O path options bench and tune pass to their mounts (the server's default where not given)."""
     return [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in names
             if getattr(args, name) is not None]  # fmt: skip
@@ -191,14 +192,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     counts = list(range(1, max_workers + 1))
     try:
         tune.check(args.backing, names, counts, args.repeat, args.engine)
-        ios = ["uring", "plain"] if args.io == "both" else [args.io or ""]
-        with progress.bar(len(ios) * len(counts) * len(names) * args.repeat * 2) as step:
+        ios = [f"--io {io}" for io in IO_PATHS] if args.io == "both" else [f"--io {args.io}" if args.io else ""]
+        transports = (["--transport uring", "--transport dev"] if args.transport == "both"
+                      else [f"--transport {args.transport}" if args.transport else ""])  # fmt: skip
+        paths = [f"{io} {t}".strip() for io in ios for t in transports]
+        with progress.bar(len(paths) * len(counts) * len(names) * args.repeat * 2) as step:
             record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
-                              _io_options(args, ("io_depth",)), args.engine, ios)  # fmt: skip
+                              _io_options(args, ("io_depth", "queue_depth")), args.engine, paths)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
-    on = f" on --io {record.io}" if len(ios) > 1 else ""
+    on = f" on {record.path}" if len(paths) > 1 else ""
     print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest within "
           f"{tune.TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
     if args.plot:
@@ -280,6 +284,10 @@ def parser() -> argparse.ArgumentParser:
                         "win), reported as NAME; repeatable, e.g. --variant 'cache-off=--cache off'")  # fmt: skip
     b.add_argument("--io", choices=IO_PATHS, help="passed to the fastpass mount")
     b.add_argument("--io-depth", type=int, metavar="N", help="passed to the fastpass mount")
+    b.add_argument("--transport", choices=TRANSPORTS,
+                   help="passed to the fastpass mount; compare transports in one run with "
+                        "--variant 'uring=--transport uring'")  # fmt: skip
+    b.add_argument("--queue-depth", type=int, metavar="N", help="passed to the fastpass mount")
     b.add_argument("--log", metavar="FILE", help="server log file")
     b.add_argument("--filter", action="append", default=[], metavar="SPEC",
                    help="passed to the fastpass mount (a variant adds its own: --variant 'audit=--filter audit')")  # fmt: skip
@@ -297,6 +305,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--io", choices=(*IO_PATHS, "both"),
                    help="passed to every fastpass mount; both: every count on each path, and the better one chosen")  # fmt: skip
     t.add_argument("--io-depth", type=int, metavar="N", help="passed to every fastpass mount")
+    t.add_argument("--transport", choices=(*TRANSPORTS, "both"),
+                   help="passed to every fastpass mount; both: every count on FUSE-over-io_uring (--transport uring) "
+                        "and on /dev/fuse, and the better one chosen")  # fmt: skip
+    t.add_argument("--queue-depth", type=int, metavar="N", help="passed to every fastpass mount")
     t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
     t.set_defaults(func=cmd_tune)

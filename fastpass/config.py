@@ -17,6 +17,9 @@ PASSTHROUGH_MODES = ("auto", "on", "off")
 SUBTYPE = "fastpass"  # the mount's type is fuse.SUBTYPE unless the subtype option names another
 DEFAULT_IO_DEPTH = 8
 MAX_IO_DEPTH = 256
+TRANSPORTS = ("auto", "uring", "dev")
+DEFAULT_QUEUE_DEPTH = 8  # libfuse's default too
+MAX_QUEUE_DEPTH = 128
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -98,6 +101,15 @@ class MountConfig(msgspec.Struct, frozen=True):
             *(["allow_other"] if self.allow_other else []),
             *(["default_permissions"] if self.default_permissions else []),
         ]
+    # Where requests come from (fastpass.transport): "uring" takes them from FUSE-over-io_uring
+    # entries on each worker's ring (Linux 6.14+; as root it turns the fuse module's enable_uring
+    # on for the mount's start, as a normal user it needs it on) and refuses to mount without;
+    # "auto" does where the kernel offers it (enable_uring on) and the rings work, /dev/fuse
+    # otherwise, said in the log and in stats; "dev" reads /dev/fuse.  Needs io "uring".
+    transport: str = "auto"
+    # With transport uring: entries each worker registers per queue (one queue per possible CPU,
+    # divided among the workers), each with a buffer of max_write (1 MiB), resident.
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

@@ -9,9 +9,10 @@ mount(8).  An `-o` list is split at commas; a comma inside a value is written `\
 escape).  `x-*` and `X-*` items are mount(8)'s notes for other programs: ignored.  Anything else
 unknown or malformed is refused with a line that names it (`OptionError`).
 
-A value not given takes MountConfig's default, except three that follow from others (`config`):
+A value not given takes MountConfig's default, except four that follow from others (`config`):
 `workers` (one per CPU as root with the native engine, else 1), `io` (uring with the native
-engine, plain with pyfuse3) and `default_permissions` (on with `allow_other`); and `passthrough`
+engine, plain with pyfuse3), `transport` (auto with the native engine, dev with pyfuse3) and
+`default_permissions` (on with `allow_other`); and `passthrough`
 auto means off with pyfuse3.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, MountConfig
+from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, TRANSPORTS, MountConfig
 from fastpass.kernel.mount import escape, split
 
 
@@ -87,6 +88,13 @@ OPTIONS: tuple[Option, ...] = (
            "native engine, plain with pyfuse3)", str, choices=IO_PATHS),
     Option("io_depth", "io_depth", "with --io uring: requests in flight per worker, 1 MiB of buffer each "
            f"(default {_D['io_depth']})", int, metavar="N"),
+    Option("transport", "transport", "where requests come from: uring: FUSE-over-io_uring entries on each worker's "
+           "ring (Linux 6.14+; as root it turns the fuse module's enable_uring on while the mount starts, as a normal "
+           "user it needs it on); auto: uring where the kernel offers it (enable_uring already on), /dev/fuse "
+           "otherwise; dev: /dev/fuse (default: auto with the native engine, dev with pyfuse3)", str,
+           choices=TRANSPORTS),
+    Option("queue_depth", "queue_depth", "with --transport uring: entries per queue (one queue per CPU), 1 MiB of "
+           f"resident buffer each (default {_D['queue_depth']})", int, metavar="N"),
     Option("allow_other", "allow_other", "let other users in, each with their own credentials; the kernel checks "
            "mode bits and POSIX ACLs on every path component (--default-permissions) and the backing checks each "
            "operation as its caller"),
@@ -208,6 +216,7 @@ def config(backing: str, mountpoint: str, fields: dict[str, Any]) -> MountConfig
     engine = fields.get("engine", _D["engine"])
     fields.setdefault("workers", default_workers(engine))
     fields.setdefault("io", "plain" if engine == "pyfuse3" else "uring")
+    fields.setdefault("transport", "dev" if engine == "pyfuse3" else "auto")
     fields.setdefault("default_permissions", fields.get("allow_other", False))
     if engine == "pyfuse3" and fields.get("passthrough", _D["passthrough"]) == "auto":
         fields["passthrough"] = "off"  # libfuse has no backing ids

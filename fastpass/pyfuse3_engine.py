@@ -487,7 +487,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Calla
 
     async def main() -> None:
         pids = {0: os.getpid(), **({WATCHER: os.getpid()} if fan_fd >= 0 else {})}  # the watcher is a thread here
-        answer = lambda: stats.snapshot(shared, 1, pids, 0, record)
+        answer = lambda: stats.snapshot(shared, 1, pids, 0, record, [])
         async def flush_when_idle() -> None:  # as a worker does on its idle timer
             while True:
                 await asyncio.sleep(IDLE_SYNC)

@@ -51,6 +51,7 @@ class WorkerStats(msgspec.Struct):
     io: str  # how it does its I/O: "uring" or "plain" ("" before it started serving)
     peak_in_flight: int  # the most requests it had in flight at once (the ring path; 0 on plain)
     ring_calls: int  # backing calls it made on its io_uring (0 on plain)
+    transport: str = ""  # where its requests come from: "uring" (its entries, and /dev/fuse) or "dev"
 
 
 class CacheStats(msgspec.Struct):
@@ -85,6 +86,11 @@ class Stats(msgspec.Struct):
     engine: str  # "native" or "pyfuse3"
     filters: list[str] = []  # the --filter specs, outermost first
     options: str = ""  # the -o list that mounts the same again, as the mount runs (cache timeouts resolved)
+    # Where requests come from: "uring" when every live worker has its FUSE-over-io_uring entries
+    # registered, else "dev" (/dev/fuse; the log says why); and with uring, the requests each queue
+    # (one per CPU: the CPU of the caller) has carried.
+    transport: str = "dev"
+    requests_per_queue: list[int] = []
 
 
 def _rss_kib(pid: int) -> int:
@@ -115,7 +121,8 @@ def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pi
 
 
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
-            record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int) -> Stats:  # fmt: skip
+            record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int,
+            requests_per_queue: list[int]) -> Stats:  # fmt: skip
     """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
     workers = []
     op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
@@ -131,7 +138,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
-            block.misc[C.RING_CALLS],
+            block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]],
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -152,18 +159,21 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         record.negotiated is not None and record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
         _cache(blocks, watcher, watcher_pid, record), record.config.engine, list(record.config.filters),
         options.render(record.config),
+        "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
+        requests_per_queue,
     )  # fmt: skip
 
 
 def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: int,
-             record: state.MountState) -> bytes:  # fmt: skip
-    """The JSON stats record of a mount from its shared counters; `pids`: counter block index -> live pid."""
+             record: state.MountState, requests_per_queue: list[int]) -> bytes:  # fmt: skip
+    """The JSON stats record of a mount from its shared counters; `pids`: counter block index -> live pid;
+    `requests_per_queue`: [] without FUSE-over-io_uring."""
     blocks = [C.WorkerCounters(shared.counters, shared.region, i) for i in range(workers)]
     inodes = InodeTable.live(shared.inodes, shared.region)
     handles = HandleTable.live(shared.handles, shared.region)
     watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
     return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
-                                       pids.get(C.WATCHER, 0)))  # fmt: skip
+                                       pids.get(C.WATCHER, 0), requests_per_queue))  # fmt: skip
 
 
 @contextlib.asynccontextmanager
@@ -229,7 +239,10 @@ def render(stats: Stats) -> object:
         f"{stats.backing} on {stats.mountpoint}: {stats.engine} engine, supervisor {stats.supervisor_pid}, up "
         f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
         f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
-        f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; {protocol}"
+        f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; requests from "
+        + (f"FUSE-over-io_uring, per queue (CPU): {' '.join(f'{q:,}' for q in stats.requests_per_queue)}"
+           if stats.transport == "uring" else "/dev/fuse")
+        + f"; {protocol}"
         + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
         + f"\noptions: {stats.options}"
     )

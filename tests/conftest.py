@@ -169,10 +169,13 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
 # fastpass serving every byte in userspace with 1 worker, on both I/O paths; fastpass with 4
 # workers and kernel passthrough of regular files; the pyfuse3 engine (libfuse, one process); then
 # the kernel's own answer, a bind mount.
+# FASTPASS_TEST_TRANSPORT=uring runs the configurations on io_uring with their requests from
+# FUSE-over-io_uring entries (--transport uring) instead of what the kernel offers.
+_TRANSPORT = ("--transport", os.environ["FASTPASS_TEST_TRANSPORT"]) if os.environ.get("FASTPASS_TEST_TRANSPORT") else ()
 NATIVE = {
     "native-1": ("--workers", "1", "--passthrough", "off", "--io", "plain"),
-    "native-1-uring": ("--workers", "1", "--passthrough", "off", "--io", "uring"),
-    "native-4": ("--workers", "4", "--passthrough", "on"),
+    "native-1-uring": ("--workers", "1", "--passthrough", "off", "--io", "uring", *_TRANSPORT),
+    "native-4": ("--workers", "4", "--passthrough", "on", *_TRANSPORT),
 }
 ENGINES = {**NATIVE, "pyfuse3": ("--engine", "pyfuse3")}
 

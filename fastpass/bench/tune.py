@@ -17,8 +17,10 @@ that doubles another gains.  The best count thus scores at most 1.0.
 The recommendation is the smallest count scoring within 5% of the best:
 short runs vary by a few percent between mounts, and within that noise fewer
 workers cost less.  With `--io both` every count is measured on each I/O path
-(the io_uring one and plain syscalls), the scores span both, and the
-recommendation names the path too: the better-scoring one at that count.
+(the io_uring one and plain syscalls), with `--transport both` on each
+transport (FUSE-over-io_uring and /dev/fuse), with both on every pair; the
+scores span them all, and the recommendation names the path too (its mount
+options): the better-scoring one at that count.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from fastpass import __version__
 from fastpass.bench import runner
 from fastpass.bench.report import num
 
-SCHEMA = 2  # 2: `ios`, and values per (I/O path, count)
+SCHEMA = 3  # 2: values per (I/O path, count); 3: a path is any mount options (`paths`), not only --io
 
 # Two that keep several requests in flight, so extra workers have something to do, and readdir,
 # one request at a time, to show what they cost.  Not buffered randread: it mostly measures what the
@@ -54,7 +56,7 @@ class TuneWorkload(msgspec.Struct):
     name: str
     description: str
     unit: str
-    fastpass: list[float]  # median at each (I/O path, count), in TuneRecord.configs() order
+    fastpass: list[float]  # median at each (path, count), in TuneRecord.configs() order
     bind: float  # median over every count's bind runs: the bind mount has no workers
     ok: bool  # integrity verified at every count
 
@@ -64,21 +66,21 @@ class TuneRecord(msgspec.Struct):
     fastpass_version: str
     machine: runner.Machine
     counts: list[int]
-    ios: list[str]  # the I/O paths tried ("": the server's default)
+    paths: list[str]  # the paths tried: mount options, e.g. "--io uring --transport dev" ("": the server's default)
     size_mb: int
     seconds: float
     repeat: int
     workloads: list[TuneWorkload]
-    scores: list[float]  # per (I/O path, count): geometric mean of `normalised` over the workloads
+    scores: list[float]  # per (path, count): geometric mean of `normalised` over the workloads
     workers: int  # the recommendation
-    io: str  # and its I/O path ("": the server's default)
+    path: str  # and its path
     command: str  # the mount command that uses it
     started: float
     elapsed: float
 
     def configs(self) -> list[tuple[str, int]]:
-        """(I/O path, worker count) of each measured value: every count on each path in turn."""
-        return [(io, n) for io in self.ios for n in self.counts]
+        """(path, worker count) of each measured value: every count on each path in turn."""
+        return [(path, n) for path in self.paths for n in self.counts]
 
 
 def default_counts() -> list[int]:
@@ -107,9 +109,9 @@ def scores(workloads: Sequence[TuneWorkload]) -> list[float]:
 
 def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float]) -> tuple[str, int]:
     """The smallest count with a score within TOLERANCE of the best, on its best-scoring path."""
-    good = [(n, -s, io) for (io, n), s in zip(configs, per_config) if s >= (1 - TOLERANCE) * max(per_config)]
-    n, _, io = min(good)
-    return io, n
+    good = [(n, -s, path) for (path, n), s in zip(configs, per_config) if s >= (1 - TOLERANCE) * max(per_config)]
+    n, _, path = min(good)
+    return path, n
 
 
 def run(
@@ -122,10 +124,10 @@ def run(
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
     options: Sequence[str] = (),
     engine: str = "native",
-    ios: Sequence[str] = ("",),
+    paths: Sequence[str] = ("",),
 ) -> TuneRecord:
-    """Bench `names` at each worker count (default `default_counts()`) on each I/O path in `ios`
-    ("": the server's default) and recommend a count and path.
+    """Bench `names` at each worker count (default `default_counts()`) on each path in `paths`
+    (mount options; "": the server's default) and recommend a count and path.
 
     Each (path, count) gets its own `runner.run`: a fresh mount and freshly prepared
     inputs, so none inherits another's caches.  `progress` is told what starts next
@@ -136,17 +138,16 @@ def run(
     check(backing, names, counts, repeat, engine)
     started = time.time()
     runs: list[runner.BenchRecord] = []
-    configs = [(io, n) for io in ios for n in counts]
-    for io, n in configs:
+    configs = [(path, n) for path in paths for n in counts]
+    for path, n in configs:
         done = len(runs) * len(names) * repeat * 2
-        label = f"{n} workers{f', --io {io}' if io else ''}"
+        label = f"{n} workers{f', {path}' if path else ''}"
 
         def step(what: str, runs_done: int, label: str = label, done: int = done) -> None:
             progress(f"{label}: {what}", done + runs_done)
 
-        path = [f"--io={io}"] if io else []
         runs.append(runner.run(backing, list(names), repeat, size_mb, seconds,
-                               [f"--workers={n}", f"--engine={engine}", *path, *options], progress=step))  # fmt: skip
+                               [f"--workers={n}", f"--engine={engine}", *path.split(), *options], progress=step))  # fmt: skip
     workloads = []
     for results in zip(*(r.results for r in runs)):  # one workload at every (path, count)
         workloads.append(TuneWorkload(
@@ -154,11 +155,11 @@ def run(
             statistics.median(m.value for r in results for m in r.of(runner.BIND).runs), all(r.ok for r in results),
         ))  # fmt: skip
     per_config = scores(workloads)
-    io, workers = recommend(configs, per_config)
+    path, workers = recommend(configs, per_config)
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
-    extra = "".join(f"{o} " for o in ([f"--io {io}"] if io else []) + list(options))
-    return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, list(ios), size_mb, seconds, repeat,
-                      workloads, per_config, workers, io,
+    extra = "".join(f"{o} " for o in ([path] if path else []) + list(options))
+    return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, list(paths), size_mb, seconds, repeat,
+                      workloads, per_config, workers, path,
                       f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT",
                       started, time.time() - started)  # fmt: skip
 
@@ -169,15 +170,15 @@ def table(record: TuneRecord) -> None:
     t = Table(title=f"fastpass by number of workers, median of {record.repeat} round(s)",
               caption="score: geometric mean over the workloads of value / the workload's best",
               box=SIMPLE_HEAD)  # fmt: skip
-    several = len(record.ios) > 1
+    several = len(record.paths) > 1
     t.add_column("workers", justify="right")
     if several:
-        t.add_column("io")
+        t.add_column("path")
     for w in record.workloads:
         t.add_column(f"{w.name}\n{w.unit}" + ("" if w.ok else " [red]FAILED[/red]"), justify="right")
     t.add_column("score", justify="right")
     best = [max(w.fastpass) for w in record.workloads]
-    chosen = (record.io, record.workers)
+    chosen = (record.path, record.workers)
     for i, (config, score) in enumerate(zip(record.configs(), record.scores)):
         cells = [f"[bold]{num(w.fastpass[i])}[/bold]" if w.fastpass[i] == b else num(w.fastpass[i])
                  for w, b in zip(record.workloads, best)]  # fmt: skip
@@ -197,9 +198,9 @@ def plot(record: TuneRecord, path: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     k = len(record.counts)
-    for i, io in enumerate(record.ios):  # one line style per I/O path
-        style = ("-", "--", ":")[i % 3]
-        suffix = f" ({io})" if len(record.ios) > 1 else ""
+    for i, options in enumerate(record.paths):  # one line style per path
+        style = ("-", "--", ":", "-.")[i % 4]
+        suffix = f" ({options})" if len(record.paths) > 1 else ""
         for w in record.workloads:
             ax.plot(record.counts, normalised(w)[i * k : (i + 1) * k], marker="o", linewidth=1, alpha=0.7,
                     linestyle=style, label=w.name + suffix)  # fmt: skip
@@ -208,7 +209,7 @@ def plot(record: TuneRecord, path: str) -> None:
     ax.axhline((1 - TOLERANCE) * max(record.scores), linestyle="--", color="grey", linewidth=1,
                label=f"within {TOLERANCE:.0%} of the best score")  # fmt: skip
     ax.axvline(record.workers, linestyle=":", color="tab:green", linewidth=2,
-               label=f"recommended: {record.workers}{f' ({record.io})' if len(record.ios) > 1 else ''}")  # fmt: skip
+               label=f"recommended: {record.workers}{f' ({record.path})' if len(record.paths) > 1 else ''}")  # fmt: skip
     ax.set_xticks(record.counts)
     ax.set_xlabel("workers")
     ax.set_ylabel("throughput / best count's (higher is better)")

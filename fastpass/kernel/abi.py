@@ -220,6 +220,23 @@ DEV_IOC_SYNC_INIT = 0x0000E503
 BACKING_MAP = struct.Struct("<iIQ")  # fd, flags, padding
 
 
+# --- FUSE-over-io_uring (7.42, Linux 6.14; fs/fuse/dev_uring.c) -------------
+# A server's entry is two buffers it registers with IORING_OP_URING_CMD on an SQE128 ring:
+# struct fuse_uring_req_header (288 bytes) and a payload of at least max_payload_sz.  The kernel
+# writes a request's fuse_in_header into in_out, its first argument (the per-op struct; empty for
+# ops whose first argument is a name) into op_in, the rest into the payload, and the payload's
+# length into ring_ent_in_out.payload_sz; the reply is fuse_out_header in in_out, every out
+# argument in the payload, and payload_sz.
+URING_HEADER_SIZE = 288  # sizeof(struct fuse_uring_req_header)
+URING_IN_OUT = 0  # char in_out[128]: fuse_in_header / fuse_out_header
+URING_OP_IN = 128  # char op_in[128]: the first in-argument
+URING_OP_IN_SIZE = 128
+URING_PAYLOAD_SZ = 256 + 16  # fuse_uring_ent_in_out (flags u64, commit_id u64, payload_sz u32, ...) at 256
+URING_CMD_REGISTER = 1  # enum fuse_uring_cmd: register an entry, then fetch a request into it
+URING_CMD_COMMIT_AND_FETCH = 2  # answer the entry's request, then fetch the next into it
+URING_IOV_SEGS = 2  # the SQE's addr is an iovec[2] (header, payload) and its len 2
+URING_CMD_REQ = struct.Struct("<QQH6x")  # fuse_uring_cmd_req in the SQE's command area: flags, commit_id, qid
+
 def new_encode_dev(major: int, minor: int) -> int:
     """fuse_attr.rdev and fuse_mknod_in.rdev use the kernel's 32-bit new_encode_dev form."""
     return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)

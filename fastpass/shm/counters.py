@@ -29,6 +29,8 @@ IO_PATH = 10  # how the worker does its I/O: one of IO_NAMES' indices (0 before 
 PEAK_IN_FLIGHT = 11  # the most requests the worker has had in flight at once (ring path)
 RING_CALLS = 12  # backing calls the worker made on its io_uring
 IO_NAMES = ("", "plain", "uring")
+TRANSPORT = 13  # where the worker's requests come from: one of TRANSPORT_NAMES' indices
+TRANSPORT_NAMES = ("", "dev", "uring")  # /dev/fuse alone; FUSE-over-io_uring entries too
 MISC = 16
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 

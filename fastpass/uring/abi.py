@@ -77,6 +77,7 @@ PARAMS_FLAGS = 8  # byte offset of io_uring_params.flags, set before the call
 #   buf_index u16, personality u16, splice_fd_in/file_index s32, addr3 u64, pad u64 (cmd[] from 48)
 SQE = struct.Struct("<BBxxiQQIIQ24x")  # opcode, flags, fd, off, addr, len, op_flags, user_data
 SQE_CMD_AT = 48  # the command area of URING_CMD: 16 bytes, 80 with SQE128
+SQE_HEAD = struct.Struct("<BBxxiQQIIQ8x")  # SQE's fields up to the command area (its buf_index... zero)
 
 # struct io_uring_cqe: user_data u64, res s32, flags u32 (CQE32: 16 more bytes)
 CQE = struct.Struct("<Qi4x")  # (user_data, res)

@@ -82,6 +82,7 @@ import mmap
 import os
 import select
 import signal
+import struct
 from collections.abc import Callable
 
 from fastpass.uring import abi
@@ -211,7 +212,8 @@ class Ring:
         except OSError as e:
             self.close()
             raise Unavailable(f"io_uring probe failed: {e.strerror}") from None
-        missing = [abi.OP_NAMES[op] for op in NEEDED_OPS if op not in self.ops]
+        needed = (*NEEDED_OPS, OP_URING_CMD) if sqe128 else NEEDED_OPS  # SQE128 is for commands
+        missing = [abi.OP_NAMES[op] for op in needed if op not in self.ops]
         if missing:
             self.close()
             raise Unavailable(f"kernel lacks IORING_OP_{', IORING_OP_'.join(missing)}")
@@ -238,15 +240,16 @@ class Ring:
         ops = abi.PROBE_OP.iter_unpack(raw[abi.PROBE_HEAD : abi.PROBE_HEAD + raw[1] * abi.PROBE_OP.size])
         return frozenset(op for op, flags in ops if flags & abi.OP_SUPPORTED)
 
-    def register_buffers(self, memory: mmap.mmap) -> None:
+    def register_buffers(self, memory: mmap.mmap | memoryview) -> None:
         """Register `memory` (IORING_REGISTER_BUFFERS, one buffer, at most 1 GiB): from now on
         readv/writev into it are READ_FIXED/WRITE_FIXED, whose pages the kernel pinned once here
         instead of on every call (what O_DIRECT I/O would do).  The pages become resident, and
         `memory` cannot be closed while the ring lives."""
         pin = _from_buffer(memory)
         base = _addressof(pin)
-        _register(self._fd, abi.REGISTER_BUFFERS, _carray(abi.IOVEC.pack(base, len(memory))), 1)
-        self._fixed, self._fixed_lo, self._fixed_hi = pin, base, base + len(memory)
+        size = memory.nbytes if isinstance(memory, memoryview) else len(memory)
+        _register(self._fd, abi.REGISTER_BUFFERS, _carray(abi.IOVEC.pack(base, size)), 1)
+        self._fixed, self._fixed_lo, self._fixed_hi = pin, base, base + size
 
     @property
     def prepared(self) -> int:
@@ -341,6 +344,20 @@ class Ring:
         at += abi.SQE_CMD_AT
         self._sqes[at : at + self._cmd_size] = cmd.ljust(self._cmd_size, b"\0")
 
+    def command(self, cmd: struct.Struct) -> Callable[..., None]:
+        """A `uring_cmd` for one layout of command, as fast as Python allows: the SQE and the
+        command written by one pack_into, `prep(fd, cmd_op, addr, length, tag, *cmd_fields)`.
+        The rest of the command area stays as the ring was mapped, zero: nothing else writes it."""
+        if abi.SQE_CMD_AT + cmd.size > abi.SQE_CMD_AT + self._cmd_size:
+            raise ValueError(f"a command area holds {self._cmd_size} bytes here, not {cmd.size}")
+        pack = struct.Struct(abi.SQE_HEAD.format + cmd.format.lstrip("<@=")).pack_into
+        sqes, take = self._sqes, self._next
+
+        def prep(fd: int, cmd_op: int, addr: int, length: int, tag: int, *fields: int) -> None:
+            pack(sqes, take(), OP_URING_CMD, 0, fd, cmd_op, addr, length, 0, tag, *fields)
+
+        return prep
+
     # --- submission and completion ---------------------------------------------------------
     def _enter(self, min_complete: int, flags: int) -> None:
         tail = self._tail
@@ -371,14 +388,14 @@ class Ring:
             if self._head == head:
                 return  # the kernel took none now (out of memory): the next wait submits them
 
-    def wait(self) -> list[tuple[int, int]]:
-        """Submit what is prepared, block until at least one completion, and drain them all
-        as (tag, result) pairs.
+    def wait(self, least: int = 1) -> list[tuple[int, int]]:
+        """Submit what is prepared, block until at least `least` completions (0: none, only
+        what has completed already), and drain them all as (tag, result) pairs.
 
         A signal may end the wait early: its handler has run by the time this returns, and
         the caller gets what completed meanwhile (possibly nothing) and calls again.
         """
-        self._enter(1, abi.ENTER_GETEVENTS)
+        self._enter(least, abi.ENTER_GETEVENTS)
         if self._tail != self._head:
             self.submit()
         u32 = self._u32
@@ -406,6 +423,11 @@ class Ring:
             # More completed than the CQ holds: the kernel kept the rest (IORING_FEAT_NODROP) and
             # moves them into the CQ, now that it has room, when we enter with GETEVENTS.
             self._enter(0, abi.ENTER_GETEVENTS)
+
+
+def address_of(view: memoryview) -> int:
+    """Where a writable view's memory starts."""
+    return _addressof(_from_buffer(view))
 
 
 def _path(name: str | bytes) -> bytes:
@@ -454,9 +476,9 @@ def isolated(check: Callable[[], str | None], timeout: float = 10.0) -> str | No
     return answer or None
 
 
-def _probe() -> str | None:
+def _probe(sqe128: bool = False) -> str | None:
     """Set up a ring as a worker does and run a NOP, an OPENAT and a READV through it."""
-    ring = Ring(8)
+    ring = Ring(8, sqe128)
     r, w = os.pipe()
     try:
         os.write(w, b"ok")
@@ -478,7 +500,8 @@ def _probe() -> str | None:
         os.close(w)
 
 
-def why_unavailable() -> str | None:
-    """None where a ring can be set up with what the worker needs and works, else why not.
-    The supervisor asks this before it starts workers; the check runs in a child process."""
-    return isolated(_probe)
+def why_unavailable(sqe128: bool = False) -> str | None:
+    """None where a ring can be set up with what the worker needs and works, else why not
+    (`sqe128`: a ring for FUSE-over-io_uring, URING_CMD included).  The supervisor asks this
+    before it starts workers; the check runs in a child process."""
+    return isolated(lambda: _probe(sqe128))

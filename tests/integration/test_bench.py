@@ -26,6 +26,7 @@ from conftest import Mounted, mounts_under, run_fastpass, server_pid, stop
 from test_cli import NOBODY, assert_refused
 
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
+import fastpass
 from fastpass.bench import progress, pyworkloads, report, runner, suites  # noqa: F401
 from tests.users import run_cli_as
 
@@ -47,7 +48,9 @@ def bench(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """Run `fastpass bench ARGS` from / with TMPDIR under `tmp`."""
     tmpdir = tmp / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
-    return run_fastpass("bench", *args, timeout=120, cwd="/", env={**os.environ, "TMPDIR": str(tmpdir)})
+    here = str(Path(fastpass.__file__).resolve().parent.parent)  # from /, `-m fastpass` would find another one
+    return run_fastpass("bench", *args, timeout=120, cwd="/", env={**os.environ, "TMPDIR": str(tmpdir),
+                                                                     "PYTHONPATH": here})  # fmt: skip
 
 
 def mount_points() -> set[str]:

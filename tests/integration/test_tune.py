@@ -20,6 +20,7 @@ from conftest import run_fastpass
 from test_bench import assert_no_mounts_left, mount_points
 from test_cli import assert_refused
 
+import fastpass
 from fastpass.bench import tune
 
 WORKLOADS = ["randread-direct", "metadata"]
@@ -30,7 +31,8 @@ def run_tune(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """Run `fastpass tune ARGS` from / with TMPDIR under `tmp`."""
     tmpdir = tmp / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
-    return run_fastpass("tune", *args, timeout=60, cwd="/", env={**os.environ, "TMPDIR": str(tmpdir)})
+    here = str(Path(fastpass.__file__).resolve().parent.parent)  # from /, `-m fastpass` would find another one
+    return run_fastpass("tune", *args, timeout=60, cwd="/", env={**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": here})
 
 
 def test_end_to_end(tmp_path):
@@ -46,7 +48,7 @@ def test_end_to_end(tmp_path):
     assert record.schema == tune.SCHEMA
     assert record.machine.kernel == platform.release()
     assert record.counts == list(range(1, MAX_WORKERS + 1))
-    assert record.ios == [""] and record.io == ""  # the server's default path
+    assert record.paths == [""] and record.path == ""  # the server's default path
     assert [w.name for w in record.workloads] == WORKLOADS
     for w in record.workloads:
         assert w.ok, w.name
@@ -72,15 +74,33 @@ def test_both_io_paths_in_one_run(tmp_path):
                  "--io", "both", "--json", str(out))  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     record = msgspec.json.decode(out.read_bytes(), type=tune.TuneRecord)
-    assert record.ios == ["uring", "plain"] and record.configs() == [("uring", 1), ("uring", 2), ("plain", 1), ("plain", 2)]
+    assert record.paths == ["--io uring", "--io plain"]
+    assert record.configs() == [("--io uring", 1), ("--io uring", 2), ("--io plain", 1), ("--io plain", 2)]
     (w,) = record.workloads
     assert len(w.fastpass) == 4 and all(v > 0 for v in w.fastpass)
     scores = [v / max(w.fastpass) for v in w.fastpass]
     assert record.scores == pytest.approx(scores)
-    good = sorted((n, -s, io) for (io, n), s in zip(record.configs(), scores) if s >= 0.95 * max(scores))
-    assert (record.workers, record.io) == (good[0][0], good[0][2])
-    assert f"--workers {record.workers} --io {record.io} BACKING" in record.command
-    assert record.command in r.stdout and f"on --io {record.io}" in r.stdout
+    good = sorted((n, -s, path) for (path, n), s in zip(record.configs(), scores) if s >= 0.95 * max(scores))
+    assert (record.workers, record.path) == (good[0][0], good[0][2])
+    assert f"--workers {record.workers} {record.path} BACKING" in record.command
+    assert record.command in r.stdout and f"on {record.path}" in r.stdout
+
+
+def test_both_transports_in_one_run(tmp_path):
+    """`--transport both`: every count on FUSE-over-io_uring and on /dev/fuse, each mount on the
+    transport it names (the uring one said so in the server log's mount lines)."""
+    from fastpass import transport
+
+    if transport.enabled() is None or os.geteuid() != 0:
+        pytest.skip("--transport uring needs a kernel with FUSE-over-io_uring, and root to turn it on")
+    out = tmp_path / "tune.json"
+    r = run_tune(tmp_path, "--workloads", "randread-direct", "--max-workers", "1", "--size", "4", "--seconds", "0.5",
+                 "--transport", "both", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    record = msgspec.json.decode(out.read_bytes(), type=tune.TuneRecord)
+    assert record.configs() == [("--transport uring", 1), ("--transport dev", 1)]
+    assert all(v > 0 for v in record.workloads[0].fastpass)
+    assert record.path in record.paths and f"--workers 1 {record.path} BACKING" in record.command
 
 
 @pytest.mark.parametrize(
