@@ -5,22 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import time
 
-from fastpass import startup, state, stats, supervisor
-from fastpass.config import (
-    CACHE_MODES,
-    DEFAULT_CACHE_SIZE,
-    DEFAULT_IO_DEPTH,
-    DEFAULT_MAX_INODES,
-    DEFAULT_QUEUE_DEPTH,
-    ENGINES,
-    IO_PATHS,
-    TRANSPORTS,
-    MountConfig,
-)
+from fastpass import options, startup, state, stats, supervisor, systemd
+from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, SUBTYPE, TRANSPORTS, MountConfig
 from fastpass.kernel import mount
 
 
@@ -44,29 +35,13 @@ def _user_modules() -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    config = MountConfig(
-        backing=os.path.realpath(args.backing),
-        mountpoint=os.path.realpath(args.mountpoint),
-        allow_other=args.allow_other,
-        default_permissions=args.allow_other if args.default_permissions is None else args.default_permissions,
-        attr_timeout=args.attr_timeout,
-        entry_timeout=args.entry_timeout,
-        debug=args.debug,
-        log=os.path.realpath(args.log) if args.log else None,
-        nonempty=args.nonempty,
-        workers=args.workers if args.workers is not None else _default_workers(args.engine),
-        passthrough="off" if args.engine == "pyfuse3" and args.passthrough == "auto" else args.passthrough,
-        engine=args.engine,
-        max_inodes=args.max_inodes,
-        cache=args.cache,
-        cache_size=args.cache_size,
-        revalidate=args.revalidate,
-        filters=tuple(args.filter),
-        io=args.io or ("plain" if args.engine == "pyfuse3" else "uring"),
-        io_depth=args.io_depth,
-        transport=args.transport or ("dev" if args.engine == "pyfuse3" else "auto"),
-        queue_depth=args.queue_depth,
-    )
+    if re.fullmatch(r"/dev/fd/\d+", args.mountpoint):
+        return _fail(f"mountpoint {args.mountpoint}: mount.fuse3's drop_privileges mounts before fastpass starts, "
+                     "which fastpass does not take: remove the option, and umount what it mounted")  # fmt: skip
+    try:
+        config = options.config(args.backing, args.mountpoint, options.collect(args.given))
+    except options.OptionError as e:
+        return _fail(str(e))
     _user_modules()
     try:
         supervisor.check(config)
@@ -81,14 +56,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         _setup_logging(config.debug, config.log)
         failed: list[str] = []
-        code = supervisor.run(config, lambda err: failed.append(err) if err else None)
+        code = supervisor.run(config, lambda err: failed.append(err) if err else systemd.notify("READY=1"))
         return _fail(failed[0]) if failed else code
     return _daemonize(config)
-
-
-def _default_workers(engine: str) -> int:
-    """One per CPU as root (workers need open_by_handle_at); the pyfuse3 engine is one process."""
-    return (os.cpu_count() or 1) if os.geteuid() == 0 and engine == "native" else 1
 
 
 def _daemonize(config: MountConfig) -> int:
@@ -98,6 +68,7 @@ def _daemonize(config: MountConfig) -> int:
     pid = os.fork()
     if pid == 0:
         os.close(r)
+        systemd.forget()
         os.setsid()
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDWR)
@@ -132,9 +103,10 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if not mount.is_mountpoint(mnt):
         return _fail(f"{mnt} is not mounted")
     entry = mount.mount_entry(mnt)
-    if entry is None or entry.fstype != f"fuse.{mount.SUBTYPE}":
-        return _fail(f"{mnt} is not a fastpass mount")
     record = state.read(mnt)
+    subtypes = {SUBTYPE, *([record.config.subtype] if record else [])}
+    if entry is None or entry.fstype not in {f"fuse.{t}" for t in subtypes}:
+        return _fail(f"{mnt} is not a fastpass mount")
     try:
         clean = mount.unmount(mnt)
     except mount.MountError as e:
@@ -165,22 +137,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
-    options = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}",
-               *_io_options(args)]  # fmt: skip
+    mount_args = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}",
+                  *_io_options(args)]  # fmt: skip
     for name in ("attr_timeout", "entry_timeout"):
         if getattr(args, name) is not None:
-            options.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
+            mount_args.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
     if args.workers is not None:
-        options.append(f"--workers={args.workers}")
-    options += [f"--filter={spec}" for spec in args.filter]
+        mount_args.append(f"--workers={args.workers}")
+    mount_args += [f"--filter={spec}" for spec in args.filter]
     if args.log:
-        options += ["--log", os.path.realpath(args.log)]
+        mount_args += ["--log", os.path.realpath(args.log)]
     _user_modules()
     try:
         variants = [runner.parse_variant(spec) for spec in args.variant]
         runner.check(args.backing, names, args.repeat, variants)
         with progress.bar(len(names) * args.repeat * (len(variants) + 2)) as step:
-            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, options, variants, step)
+            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, mount_args, variants, step)
     except runner.BenchError as e:
         return _fail(str(e))
     progress.table(record)
@@ -268,63 +240,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    m = sub.add_parser("mount", help="mirror BACKING at MOUNTPOINT")
+    m = sub.add_parser("mount", help="mirror BACKING at MOUNTPOINT",
+                       description="Mirror BACKING at MOUNTPOINT.  `fastpass BACKING MOUNTPOINT -o OPTIONS`, as "
+                                   "mount.fuse3 runs it for `mount -t fuse.fastpass` and fstab, means the same.")  # fmt: skip
     m.add_argument("backing")
     m.add_argument("mountpoint")
-    m.add_argument("-f", "--foreground", action="store_true", help="stay attached; log to stderr")
-    m.add_argument("--allow-other", action="store_true",
-                   help="let other users in, each with their own credentials; the kernel checks mode bits and "
-                        "POSIX ACLs on every path component (--default-permissions) and the backing checks each "
-                        "operation as its caller")  # fmt: skip
-    m.add_argument("--default-permissions", action=argparse.BooleanOptionalAction,
-                   help="the kernel checks mode bits and POSIX ACLs on every path component, cached ones included "
-                        "(default: on with --allow-other). --no-default-permissions leaves the checks to the "
-                        "backing alone; RISK: with --allow-other a user may then reach files through paths that "
-                        "another user's access left in the kernel's cache, which the backing would deny them "
-                        "(a 0700 directory's files, once its owner has opened them)")  # fmt: skip
-    m.add_argument("--attr-timeout", type=float, metavar="S",
-                   help="kernel attribute cache time (default: set by --cache, see README)")  # fmt: skip
-    m.add_argument("--entry-timeout", type=float, metavar="S",
-                   help="kernel name cache time (default: set by --cache, see README)")  # fmt: skip
-    m.add_argument("--engine", choices=ENGINES, default="native",
-                   help="native: the kernel protocol, a pool of workers; pyfuse3: libfuse in one process "
-                        "(needs fastpass[pyfuse3])")  # fmt: skip
-    m.add_argument("--cache", choices=CACHE_MODES, default="auto",
-                   help="auto: shared attribute cache, outside changes pushed to the kernel; off: no cache in "
-                        "fastpass, the kernel trusts 1 s; strict: nothing cached anywhere (default %(default)s)")  # fmt: skip
-    m.add_argument("--cache-size", type=int, default=DEFAULT_CACHE_SIZE, metavar="N",
-                   help="entries of the shared attribute cache (default %(default)s)")  # fmt: skip
-    m.add_argument("--revalidate", type=float, default=0.0, metavar="S",
-                   help="with --cache auto: ask the backing again after S seconds instead of watching it "
-                        "for changes (for network filesystems; chosen with S=1 where watching is impossible)")  # fmt: skip
-    m.add_argument("--debug", action="store_true", help="log every request and reply")
-    m.add_argument("--log", metavar="FILE", help="log file (background mode)")
-    m.add_argument("--nonempty", action="store_true", help="allow a non-empty mountpoint")
-    m.add_argument("-w", "--workers", type=int, metavar="N",
-                   help="worker processes (default: one per CPU as root, 1 otherwise)")  # fmt: skip
-    m.add_argument("--max-inodes", type=int, default=DEFAULT_MAX_INODES, metavar="N",
-                   help="inodes the kernel may know at once (default %(default)s)")  # fmt: skip
-    m.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto",
-                   help="kernel passthrough of regular files' data (auto: where the kernel and privilege allow)")  # fmt: skip
-    m.add_argument("--filter", action="append", default=[], metavar="SPEC",
-                   help="a filter around the operations, outermost first (repeatable): readonly, hide:pattern=GLOB, "
-                        "audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]")  # fmt: skip
-    m.add_argument("--io", choices=IO_PATHS,
-                   help="uring: requests and data I/O on one io_uring per worker, many in flight (plain syscalls "
-                        "where the kernel refuses io_uring); plain: one blocking request at a time "
-                        "(default: uring with the native engine, plain with pyfuse3)")  # fmt: skip
-    m.add_argument("--io-depth", type=int, default=DEFAULT_IO_DEPTH, metavar="N",
-                   help="with --io uring: requests in flight per worker, 1 MiB of buffer each "
-                        "(default %(default)s)")  # fmt: skip
-    m.add_argument("--transport", choices=TRANSPORTS,
-                   help="where requests come from: uring: FUSE-over-io_uring entries on each worker's ring "
-                        "(Linux 6.14+; as root it turns the fuse module's enable_uring on while the mount starts, "
-                        "as a normal user it needs it on); auto: uring where the kernel offers it "
-                        "(enable_uring already on), /dev/fuse otherwise; dev: /dev/fuse "
-                        "(default: auto with the native engine, dev with pyfuse3)")  # fmt: skip
-    m.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH, metavar="N",
-                   help="with --transport uring: entries per queue (one queue per CPU), 1 MiB of resident "
-                        "buffer each (default %(default)s)")  # fmt: skip
+    m.add_argument("-f", "--foreground", action="store_true",
+                   help="stay attached; log to stderr; tell systemd when serving ($NOTIFY_SOCKET)")  # fmt: skip
+    options.add_arguments(m)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")
@@ -352,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--engine", choices=ENGINES, default="native",
                    help="passed to the fastpass mount; compare engines in one run with "
                         "--variant 'pyfuse3=--engine pyfuse3'")  # fmt: skip
-    b.add_argument("--passthrough", choices=["auto", "on", "off"], default="auto", help="passed to the fastpass mount")
+    b.add_argument("--passthrough", choices=PASSTHROUGH_MODES, default="auto", help="passed to the fastpass mount")
     b.add_argument("--cache", choices=CACHE_MODES, default="auto", help="passed to the fastpass mount")
     b.add_argument("--attr-timeout", type=float, metavar="S", help="passed to the fastpass mount")
     b.add_argument("--entry-timeout", type=float, metavar="S", help="passed to the fastpass mount")
@@ -392,7 +315,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = ("mount", "unmount", "stats", "bench", "tune")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in COMMANDS and ("/" in argv[0] or os.path.exists(argv[0])):
+        argv = ["mount", *argv]  # `fastpass SOURCE MOUNTPOINT -o OPTIONS`: how mount.fuse3 runs a FUSE filesystem
     args = parser().parse_args(argv)
     return args.func(args)
 

@@ -13,6 +13,8 @@ IDLE_SYNC = 1.0  # s between an idle server's looks at what other workers freed 
 CACHE_MODES = ("auto", "off", "strict")
 ENGINES = ("native", "pyfuse3")
 IO_PATHS = ("uring", "plain")
+PASSTHROUGH_MODES = ("auto", "on", "off")
+SUBTYPE = "fastpass"  # the mount's type is fuse.SUBTYPE unless the subtype option names another
 DEFAULT_IO_DEPTH = 8
 MAX_IO_DEPTH = 256
 TRANSPORTS = ("auto", "uring", "dev")
@@ -83,6 +85,31 @@ class MountConfig(msgspec.Struct, frozen=True):
     # With transport uring: entries each worker registers per queue (one queue per possible CPU,
     # divided among the workers), each with a buffer of max_write (1 MiB), resident.
     queue_depth: int = DEFAULT_QUEUE_DEPTH
+    # The VFS's own checks, as mount(8) names them: read-only refuses every change with EROFS
+    # before fastpass sees it; set-user-ID bits and device files count only where allowed, and
+    # files execute only where exec is allowed.  fusermount3 forces nosuid and nodev for users.
+    read_only: bool = False
+    nosuid: bool = True
+    nodev: bool = True
+    noexec: bool = False
+    # The source and type mountinfo shows: `fsname` (default: the backing path) and fuse.`subtype`.
+    fsname: str = ""
+    subtype: str = SUBTYPE
+
+    def source(self) -> str:
+        """The mount's source as mountinfo shows it."""
+        return self.fsname or self.backing
+
+    def mount_options(self) -> list[str]:
+        """The options the mount itself carries, as mount(8) and fusermount3 name them."""
+        return [
+            "ro" if self.read_only else "rw",
+            "nosuid" if self.nosuid else "suid",
+            "nodev" if self.nodev else "dev",
+            "noexec" if self.noexec else "exec",
+            *(["allow_other"] if self.allow_other else []),
+            *(["default_permissions"] if self.default_permissions else []),
+        ]
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

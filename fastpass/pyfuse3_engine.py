@@ -33,6 +33,7 @@ import errno
 import logging
 import mmap
 import os
+import signal
 import threading
 import time
 import types
@@ -43,7 +44,7 @@ import pyfuse3
 import pyfuse3.asyncio
 import uvloop
 
-from fastpass import state, stats
+from fastpass import state, stats, systemd
 from fastpass.config import IDLE_SYNC, MountConfig
 from fastpass.filters import results, stack
 from fastpass.filters.api import Attr, Dirent, Entry, Opened
@@ -57,7 +58,7 @@ from fastpass.kernel import abi
 from fastpass.kernel.abi import ROOT_ID, Fattr, FopenFlag
 from fastpass.kernel.abi import Opcode as O
 from fastpass.kernel.init import MAX_WRITE
-from fastpass.kernel.mount import SUBTYPE, MountEntry, mount_entry
+from fastpass.kernel.mount import MountEntry, escape, mount_entry
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 
 log = logging.getLogger("fastpass.pyfuse3")
@@ -455,12 +456,7 @@ class Notifier:
 
 
 def _options(config: MountConfig) -> set[str]:
-    opts = {f"fsname={config.backing}", f"subtype={SUBTYPE}"}
-    if config.allow_other:
-        opts.add("allow_other")
-    if config.default_permissions:
-        opts.add("default_permissions")
-    return opts
+    return {f"fsname={escape(config.source())}", f"subtype={config.subtype}", *config.mount_options()}
 
 
 def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Callable[[MountEntry | None], None],
@@ -497,6 +493,18 @@ def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Calla
                 await asyncio.sleep(IDLE_SYNC)
                 await ops.flush_filters()
 
+        stopping: list[str] = []
+
+        def stop(why: str) -> None:  # as the native engine's supervisor stops; once
+            if not stopping:
+                stopping.append(why)
+                systemd.notify("STOPPING=1")
+                log.info("%s: unmounting %s", why, config.mountpoint)
+                pyfuse3.terminate()
+
+        loop = asyncio.get_running_loop()
+        for signo in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signo, stop, signo.name)
         async with stats.serving(config.mountpoint, answer):
             ready(None)
             flusher = asyncio.get_running_loop().create_task(flush_when_idle()) if filters else None

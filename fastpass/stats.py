@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
-from fastpass import state
+from fastpass import options, state
 from fastpass.fs.handles import HandleTable
 from fastpass.fs.inodes import InodeTable
 from fastpass.fs.shared import SharedState
@@ -85,6 +85,7 @@ class Stats(msgspec.Struct):
     cache: CacheStats
     engine: str  # "native" or "pyfuse3"
     filters: list[str] = []  # the --filter specs, outermost first
+    options: str = ""  # the -o list that mounts the same again, as the mount runs (cache timeouts resolved)
     # Where requests come from: "uring" when every live worker has its FUSE-over-io_uring entries
     # registered, else "dev" (/dev/fuse; the log says why); and with uring, the requests each queue
     # (one per CPU: the CPU of the caller) has carried.
@@ -157,6 +158,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         {errno.errorcode.get(e, str(e)): n for e, n in enumerate(errnos) if n}, inodes, handles,
         record.negotiated is not None and record.negotiated.has(InitFlag.PASSTHROUGH), record.negotiated,
         _cache(blocks, watcher, watcher_pid, record), record.config.engine, list(record.config.filters),
+        options.render(record.config),
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
         requests_per_queue,
     )  # fmt: skip
@@ -242,6 +244,7 @@ def render(stats: Stats) -> object:
            if stats.transport == "uring" else "/dev/fuse")
         + f"; {protocol}"
         + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
+        + f"\noptions: {stats.options}"
     )
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)

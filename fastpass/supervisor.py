@@ -10,10 +10,11 @@ a millisecond.  Only the worker holds its clone, so the requests a dying
 worker had read end with an error (ECONNABORTED) instead of hanging; the
 supervisor starts a replacement on the same counters.
 
-Shutdown: SIGTERM or SIGINT to the supervisor unmounts (lazily if busy); the
-kernel then ends the connection, each worker's read returns ENODEV after it
-has answered what it was serving, and the supervisor exits when they all
-have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
+Shutdown: SIGTERM or SIGINT to the supervisor unmounts (lazily if busy),
+after telling systemd STOPPING=1 where it listens (`fastpass.systemd`).
+Once unmounted, by the supervisor or by `umount` from outside, the kernel
+ends the connection, each worker's read returns ENODEV after it has answered
+what it was serving, and the supervisor exits when they all have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
 detach the mount and exit, so no dead mount lingers.
 
 Start-up is answered once every first worker is set up (see `Pool`), and a
@@ -38,7 +39,7 @@ from collections.abc import Callable
 import msgspec
 import uvloop
 
-from fastpass import _linux, startup, state, stats, transport
+from fastpass import _linux, startup, state, stats, systemd, transport
 from fastpass.config import (
     CACHE_MODES,
     ENGINES,
@@ -361,8 +362,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
             return pyfuse3_engine.run(config, ready, mounted, fan_fd, root_fd, _shared(root_fd, config), filters)
         with transport.offered(config.transport):
             try:
-                session = mount.mount(config.backing, config.mountpoint, config.allow_other,
-                                      config.default_permissions)  # fmt: skip
+                session = mount.mount(config.source(), config.mountpoint, config.subtype, config.mount_options())
             except mount.MountError as e:
                 raise StartError(str(e)) from None
             ours = mount.mount_entry(config.mountpoint)
@@ -519,6 +519,7 @@ class Pool:
         """Unmount; a start not answered yet fails with `answer` (default: stopped by `why`)."""
         if not self.stopping:
             self.stopping = True
+            systemd.notify("STOPPING=1")
             log.info("%s: unmounting %s", why, self.config.mountpoint)
             _detach(self.config.mountpoint, self.ours)
         self._answer(answer or f"stopped by {why} during start-up")
@@ -557,7 +558,8 @@ class Pool:
                 continue  # the connection ended (unmount): the others follow
             now = time.monotonic()
             self._recent = [t for t in self._recent if now - t < RESTART_WINDOW] + [now]
-            if len(self._recent) > MAX_RESTARTS or not mount.is_ours(self.config.mountpoint, self.config.backing):
+            ours = mount.is_ours(self.config.mountpoint, self.config.source(), self.config.subtype)
+            if len(self._recent) > MAX_RESTARTS or not ours:
                 log.error("worker %d exited with %d; %d restarts in %.0f s: giving up", pid, code,
                           len(self._recent), RESTART_WINDOW)  # fmt: skip
                 self.failed = True

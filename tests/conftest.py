@@ -39,6 +39,9 @@ settings.register_profile("fastpass", deadline=None, max_examples=60)
 settings.load_profile("fastpass")
 
 FASTPASS = [sys.executable, "-m", "fastpass"]
+TREE = Path(__file__).resolve().parent.parent  # the fastpass under test
+README = TREE / "README.md"
+SHELL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # mount.fuse3's shell's, and systemd's
 MOUNT_TIMEOUT = 30
 _libc = ctypes.CDLL(None, use_errno=True)
 MS_BIND = 4096
@@ -89,7 +92,7 @@ def server_pid(mnt: Path) -> int | None:
 
 
 def run_fastpass(*args: str, timeout: float = MOUNT_TIMEOUT, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
 def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
@@ -205,10 +208,21 @@ def mounts_under(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-@pytest.fixture
-def world_dir():
-    """A fresh directory every uid can traverse (pytest's tmp_path is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-test-", dir="/tmp"))
+@pytest.fixture(scope="session")
+def helper_env() -> dict[str, str]:
+    """An environment in which the installed `fastpass` command, as mount(8) (through mount.fuse3) and
+    systemd find it, runs the fastpass under test: PYTHONPATH, which both pass on, puts this tree first."""
+    assert os.path.exists("/sbin/mount.fuse"), "no /sbin/mount.fuse: install fuse3 (tools/setup)"
+    assert shutil.which("fastpass", path=SHELL_PATH), f"no `fastpass` in {SHELL_PATH}: run tools/setup"
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=f"{TREE}:{path}" if path else str(TREE))
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "fastpass-test-") -> Iterator[Path]:
+    """A fresh directory in /tmp that every uid can traverse (pytest's tmp_path is 0700 root), with
+    a path of the same length each time; removed afterwards with whatever is still mounted in it."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(0o755)
     try:
         yield base
@@ -217,3 +231,10 @@ def world_dir():
             _libc.umount2(os.fsencode(point), MNT_DETACH)
         if not mounts_under(base):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def world_dir():
+    """A fresh directory every uid can traverse."""
+    with scratch_dir() as base:
+        yield base

@@ -117,7 +117,7 @@ def test_getattr_dispatch(benchmark, fs: Fs, backing: Path, filters: list) -> No
     n = len(buf)
 
     def run():
-        length, opcode, unique, nodeid, uid, gid, pid, _extlen, _ = unpack_header(buf)
+        _length, opcode, unique, nodeid, uid, gid, pid, _extlen, _ = unpack_header(buf)
         route = routes[opcode]
         args = route.decode(view[HDR:n])
         body = route.handler(fs, Request(unique, opcode, nodeid, uid, gid, pid), *args)

@@ -13,7 +13,6 @@ directory are removed whatever happens.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import platform
 import re
@@ -33,6 +32,7 @@ from fastpass.bench.suites import WORKLOADS
 from fastpass.bench.workloads import FioWorkload, Measurement
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import is_mountpoint
+from fastpass.options import problem as options_problem
 
 SCHEMA = 2  # 2: any number of configurations (variants) instead of one fastpass/bind pair
 
@@ -185,29 +185,20 @@ def parse_variant(spec: str) -> Variant:
     if name in (FASTPASS, BIND):
         raise BenchError(f"--variant {name}: the name {name} is the bench's own")
     try:
-        options = shlex.split(text)
+        args = shlex.split(text)
     except ValueError as e:
         raise BenchError(f"--variant {name}: {e}") from None
-    problem = _mount_options_problem(options)
+    problem = _mount_options_problem(args)
     if problem:
         raise BenchError(f"--variant {name}: {problem}")
-    return Variant(name, options)
+    return Variant(name, args)
 
 
-def _mount_options_problem(options: list[str]) -> str | None:
-    """What `fastpass mount` would object to in `options`, found by its own parser without mounting."""
-    from fastpass.cli import parser  # the command the bench runs is the one authority on its options
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            args = parser().parse_args(["mount", "BACKING", "MOUNTPOINT", *options])
-    except SystemExit:  # argparse's way of refusing: usage, then "fastpass mount: error: ..."
-        lines = err.getvalue().strip().splitlines()
-        return lines[-1].partition(" error: ")[2] if lines else "asks for help, not a mount"
-    if args.foreground:
+def _mount_options_problem(args: list[str]) -> str | None:
+    """What `fastpass mount` would object to in `args`, found from its options table without mounting."""
+    if {"-f", "--foreground"} & set(args):
         return "--foreground: the bench needs mounts that return once they serve"
-    return None
+    return options_problem(args)
 
 
 def check(backing: str | None, names: list[str], repeat: int, variants: Sequence[Variant] = ()) -> None:

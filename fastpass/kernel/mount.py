@@ -21,7 +21,10 @@ from fastpass import _linux
 from fastpass.kernel import abi
 
 DEVICE = "/dev/fuse"
-SUBTYPE = "fastpass"
+# mount(2) flags by the names mount(8) and fusermount3 give them; every other option goes in mount(2)'s
+# data string.  The positive forms ("rw", "suid"...) set nothing: to fusermount3 they say so explicitly.
+FLAGS = {"ro": _linux.MS_RDONLY, "rw": 0, "nosuid": _linux.MS_NOSUID, "suid": 0, "nodev": _linux.MS_NODEV, "dev": 0,
+         "noexec": _linux.MS_NOEXEC, "exec": 0}  # fmt: skip
 
 
 class MountError(Exception):
@@ -79,10 +82,10 @@ def is_same(mountpoint: str, ours: MountEntry) -> bool:
     return entry is not None and (entry.mount_id, entry.dev) == (ours.mount_id, ours.dev)
 
 
-def is_ours(mountpoint: str, backing: str) -> bool:
-    """Whether the top mount at `mountpoint` is a fastpass mount of `backing`."""
+def is_ours(mountpoint: str, source: str, subtype: str) -> bool:
+    """Whether the top mount at `mountpoint` is the FUSE mount of `source` with this subtype."""
     entry = mount_entry(mountpoint)
-    return entry is not None and (entry.fstype, entry.source) == (f"fuse.{SUBTYPE}", backing)
+    return entry is not None and (entry.fstype, entry.source) == (f"fuse.{subtype}", source)
 
 
 def set_readahead(mountpoint: str, kib: int) -> bool:
@@ -119,39 +122,57 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-def _options(allow_other: bool, default_permissions: bool) -> list[str]:
-    opts = []
-    if allow_other:
-        opts.append("allow_other")
-    if default_permissions:
-        opts.append("default_permissions")
-    return opts
+def mount(source: str, mountpoint: str, subtype: str, options: list[str]) -> int:
+    """Mount a new FUSE connection at `mountpoint`; returns the session's device fd.
 
-
-def mount(backing: str, mountpoint: str, allow_other: bool, default_permissions: bool) -> int:
-    """Mount a new FUSE connection at `mountpoint`; returns the session's device fd."""
+    `options` as mount(8) names them: the VFS flags of FLAGS and FUSE's own (allow_other...).
+    """
     if os.geteuid() != 0:
-        return _mount_fusermount(backing, mountpoint, _options(allow_other, default_permissions))
+        return _mount_fusermount(source, mountpoint, subtype, options)
     fd = os.open(DEVICE, os.O_RDWR | os.O_CLOEXEC)
     rootmode = stat.S_IFMT(os.stat(mountpoint).st_mode)
+    flags = 0
+    for name in options:
+        flags |= FLAGS.get(name, 0)
     data = ",".join([f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}", f"group_id={os.getgid()}",
-                     *_options(allow_other, default_permissions)])  # fmt: skip
+                     *(name for name in options if name not in FLAGS)])  # fmt: skip
     try:
-        _linux.mount(backing, mountpoint, f"fuse.{SUBTYPE}", _linux.MS_NOSUID | _linux.MS_NODEV, data)
+        _linux.mount(source, mountpoint, f"fuse.{subtype}", flags, data)
     except OSError as e:
         os.close(fd)
         raise MountError(f"mount {mountpoint}: {e.strerror}") from None
     return fd
 
 
-def _mount_fusermount(backing: str, mountpoint: str, opts: list[str]) -> int:
+def escape(value: str) -> str:
+    """`value` for a comma-separated option list: commas and backslashes escaped, as libfuse reads them."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def split(options: str) -> list[str]:
+    """The items of a comma-separated option list, escapes resolved (the inverse of `escape`); empty
+    items dropped, as mount.fuse3 drops them."""
+    items, item, chars = [], [], iter(options)
+    for c in chars:
+        if c == "\\":
+            item.append(next(chars, "\\"))
+        elif c == ",":
+            items.append("".join(item))
+            item = []
+        else:
+            item.append(c)
+    items.append("".join(item))
+    return [i for i in items if i]
+
+
+def _mount_fusermount(source: str, mountpoint: str, subtype: str, opts: list[str]) -> int:
     exe = shutil.which("fusermount3")
     if exe is None:
         raise MountError("not root and fusermount3 not found: install fuse3 or run as root")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-        o = ",".join([f"fsname={backing}", f"subtype={SUBTYPE}", *opts])
+        o = ",".join([f"fsname={escape(source)}", f"subtype={subtype}", *opts])
         proc = subprocess.Popen([exe, "-o", o, "--", mountpoint], env=env, pass_fds=[theirs.fileno()],
                                 stderr=subprocess.PIPE)  # fmt: skip
         theirs.close()

@@ -91,7 +91,7 @@ def run_process(root: Path, process: int, out: Path) -> None:
     def thread(actor: str) -> None:
         try:
             results[actor] = script(root, actor)
-        except Exception as e:  # reported to the parent, which fails the test
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the test
             errors.append(f"{actor}: {e!r}")
 
     threads = [threading.Thread(target=thread, args=(a,)) for a in actors(process)]

@@ -300,16 +300,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
+def _user_dirs(world_dir: Path) -> tuple[Path, Path, Path, dict[str, str], Path]:
+    """backing (with a file `existing`), mountpoint and runtime dir of uid 1000, its environment and a log
+    file it may create."""
     backing, mnt, runtime = world_dir / "backing", world_dir / "mnt", world_dir / "run"
     for d in (backing, mnt, runtime):
         d.mkdir()
         os.chown(d, UID, GID)
     runtime.chmod(0o700)
     (backing / "existing").write_text("was there")
-    os.chown(backing / "existing", UID, GID)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": str(runtime), "HOME": str(world_dir)}
-    log = runtime / "server.log"  # a file the user may create
+    return backing, mnt, runtime, env, runtime / "server.log"
+
+
+def _clear_user_mount(mnt: Path, pid: int | None) -> None:
+    """Last resort after a user's mount test: unmount as the user who mounted, then lazily; end the server."""
+    if is_mounted(mnt):
+        subprocess.run(["fusermount3", "-u", "-z", "--", str(mnt)], check=False, user=UID, group=GID, extra_groups=[],
+                       capture_output=True, timeout=15)  # fmt: skip
+    if is_mounted(mnt):
+        _libc.umount2(os.fsencode(str(mnt)), MNT_DETACH)
+    if pid is not None and not wait_for(lambda: not _alive(pid), 10):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
+    backing, mnt, runtime, env, log = _user_dirs(world_dir)
+    os.chown(backing / "existing", UID, GID)
     pid = None
     try:
         code, out, err = run_cli_as(UID, GID, [], "mount", str(backing), str(mnt), "--log", str(log), env=env)
@@ -357,17 +374,7 @@ def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
         text = log.read_text()
         assert "Traceback" not in text and " ERROR " not in text, text
     finally:
-        if is_mounted(mnt):  # last resort, as the user who mounted it
-            subprocess.run(["fusermount3", "-u", "-z", "--", str(mnt)], check=False, user=UID, group=GID, extra_groups=[],
-                           capture_output=True, timeout=15)  # fmt: skip
-        if is_mounted(mnt):
-            _libc.umount2(os.fsencode(str(mnt)), MNT_DETACH)
-        if pid is not None:
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _clear_user_mount(mnt, pid)
 
 
 def test_user_mount_refused_on_foreign_mountpoint(world_dir, user1000, dev_fuse_for_users):
@@ -390,3 +397,38 @@ def test_user_mount_refused_on_foreign_mountpoint(world_dir, user1000, dev_fuse_
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", "--", str(mnt)], check=False, user=UID, group=GID, extra_groups=[],
                            capture_output=True, timeout=15)  # fmt: skip
+
+
+def test_user_mount_with_o_options(world_dir, user1000, dev_fuse_for_users):
+    """`fastpass SOURCE MOUNTPOINT -o OPTIONS` as a user, as mount.fuse3 runs it: the options reach the
+    mount through fusermount3 (which adds nosuid,nodev itself), a bad one is refused with nothing
+    mounted, and `umount MNT` by the user ends the server."""
+    backing, mnt, runtime, env, log = _user_dirs(world_dir)
+    pid = None
+    try:
+        code, _out, err = run_cli_as(UID, GID, [], str(backing), str(mnt), "-o", "ro,workers=1,bogus", env=env)
+        assert (code, err.splitlines()) == (1, ["fastpass: error: unknown mount option 'bogus'"])
+        assert not is_mounted(mnt)
+
+        opts = f"ro,noexec,fsname=users\\,data,workers=1,cache=auto,log={log}"
+        code, _out, err = run_cli_as(UID, GID, [], str(backing), str(mnt), "-o", opts, env=env)
+        assert code == 0, f"{err}\nlog:\n{log.read_text() if log.exists() else ''}"
+        pid = msgspec.json.decode(_state_path(runtime, mnt).read_bytes())["pid"]
+        with open("/proc/self/mountinfo") as f:
+            fields = next(line.split() for line in f if line.split()[4] == str(mnt))
+        assert {"ro", "noexec", "nosuid", "nodev"} <= set(fields[5].split(","))
+        assert fields[fields.index("-") + 1 : fields.index("-") + 3] == ["fuse.fastpass", "users,data"]
+        assert as_user(lambda m: (m / "existing").read_text(), mnt) == "was there"
+        with pytest.raises(OSError) as exc:
+            as_user(lambda m: (m / "new").write_text("x"), mnt)
+        assert exc.value.errno == errno.EROFS
+
+        r = subprocess.run(["umount", str(mnt)], user=UID, group=GID, extra_groups=[], capture_output=True, text=True,
+                           timeout=30, check=False)  # fmt: skip
+        assert r.returncode == 0, f"umount as uid {UID}: {r.stderr}"
+        assert not is_mounted(mnt)
+        assert wait_for(lambda: not _alive(pid), 10), "the user's server outlived umount"
+        text = log.read_text()
+        assert "Traceback" not in text and " ERROR " not in text, text
+    finally:
+        _clear_user_mount(mnt, pid)

@@ -32,7 +32,6 @@ import shutil
 import stat
 import struct
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import pytest
 
 from fastpass import state
 from fastpass.kernel.abi import InitFlag
-from tests.conftest import MNT_DETACH, Mounted, _libc, bind_mount, fastpass_mount, mounts_under, wait_for
+from tests.conftest import Mounted, bind_mount, fastpass_mount, scratch_dir, wait_for
 from tests.users import as_user
 
 GROUP = 4242  # a group only uid 1000 is in (as a supplementary group)
@@ -473,24 +472,10 @@ def _differences(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
 
 
 # --- fixtures ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _base() -> Iterator[Path]:
-    """A directory every uid can traverse, on the same filesystem for fastpass and bind."""
-    base = Path(tempfile.mkdtemp(prefix="fastpass-perm-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        for point, _ in reversed(mounts_under(base)):
-            _libc.umount2(os.fsencode(point), MNT_DETACH)
-        if not mounts_under(base):
-            shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def bind_tables() -> Iterator[dict[tuple[str, str, bool], Any]]:
     """The bind mount's answer to each (table, user, fresh or cached), computed once."""
-    with _base() as base, bind_mount(base) as m:
+    with scratch_dir("fastpass-perm-") as base, bind_mount(base) as m:
         answers: dict[tuple[str, str, bool], Any] = {}
 
         def answer(table: str, who: str, cached: bool) -> Any:
@@ -505,7 +490,7 @@ def bind_tables() -> Iterator[dict[tuple[str, str, bool], Any]]:
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def shared_mount(request) -> Iterator[Mounted]:
     """fastpass with --allow-other, in each configuration, for the whole module."""
-    with _base() as base, fastpass_mount(base, "--allow-other", *CONFIGS[request.param]) as m:
+    with scratch_dir("fastpass-perm-") as base, fastpass_mount(base, "--allow-other", *CONFIGS[request.param]) as m:
         yield m
 
 
@@ -514,7 +499,7 @@ def _acl_support() -> str | None:
     """Why the ACL cases cannot run here, or None."""
     if shutil.which("setfacl") is None or shutil.which("getfacl") is None:
         return "setfacl/getfacl not installed (package acl; tools/setup installs it)"
-    with _base() as base:
+    with scratch_dir("fastpass-perm-") as base:
         try:
             _setfacl(_file(base / "probe", 0o644), "-m", "u:1001:r")
         except subprocess.CalledProcessError as e:

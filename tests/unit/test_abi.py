@@ -116,6 +116,7 @@ def test_struct_size(name: str) -> None:
 def test_struct_offsets(name: str) -> None:
     s: struct.Struct = getattr(abi, name)
     size, fields = LAYOUTS[name]
+    assert s.size == size, "size differs from the kernel's"
     assert len(s.unpack(bytes(s.size))) == len(fields), "field count differs from the kernel's (pads excluded)"
     raw = s.pack(*(_marker(i, f[2]) for i, f in enumerate(fields)))
     covered = set()

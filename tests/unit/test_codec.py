@@ -359,8 +359,9 @@ def test_attr_rdev_of_a_real_device() -> None:
 
 
 def _fake_stat(**over: int) -> types.SimpleNamespace:
-    base = dict(st_ino=5, st_size=0, st_blocks=0, st_atime_ns=0, st_mtime_ns=0, st_ctime_ns=0,
-                st_mode=stat.S_IFBLK | 0o660, st_nlink=1, st_uid=0, st_gid=6, st_rdev=0, st_blksize=4096)  # fmt: skip
+    base = {"st_ino": 5, "st_size": 0, "st_blocks": 0, "st_atime_ns": 0, "st_mtime_ns": 0, "st_ctime_ns": 0,
+            "st_mode": stat.S_IFBLK | 0o660, "st_nlink": 1, "st_uid": 0, "st_gid": 6, "st_rdev": 0,
+            "st_blksize": 4096}  # fmt: skip
     base.update(over)
     return types.SimpleNamespace(**base)
 
@@ -532,7 +533,7 @@ def test_init_extra_not_offered_is_not_granted() -> None:
 @given(st.integers(0, 0xFFFFFFFF), st.integers(0, 0xFFFFFFFF), st.integers(31, 60))
 def test_init_reply_is_intersection(flags: int, flags2: int, minor: int) -> None:
     init_in = (7, minor, 65536, flags, flags2)
-    raw, neg = init.negotiate(init_in)
+    raw, _neg = init.negotiate(init_in)
     out = INIT_OUT.unpack(raw)
     offered = flags | (flags2 << 32 if flags & F.INIT_EXT else 0)
     use = offered & init.WANTED

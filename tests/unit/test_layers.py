@@ -4,8 +4,10 @@
     fastpass.fs      -- the operations: imports no filter, worker, supervisor or CLI code
     fastpass.filters -- hooks around the operations: no worker, supervisor or CLI code; the
                         filter API and the built-in filters see ABI types, not the operations
+    fastpass.options -- the mount options table, below the CLI and the bench that both use it
 
-Function-level and relative imports count too.
+and no import cycle anywhere in the package.  Function-level and relative imports count too:
+a cycle through a function's import is one refactoring away from failing at import time.
 """
 
 from __future__ import annotations
@@ -60,6 +62,53 @@ def _violations(imports: set[str], forbidden: tuple[str, ...]) -> list[str]:
     return sorted(m for m in imports if any(m == f or m.startswith(f + ".") for f in forbidden))
 
 
+def _graph() -> dict[str, set[str]]:
+    """Each fastpass module -> the fastpass modules it imports, with the packages above them (whose
+    __init__ runs first)."""
+    modules = {_module_name(path): path for path in PKG.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imported_modules(path.read_text(), name, path.name == "__init__.py"):
+            parts = imported.split(".")
+            targets.update(m for m in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if m in modules)
+        graph[name] = targets - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of `graph`: each group of modules that reach each other (Tarjan's strongly
+    connected components), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
 def _files(layer: str) -> list[Path]:
     return sorted((PKG / layer).rglob("*.py"))
 
@@ -78,6 +127,18 @@ def test_layer_imports(layer: str, path: Path) -> None:
     imports = imported_modules(path.read_text(), _module_name(path), path.name == "__init__.py")
     bad = _violations(imports, RULES[layer])
     assert not bad, f"fastpass/{path.relative_to(PKG)} imports {bad}"
+
+
+def test_no_import_cycle() -> None:
+    found = cycles(_graph())
+    assert not found, "modules that import each other, directly or not: " + "; ".join(", ".join(g) for g in found)
+
+
+def test_options_table_is_below_cli_and_bench() -> None:
+    path = PKG / "options.py"
+    bad = _violations(imported_modules(path.read_text(), "fastpass.options"),
+                      ("fastpass.cli", "fastpass.bench", "fastpass.supervisor", "fastpass.stats"))  # fmt: skip
+    assert not bad, f"fastpass/options.py imports {bad}"
 
 
 @pytest.mark.parametrize("name", FILTER_API)
@@ -105,6 +166,13 @@ def test_filter_api_imports(name: str) -> None:
 )
 def test_checker_finds_violations(source: str, module: str, expected: list[str]) -> None:
     assert _violations(imported_modules(source, module), RULES["kernel"]) == expected
+
+
+def test_cycle_finder() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}, "f": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"cli": {"bench.runner"}, "bench.runner": {"cli", "options"}, "options": set()}) == [
+        ["bench.runner", "cli"]]
 
 
 def test_checker_relative_import_in_package_init() -> None:
