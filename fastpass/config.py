@@ -76,6 +76,15 @@ class MountConfig(msgspec.Struct, frozen=True):
     # With io uring: requests in flight per worker, each with its own 1 MiB buffer (the
     # worker's data memory is io_depth MiB, fixed at start).
     io_depth: int = DEFAULT_IO_DEPTH
+    # Where requests come from (fastpass.transport): "uring" takes them from FUSE-over-io_uring
+    # entries on each worker's ring (Linux 6.14+; as root it turns the fuse module's enable_uring
+    # on for the mount's start, as a normal user it needs it on) and refuses to mount without;
+    # "auto" does where the kernel offers it (enable_uring on) and the rings work, /dev/fuse
+    # otherwise, said in the log and in stats; "dev" reads /dev/fuse.  Needs io "uring".
+    transport: str = "auto"
+    # With transport uring: entries each worker registers per queue (one queue per possible CPU,
+    # divided among the workers), each with a buffer of max_write (1 MiB), resident.
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
     # The VFS's own checks, as mount(8) names them: read-only refuses every change with EROFS
     # before fastpass sees it; set-user-ID bits and device files count only where allowed, and
     # files execute only where exec is allowed.  fusermount3 forces nosuid and nodev for users.
@@ -101,15 +110,6 @@ class MountConfig(msgspec.Struct, frozen=True):
             *(["allow_other"] if self.allow_other else []),
             *(["default_permissions"] if self.default_permissions else []),
         ]
-    # Where requests come from (fastpass.transport): "uring" takes them from FUSE-over-io_uring
-    # entries on each worker's ring (Linux 6.14+; as root it turns the fuse module's enable_uring
-    # on for the mount's start, as a normal user it needs it on) and refuses to mount without;
-    # "auto" does where the kernel offers it (enable_uring on) and the rings work, /dev/fuse
-    # otherwise, said in the log and in stats; "dev" reads /dev/fuse.  Needs io "uring".
-    transport: str = "auto"
-    # With transport uring: entries each worker registers per queue (one queue per possible CPU,
-    # divided among the workers), each with a buffer of max_write (1 MiB), resident.
-    queue_depth: int = DEFAULT_QUEUE_DEPTH
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

@@ -12,8 +12,7 @@ unknown or malformed is refused with a line that names it (`OptionError`).
 A value not given takes MountConfig's default, except four that follow from others (`config`):
 `workers` (one per CPU as root with the native engine, else 1), `io` (uring with the native
 engine, plain with pyfuse3), `transport` (auto with the native engine, dev with pyfuse3) and
-`default_permissions` (on with `allow_other`); and `passthrough`
-auto means off with pyfuse3.
+`default_permissions` (on with `allow_other`); and `passthrough` auto means off with pyfuse3.
 """
 
 from __future__ import annotations
