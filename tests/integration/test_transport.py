@@ -18,7 +18,6 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from tests import conftest
 from tests.conftest import Mounted, bind_mount, err, fastpass_mount, is_mounted, wait_for
 from tests.integration.test_cli import assert_nothing_left, assert_refused, refuse_mount
 from tests.integration.test_passthrough import stats
-from tests.integration.test_uring import fusectl, io_uring_refused
+from tests.integration.test_uring import direct_readers, fusectl, io_uring_refused
 from tests.users import GID, UID, run_cli_as
 
 MiB = 1 << 20
@@ -370,27 +369,6 @@ def test_requests_in_flight_on_one_worker_many_at_once(tmp_path: Path) -> None:
     answered from its entry's payload."""
     _needs_uring()
     with fastpass_mount(tmp_path, "--workers", "1", *URING) as m:
-        size = 16 * MiB
-        (m.backing / "f").write_bytes(os.urandom(size))
-        expect = (m.backing / "f").read_bytes()
-        bad: list[int] = []
-
-        def reader(job: int) -> None:
-            buf = mmap.mmap(-1, 4096)
-            fd = os.open(m.mnt / "f", os.O_RDONLY | os.O_DIRECT)
-            try:
-                for i in range(200):
-                    off = ((i * 7919 + job * 104729) % (size // 4096)) * 4096
-                    if os.preadv(fd, [buf], off) != 4096 or buf[:] != expect[off : off + 4096]:
-                        bad.append(off)
-            finally:
-                os.close(fd)
-
-        threads = [threading.Thread(target=reader, args=(j,)) for j in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not bad and not any(t.is_alive() for t in threads)
+        assert not direct_readers(m, 8, 200)
         (w,) = stats(m.mnt)["workers"]
         assert w["transport"] == "uring" and w["peak_in_flight"] >= 2, w

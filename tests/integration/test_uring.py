@@ -71,33 +71,39 @@ def test_fallback_when_the_kernel_refuses_io_uring(tmp_path: Path) -> None:
         assert m.log.read_text().count("io_uring unavailable (io_uring_setup failed: Operation not permitted)") == 1
 
 
+def direct_readers(m, jobs: int, rounds: int) -> list[int]:
+    """`jobs` threads each read `rounds` 4 KiB O_DIRECT blocks of a 16 MiB file through the mount
+    (every READ reaches the backing disk, so a worker has several at once); the offsets whose
+    data differed from the backing's, or any if a reader did not finish."""
+    size = 16 * MiB
+    (m.backing / "f").write_bytes(os.urandom(size))
+    expect = (m.backing / "f").read_bytes()
+    bad: list[int] = []
+
+    def reader(job: int) -> None:
+        buf = mmap.mmap(-1, 4096)
+        fd = os.open(m.mnt / "f", os.O_RDONLY | os.O_DIRECT)
+        try:
+            for i in range(rounds):
+                off = ((i * 7919 + job * 104729) % (size // 4096)) * 4096
+                if os.preadv(fd, [buf], off) != 4096 or buf[:] != expect[off : off + 4096]:
+                    bad.append(off)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(j,)) for j in range(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return bad + [-1 for t in threads if t.is_alive()]
+
+
 def test_one_worker_keeps_many_requests_in_flight(tmp_path: Path) -> None:
     """Eight readers of uncached data (O_DIRECT, so each READ goes to the backing disk) on one
     worker: the worker has several READs on the ring at once instead of one at a time."""
     with fastpass_mount(tmp_path, "--workers", "1", "--passthrough", "off", "--io-depth", "8") as m:
-        size = 16 * MiB
-        (m.backing / "f").write_bytes(os.urandom(size))
-        expect = (m.backing / "f").read_bytes()
-        bad: list[int] = []
-
-        def reader(job: int) -> None:
-            buf = mmap.mmap(-1, 4096)
-            fd = os.open(m.mnt / "f", os.O_RDONLY | os.O_DIRECT)
-            try:
-                for i in range(300):
-                    off = ((i * 7919 + job * 104729) % (size // 4096)) * 4096
-                    n = os.preadv(fd, [buf], off)
-                    if n != 4096 or buf[:] != expect[off : off + 4096]:
-                        bad.append(off)
-            finally:
-                os.close(fd)
-
-        threads = [threading.Thread(target=reader, args=(j,)) for j in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not bad
+        assert not direct_readers(m, 8, 300)
         (w,) = stats(m.mnt)["workers"]
         assert w["io"] == "uring" and w["peak_in_flight"] >= 2, w
 
