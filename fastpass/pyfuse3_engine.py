@@ -12,8 +12,7 @@ semantics.
 pyfuse3 runs on asyncio with uvloop.  Backing calls block, so they run on one
 executor thread and the loop stays free to take requests.  One thread and not
 a pool: an `Fs` (its buffers, fd caches and credentials) belongs to one
-thread, and the shared tables' record locks are per process.  Parallelism is
-the native engine's job, with its workers.
+thread.  Parallelism is the native engine's job, with its workers.
 
 What libfuse through pyfuse3 cannot carry, and the native engine can: kernel
 passthrough (no backing ids), fallocate, lseek, copy_file_range, O_TMPFILE,

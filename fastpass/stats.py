@@ -91,6 +91,8 @@ class Stats(msgspec.Struct):
     # (one per CPU: the CPU of the caller) has carried.
     transport: str = "dev"
     requests_per_queue: list[int] = []
+    backing_ids: int = 0  # passthrough backing ids registered now, idle ones kept for the next open included
+    backing_registrations: int = 0  # since the mount
 
 
 def _rss_kib(pid: int) -> int:
@@ -152,6 +154,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             op_totals[base + 2] / count / 1e3, C.percentile(hist, 0.5) / 1e3, C.percentile(hist, 0.9) / 1e3,
             C.percentile(hist, 0.99) / 1e3,
         ))  # fmt: skip
+    registered = sum(b.misc[C.BACKING_REGISTERED] for b in blocks)
     return Stats(
         SCHEMA, record.config.mountpoint, record.config.backing, record.pid, time.time() - record.started, workers,
         restarts, sorted(ops_out, key=lambda o: -o.count),
@@ -160,7 +163,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         _cache(blocks, watcher, watcher_pid, record), record.config.engine, list(record.config.filters),
         options.render(record.config),
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
-        requests_per_queue,
+        requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
     )  # fmt: skip
 
 
@@ -238,7 +241,10 @@ def render(stats: Stats) -> object:
     head = Text(
         f"{stats.backing} on {stats.mountpoint}: {stats.engine} engine, supervisor {stats.supervisor_pid}, up "
         f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
-        f"{stats.open_handles} open handles\npassthrough {'on' if stats.passthrough else 'off'}, writeback cache "
+        f"{stats.open_handles} open handles\npassthrough "
+        + (f"on ({stats.backing_ids:,} backing ids, {stats.backing_registrations:,} registered)" if stats.passthrough
+           else "off")
+        + ", writeback cache "
         f"{'on' if n is not None and 'WRITEBACK_CACHE' in n.flags else 'off'}; requests from "
         + (f"FUSE-over-io_uring, per queue (CPU): {' '.join(f'{q:,}' for q in stats.requests_per_queue)}"
            if stats.transport == "uring" else "/dev/fuse")

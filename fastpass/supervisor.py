@@ -255,7 +255,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
-        fs.passthrough = Passthrough(devfd, fs.inodes)
+        fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None

@@ -11,7 +11,8 @@ the backing holds.  Only changes made through the mount count; the count
 starts at 0 at mount time.
 
 The total lives in a shared mapping made before the workers fork, changed
-under a POSIX record lock.  Each request reserves its growth before the
+under a lock of that mapping (a robust process-shared mutex,
+`fastpass.shm.region`).  Each request reserves its growth before the
 backing call and gives back what it did not use after it (a short write, a
 failure), so concurrent requests never overshoot the limit.  Two requests
 growing the same file at once may both count the same bytes: the count
@@ -53,7 +54,7 @@ class Quota(Filter):
 
     def __init__(self, bytes: str):
         self.limit = parse_size(bytes)
-        self._region = Region(U64.size)
+        self._region = Region(U64.size, locks=1)
         # (change asked for, the file's size before) of the request in progress in this worker:
         # a worker serves one request at a time, and its pre- and post-filter run in it.
         self._pending = (0, 0)

@@ -9,8 +9,8 @@ Facts that shape it:
   a writer is inside it; a reader reads it, then the nodeid, stamp and
   attributes, then the number again, and uses the copy only if nothing
   changed (else it is a miss and the backing answers).
-* Writers (a worker after a backing call, the watcher process) take a
-  POSIX record lock on one byte per slot, outside the region's data.
+* Writers (a worker after a backing call, the watcher process) take the
+  region's lock of the slot's stripe (`LOCK_ATTRS`).
 * The backing is the truth, so what goes in must not be older than what
   is already known.  Every fill carries `t0`, the monotonic time taken
   before the backing call whose result it is; each slot keeps the newest
@@ -27,20 +27,18 @@ Facts that shape it:
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 import time
 
 from fastpass.kernel.abi import ATTR
 from fastpass.shm.counters import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES
-from fastpass.shm.region import Layout, Region
+from fastpass.shm.region import ATTR_STRIPES, LOCK_ATTRS, Layout, Region
 
 HEAD = struct.Struct("<QQQQ")  # sequence, nodeid, stamp (t0 of the data), changed
 _SEQ = struct.Struct("<Q")
 SLOT_SIZE = 128  # head + fuse_attr, rounded to two slots a cache line
 _ATTR_AT = HEAD.size
-_LOCKS = 1 << 40  # record-lock offsets of the slots, far past the region's own locks and data
 _MASK32 = 0xFFFFFFFF
 # fuse_attr fields a read may move: atime, mtime, ctime (seconds)
 _TIMES = struct.Struct("<QQQ")
@@ -62,7 +60,7 @@ class AttrCache:
 
     def __init__(self, space: AttrSpace, region: Region, misc: memoryview, revalidate: float, atime: str):
         self._map = region.map
-        self._fd = region.fd
+        self._region = region
         self._base = space.offset
         self._size = space.size
         self._misc = misc
@@ -90,8 +88,8 @@ class AttrCache:
         change since then makes them possibly stale."""
         m = self._map
         off = self._at(nodeid)
-        lock = _LOCKS + (off - self._base) // SLOT_SIZE
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, lock)
+        lock = LOCK_ATTRS + (off - self._base) // SLOT_SIZE % ATTR_STRIPES
+        self._region.lock(lock)
         try:
             seq, nid, _, changed = HEAD.unpack_from(m, off)
             if t0 < changed:
@@ -102,15 +100,15 @@ class AttrCache:
             m[off + _ATTR_AT : off + _ATTR_AT + ATTR.size] = attr
             HEAD.pack_into(m, off, seq + 2, nodeid, t0, t0)  # nothing older may follow
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, lock)
+            self._region.unlock(lock)
 
     def changed(self, nodeid: int) -> None:
         """`nodeid` changed in the backing just now: drop its entry, and refuse fills begun before."""
         m = self._map
         off = self._at(nodeid)
-        lock = _LOCKS + (off - self._base) // SLOT_SIZE
+        lock = LOCK_ATTRS + (off - self._base) // SLOT_SIZE % ATTR_STRIPES
         now = time.monotonic_ns()
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, lock)
+        self._region.lock(lock)
         try:
             seq, nid, stamp, _ = HEAD.unpack_from(m, off)
             if nid == nodeid:
@@ -118,7 +116,7 @@ class AttrCache:
             else:  # another nodeid's entry stays; the mark still guards against a late fill of ours
                 HEAD.pack_into(m, off, seq, nid, stamp, now)
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, lock)
+            self._region.unlock(lock)
 
     def read(self, nodeid: int) -> None:
         """A read of `nodeid` reached the backing: drop the entry if that read may have moved

@@ -49,7 +49,7 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
     open_flags = backing_id = 0
     if fs.passthrough is not None:
         uid = req.uid if fs.config.allow_other else fs.credentials.uid
-        open_flags, backing_id = fs.passthrough.open(inode, fd, uid)
+        open_flags, backing_id = fs.passthrough.open(inode, fd, uid, flags)
     if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
         open_flags |= FopenFlag.DIRECT_IO
     elif not backing_id and fs.kept(inode):  # (the kernel refuses KEEP_CACHE with passthrough)
@@ -187,10 +187,14 @@ def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
 
 
 def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:
-    nodeid, passthrough = fs.handles.release(fh)
-    if passthrough and fs.passthrough is not None:
-        # The kernel wrote it without us: the cache forgets it before it may answer for it again.
-        fs.changed(nodeid)
+    nodeid, flags = fs.handles.release(fh)
+    if flags & PASSTHROUGH_MARK and fs.passthrough is not None:
+        # The kernel read or wrote it without us: before the cache may answer for it again, it
+        # forgets what a write changed, or what a read may have (atime).
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            fs.changed(nodeid)
+        elif fs.cache is not None:
+            fs.cache.read(nodeid)
         fs.passthrough.release(nodeid)
 
 

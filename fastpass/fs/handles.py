@@ -136,8 +136,9 @@ class HandleTable:
     def keep(self, fh: int, obj: int | DirHandle) -> None:
         self._files[fh] = obj
 
-    def release(self, fh: int) -> tuple[int, bool]:
-        """Free the fh for every worker and close this worker's copy; (nodeid, was a passthrough open)."""
+    def release(self, fh: int) -> tuple[int, int]:
+        """Free the fh for every worker and close this worker's copy; (nodeid, its open flags with
+        PASSTHROUGH_MARK if it held one of the inode's passthrough opens)."""
         slot = fh & _MASK32
         space, region = self._space, self._region
         if not 0 < slot <= space.capacity:
@@ -156,7 +157,7 @@ class HandleTable:
         finally:
             region.unlock(LOCK_HANDLES)
         self._close(fh)
-        return nodeid, bool(flags & PASSTHROUGH_MARK)
+        return nodeid, flags
 
     def _live(self, fh: int) -> bool:
         gen, kind = SLOT.unpack_from(self._map, self._space.slots + (fh & _MASK32) * SLOT.size)[:2]

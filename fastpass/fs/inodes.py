@@ -40,15 +40,30 @@ from collections.abc import Callable
 from fastpass import _linux
 from fastpass.kernel.abi import ROOT_ID
 from fastpass.shm.counters import FOREIGN_NODES
-from fastpass.shm.region import LOCK_INODES, RING, U32, U64, Layout, Region, ring_push, ring_since
+from fastpass.shm.region import (
+    BACKING_STRIPES,
+    LOCK_BACKING,
+    LOCK_INODES,
+    RING,
+    U32,
+    U64,
+    Layout,
+    Region,
+    ring_push,
+    ring_since,
+)
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # generation, live, nlookup, dev, ino, mount_id, handle length, creating worker,
-# passthrough backing id, passthrough opens, uid it was registered as, handle
-SLOT = struct.Struct("<IIqQQiHHiiI4x128s")
+# passthrough backing id, passthrough opens, uid it was registered as, whether the id may stay
+# registered with no open (its file is read-only), handle
+SLOT = struct.Struct("<IIqQQiHHiiII128s")
 _BACKING_AT = 40  # offset of the passthrough fields in a slot
-_BACKING = struct.Struct("<iiI")
+_BACKING = struct.Struct("<iiII")
 _I32 = struct.Struct("<i")
+# Backing ids kept registered with no open, at most: each pins a kernel file, its dentry and the
+# backing inode (about 1.5 KiB), and a deleted file's blocks, until the kernel forgets the inode.
+IDLE_IDS = 16384
 ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
 HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
 _MASK32 = 0xFFFFFFFF
@@ -118,6 +133,7 @@ class InodeSpace:
         self.free = layout.take(U32.size * capacity)
         self.index = layout.take(ENTRY.size * self.index_size)
         self.ring = layout.take(U64.size * RING)
+        self.kept = layout.take(U32.size * BACKING_STRIPES)  # ids that may stay idle, per lock stripe
 
 
 def _probe(m: mmap.mmap, space: InodeSpace, key: tuple[int, int]) -> tuple[int, int]:
@@ -138,12 +154,16 @@ def nodeid_of(space: InodeSpace, region: Region, key: tuple[int, int], handle: b
         _, slot = _probe(region.map, space, key)
         if not slot:
             return 0
-        gen, live, *_, hlen, _creator, _bid, _opens, _uid, h = SLOT.unpack_from(region.map, space.slots + slot * SLOT.size)
+        gen, live, *_, hlen, _creator, _bid, _opens, _uid, _idle, h = SLOT.unpack_from(region.map, space.slots + slot * SLOT.size)
     finally:
         region.unlock(LOCK_INODES)
     if not live or (handle is not None and hlen and h[:hlen] != handle):
         return 0
     return gen << 32 | slot
+
+
+def _no_ids(backing_id: int) -> None:
+    raise AssertionError(f"backing id {backing_id} without passthrough")
 
 
 class InodeTable:
@@ -155,7 +175,7 @@ class InodeTable:
         h = handle or b""
         key = (st.st_dev, st.st_ino)
         SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), 0,
-                       0, 0, 0, h)  # fmt: skip
+                       0, 0, 0, 0, h)  # fmt: skip
         HEADER.pack_into(region.map, space.header, _ROOT_SLOT + 1, 0, 0)
         i = hash(key) & (space.index_size - 1)
         ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
@@ -181,6 +201,8 @@ class InodeTable:
         self._seen = self._ring_seq()
         self.root = Inode(ROOT_ID, (st.st_dev, st.st_ino), handle, mount_id, root_fd)
         self._local[ROOT_ID] = self.root
+        # closes a passthrough backing id (`fastpass.fs.passthrough` sets it where passthrough is on)
+        self.unregister: Callable[[int], None] = _no_ids
 
     # --- shared slots and index (callers hold the inode lock where they mutate) -------
     def _read_slot(self, slot: int) -> tuple:
@@ -190,7 +212,7 @@ class InodeTable:
                     handle: bytes | None) -> None:  # fmt: skip
         h = handle or b""
         SLOT.pack_into(self._map, self._space.slots + slot * SLOT.size, gen, live, nlookup, key[0], key[1], mount_id,
-                       len(h), self._worker, 0, 0, 0, h)  # fmt: skip
+                       len(h), self._worker, 0, 0, 0, 0, h)  # fmt: skip
 
     def _set_nlookup(self, slot: int, nlookup: int) -> None:
         struct.pack_into("<q", self._map, self._space.slots + slot * SLOT.size + 8, nlookup)
@@ -403,7 +425,7 @@ class InodeTable:
             i, slot = self._find(key)
             if slot:
                 gen, _live, nlookup, *_ = row = self._read_slot(slot)
-                if handle is None or handle == row[11][: row[6]]:
+                if handle is None or handle == row[12][: row[6]]:
                     self._set_nlookup(slot, nlookup + 1)
                 else:  # a reused inode number: the name gets a new slot
                     self._remove(i)
@@ -431,49 +453,81 @@ class InodeTable:
 
     def in_passthrough(self, nodeid: int) -> bool:
         """Whether the inode has a passthrough open: the kernel then changes its data and size itself."""
-        return _I32.unpack_from(self._map, self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT)[0] > 0
+        at = self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT + 4
+        return _I32.unpack_from(self._map, at)[0] > 0
 
-    def attach_backing(self, inode: Inode, uid: int, register: Callable[[], int]) -> tuple[int, bool]:
+    def attach_backing(self, inode: Inode, uid: int, read_only: bool, register: Callable[[], int]) -> tuple[int, bool]:
         """The inode's passthrough backing id for one more open, registering one if it has none.
 
         The kernel allows one backing file per inode while any passthrough open
         of it lives, so the id and its open count are shared by every worker.
-        Returns (backing id, own_io): own_io means the id was registered with
-        another uid's credentials, so this open may use it only for mmap and
-        must do its reads and writes in userspace.  `register()` gives the id,
-        or 0 when it cannot; then (0, False).
+        An id registered from a read-only file outlives its last open (up to
+        IDLE_IDS of them) and serves the next open by the same uid without a
+        registration; the inode's FORGET closes it.  Returns (backing id,
+        own_io): own_io means the id was registered with another uid's
+        credentials, so this open may use it only for mmap and must do its
+        reads and writes in userspace.  `register()` gives the id of the
+        opener's file (`read_only` says whether it is), or 0 when it cannot;
+        then (0, False).
         """
-        off = self._space.slots + (inode.nodeid & _MASK32) * SLOT.size + _BACKING_AT
+        slot = inode.nodeid & _MASK32
+        off = self._space.slots + slot * SLOT.size + _BACKING_AT
+        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        m = self._map
         region = self._region
-        region.lock(LOCK_INODES)
+        region.lock(lock)
         try:
-            backing_id, opens, owner = _BACKING.unpack_from(self._map, off)
+            backing_id, opens, owner, keep = _BACKING.unpack_from(m, off)
             if backing_id > 0:
-                _BACKING.pack_into(self._map, off, backing_id, opens + 1, owner)
-                return backing_id, owner != uid
+                if opens or owner == uid:
+                    _I32.pack_into(m, off + 4, opens + 1)
+                    return backing_id, owner != uid
+                self._close_backing(slot, off)  # idle, another uid's: the opener's own credentials serve better
             backing_id = register()
             if backing_id > 0:
-                _BACKING.pack_into(self._map, off, backing_id, 1, uid)
+                keep = read_only and self._count_kept(slot, 1)
+                _BACKING.pack_into(m, off, backing_id, 1, uid, keep)
             return backing_id, False
         finally:
-            region.unlock(LOCK_INODES)
+            region.unlock(lock)
 
-    def detach_backing(self, nodeid: int, unregister: Callable[[int], None]) -> None:
-        """One passthrough open fewer; the last one closes the backing id (once, whichever worker)."""
-        off = self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT
+    def detach_backing(self, nodeid: int) -> None:
+        """One passthrough open fewer; after the last, an id that may not stay idle is closed
+        (once, whichever worker)."""
+        slot = nodeid & _MASK32
+        off = self._space.slots + slot * SLOT.size + _BACKING_AT
+        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        m = self._map
         region = self._region
-        region.lock(LOCK_INODES)
+        region.lock(lock)
         try:
-            backing_id, opens, owner = _BACKING.unpack_from(self._map, off)
-            if backing_id <= 0:
+            backing_id, opens, _owner, keep = _BACKING.unpack_from(m, off)
+            if backing_id <= 0 or opens <= 0:
                 return
-            if opens > 1:
-                _BACKING.pack_into(self._map, off, backing_id, opens - 1, owner)
-                return
-            _BACKING.pack_into(self._map, off, 0, 0, 0)
-            unregister(backing_id)
+            if opens > 1 or keep:
+                _I32.pack_into(m, off + 4, opens - 1)
+            else:
+                self._close_backing(slot, off)
         finally:
-            region.unlock(LOCK_INODES)
+            region.unlock(lock)
+
+    def _close_backing(self, slot: int, off: int) -> None:
+        """Close the id the slot's passthrough fields at `off` hold, and clear them (stripe lock held)."""
+        backing_id, _opens, _owner, keep = _BACKING.unpack_from(self._map, off)
+        _BACKING.pack_into(self._map, off, 0, 0, 0, 0)
+        if keep:
+            self._count_kept(slot, -1)
+        self.unregister(backing_id)
+
+    def _count_kept(self, slot: int, n: int) -> bool:
+        """Count `n` more ids that may stay idle in `slot`'s stripe (its lock held); False if
+        that would pass the stripe's share of IDLE_IDS."""
+        at = self._space.kept + slot % BACKING_STRIPES * U32.size
+        (kept,) = U32.unpack_from(self._map, at)
+        if n > 0 and kept >= IDLE_IDS // BACKING_STRIPES:
+            return False
+        U32.pack_into(self._map, at, kept + n)
+        return True
 
     def forget(self, nodeid: int, nlookup: int) -> None:
         if nodeid == ROOT_ID:
@@ -491,6 +545,14 @@ class InodeTable:
                 self._set_nlookup(slot, count - nlookup)
                 return
             self._free(slot, gen, (dev, ino))
+            off = self._space.slots + slot * SLOT.size + _BACKING_AT
+            if _I32.unpack_from(self._map, off)[0] > 0:  # idle: the kernel released every open before it forgot
+                lock = LOCK_BACKING + slot % BACKING_STRIPES
+                region.lock(lock)
+                try:
+                    self._close_backing(slot, off)
+                finally:
+                    region.unlock(lock)
         finally:
             region.unlock(LOCK_INODES)
         self._drop(nodeid)

@@ -27,45 +27,62 @@ Facts that shape it (`shared/fuse-abi.md` section 9, Linux 6.9-6.18):
 * Linux 6.18 does not carry RWF_NOAPPEND into the backing write: on an
   O_APPEND file such a write appends.
 * KEEP_CACHE and the writeback cache are never used with it (EIO otherwise).
+* Registering and closing an id are two ioctls under the slot's lock, most of
+  what passthrough added to an open/release pair.  The kernel opens its own
+  backing file for every open, from the registered file's path with the
+  opener's flags, and drops the inode's hold on the id at its last release,
+  so an id stays usable with no open.  One registered from a read-only file
+  (it holds no write access: no ETXTBSY for an exec of it) is therefore kept
+  until the kernel forgets the inode, and serves the next open by the same
+  uid with no ioctl.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from fastpass import _linux
 from fastpass.fs.inodes import Inode, InodeTable
 from fastpass.kernel import abi
 from fastpass.kernel.abi import FopenFlag
+from fastpass.shm.counters import BACKING_CLOSED, BACKING_REGISTERED
 
 log = logging.getLogger("fastpass.passthrough")
 
 
 class Passthrough:
-    def __init__(self, devfd: int, inodes: InodeTable):
+    def __init__(self, devfd: int, inodes: InodeTable, misc: memoryview):
         self._devfd = devfd
         self._inodes = inodes
+        self._misc = misc  # this worker's counters: ids registered and closed
         self._warned: set[int] = set()
+        inodes.unregister = self._close
 
-    def open(self, inode: Inode, fd: int, uid: int) -> tuple[int, int]:
-        """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd`."""
+    def open(self, inode: Inode, fd: int, uid: int, flags: int) -> tuple[int, int]:
+        """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd` with `flags`."""
 
         def register() -> int:
             try:
-                return _linux.backing_open(self._devfd, fd, abi.DEV_IOC_BACKING_OPEN)
+                backing_id = _linux.backing_open(self._devfd, fd, abi.DEV_IOC_BACKING_OPEN)
             except OSError as e:
                 if e.errno not in self._warned:
                     self._warned.add(e.errno)
                     log.warning("passthrough registration failed (%s): such files are served in userspace",
                                 e.strerror)  # fmt: skip
                 return 0
+            self._misc[BACKING_REGISTERED] += 1
+            return backing_id
 
-        backing_id, own_io = self._inodes.attach_backing(inode, uid, register)
+        read_only = flags & os.O_ACCMODE == os.O_RDONLY
+        backing_id, own_io = self._inodes.attach_backing(inode, uid, read_only, register)
         if not backing_id:
             return 0, 0
         return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
 
     def release(self, nodeid: int) -> None:
-        self._inodes.detach_backing(
-            nodeid, lambda backing_id: _linux.backing_close(self._devfd, backing_id, abi.DEV_IOC_BACKING_CLOSE)
-        )
+        self._inodes.detach_backing(nodeid)
+
+    def _close(self, backing_id: int) -> None:
+        _linux.backing_close(self._devfd, backing_id, abi.DEV_IOC_BACKING_CLOSE)
+        self._misc[BACKING_CLOSED] += 1

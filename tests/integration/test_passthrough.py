@@ -6,11 +6,13 @@ import hashlib
 import json
 import mmap
 import os
+import subprocess
+import time
 from pathlib import Path
 
 from tests.conftest import fastpass_mount, mounts_under, run_fastpass
 from tests.integration.test_cli import NOBODY, assert_refused
-from tests.users import run_cli_as
+from tests.users import UID, as_user, run_cli_as
 
 MiB = 1 << 20
 
@@ -93,6 +95,65 @@ def test_reopening_many_times_releases_every_backing_id(tmp_path: Path) -> None:
                 f.write(b"x")
             assert (m.mnt / f"f{i % 7}").read_bytes() == b"x" * (i // 7 + 1)
         assert stats(m.mnt)["open_handles"] == 0
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _settled(mnt: Path, key: str, want: int) -> dict:
+    """stats once `key` is `want`: FORGET comes from the kernel some time after the unlink."""
+    deadline = time.monotonic() + 10
+    while (s := stats(mnt))[key] != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return s
+
+
+def test_a_read_only_file_keeps_its_backing_id_between_opens(tmp_path: Path) -> None:
+    """Reopening an unchanged file registers nothing again; writing and exec still work; the
+    inode's FORGET closes the id."""
+    with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", "on") as m:
+        (m.backing / "tool").write_text("#!/bin/sh\necho one\n")
+        (m.backing / "tool").chmod(0o755)
+        for _ in range(20):
+            assert (m.mnt / "tool").read_bytes().startswith(b"#!/bin/sh")
+        s = stats(m.mnt)
+        assert (s["backing_registrations"], s["backing_ids"]) == (1, 1), s
+        with open(m.mnt / "tool", "a") as f:  # a write open of the same inode joins the kept id
+            f.write("echo two\n")
+        assert (m.backing / "tool").read_text().endswith("echo two\n")
+        # the kept id's file is read-only, so it holds no write access: exec is no ETXTBSY
+        assert subprocess.run([m.mnt / "tool"], check=True, capture_output=True, text=True).stdout == "one\ntwo\n"
+        s = stats(m.mnt)
+        assert s["backing_registrations"] == 1 and op_count(s, "READ") == 0 and op_count(s, "WRITE") == 0, s
+        os.unlink(m.mnt / "tool")
+        assert _settled(m.mnt, "backing_ids", 0)["backing_ids"] == 0
+
+
+def test_a_write_opened_id_is_closed_at_the_last_release(tmp_path: Path) -> None:
+    """An id registered from a writable file would hold write access: exec of the file right
+    after writing it must work, so such an id ends with its last open."""
+    with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", "on") as m:
+        script = m.mnt / "new"
+        script.write_text("#!/bin/sh\necho fresh\n")
+        script.chmod(0o755)
+        assert subprocess.run([script], check=True, capture_output=True, text=True).stdout == "fresh\n"
+        s = _settled(m.mnt, "backing_ids", 1)  # exec's own read-only open may keep its id
+        assert s["backing_registrations"] == 2, s
+
+
+def test_a_kept_id_is_registered_again_for_another_uid(world_dir: Path) -> None:
+    """An idle id registered as root would pass uid 1000's I/O with root's credentials, or push
+    it to userspace: the next open by another uid registers its own, and its I/O is passed through."""
+    with fastpass_mount(world_dir, "--workers", "2", "--passthrough", "on", "--allow-other") as m:
+        (m.backing / "f").write_bytes(b"shared data")
+        (m.backing / "f").chmod(0o644)
+        assert (m.mnt / "f").read_bytes() == b"shared data"
+        assert as_user(_read, m.mnt / "f", uid=UID, gid=UID) == b"shared data"
+        s = stats(m.mnt)
+        assert (s["backing_registrations"], s["backing_ids"]) == (2, 1), s
+        assert sum(w["opens_userspace"] for w in s["workers"]) == 0
+        assert op_count(s, "READ") == 0
 
 
 def test_on_without_root_is_refused(world_dir: Path) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
-from fastpass.shm.region import LOCK_INODES, RING, Layout, Region
+from fastpass.shm.region import BACKING_STRIPES, LOCK_INODES, RING, U32, Layout, Region
 
 
 def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable, Region]:
@@ -167,3 +167,45 @@ def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: 
     assert b.local(fh) is None
     with pytest.raises(OSError):
         os.fstat(copy)
+
+
+def test_kept_backing_ids_are_reused_bounded_and_closed_by_forget(tmp_path: Path, monkeypatch) -> None:
+    """A read-only file's id outlives its last open for the same uid; another uid, a writable
+    file, the bound, and the inode's FORGET each close it."""
+    for name in ("r", "w", "x"):
+        (tmp_path / name).write_text(name)
+    a, b, _ = _tables(tmp_path)
+    closed: list[int] = []
+    a.unregister = b.unregister = closed.append
+    ids = iter(range(1, 100))
+
+    def register() -> int:
+        return next(ids)
+
+    r, _ = a.lookup(a.root, b"r")
+    assert a.attach_backing(r, 0, True, register) == (1, False)
+    assert a.in_passthrough(r.nodeid)
+    b.detach_backing(r.nodeid)  # the last release, on another worker: kept
+    assert not a.in_passthrough(r.nodeid) and closed == []
+    assert b.attach_backing(b.get(r.nodeid), 0, False, register) == (1, False)  # reused, even for a write open
+    assert a.attach_backing(r, 1000, True, register) == (1, True)  # in use: another uid gets it for mmap only
+    a.detach_backing(r.nodeid)
+    a.detach_backing(r.nodeid)
+    assert a.attach_backing(r, 1000, True, register) == (2, False)  # idle: uid 1000 registers its own
+    assert closed == [1]
+    a.detach_backing(r.nodeid)
+
+    w, _ = a.lookup(a.root, b"w")
+    assert a.attach_backing(w, 0, False, register) == (3, False)
+    a.detach_backing(w.nodeid)
+    assert closed == [1, 3]  # a writable file's id ends with its last open
+
+    monkeypatch.setattr("fastpass.fs.inodes.IDLE_IDS", 0)
+    x, _ = a.lookup(a.root, b"x")
+    assert a.attach_backing(x, 0, True, register) == (4, False)
+    a.detach_backing(x.nodeid)
+    assert closed == [1, 3, 4]  # past the bound: not kept
+
+    a.forget(r.nodeid, 1)
+    assert closed == [1, 3, 4, 2]  # the kept one goes with the inode, and its stripe's count with it
+    assert U32.unpack_from(a._map, a._space.kept + (r.nodeid & 0xFFFFFFFF) % BACKING_STRIPES * 4)[0] == 0
