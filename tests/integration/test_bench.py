@@ -81,7 +81,7 @@ def test_end_to_end(tmp_path):
     assert record.clients == os.cpu_count()  # the default: one client per CPU
     for res in record.results:
         assert res.cold == (res.name == "randread-cold")
-        expected = {"metadata": record.clients, "openread": record.clients}.get(res.name, 1)
+        expected = {"metadata": record.clients, "openread": record.clients, "randread-cold": 2}.get(res.name, 1)
         assert res.processes == expected, res.name
 
     text = out["md"].read_text()
