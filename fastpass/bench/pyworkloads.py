@@ -192,7 +192,7 @@ def _open_read_close(home: str, client: int, deadline: float) -> tuple[int, str]
     paths = [os.path.join(home, name) for name in _openread_names(client)]
     contents = _openread_contents(client)
     order = list(range(OPENREAD_FILES))
-    random.Random(client).shuffle(order)  # not in directory order, which a readahead of entries might favour
+    random.Random(client).shuffle(order)  # a random order, as scale.py's openrd, each file once a pass
     ops = 0
     while ops < OPENREAD_FILES or time.monotonic() < deadline:
         i = order[ops % OPENREAD_FILES]
