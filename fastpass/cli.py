@@ -134,6 +134,7 @@ def _unwind_on_sigterm() -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, report, runner
     from fastpass.bench.suites import SUITES
+    from fastpass.bench.workloads import Load
 
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
@@ -150,9 +151,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _user_modules()
     try:
         variants = [runner.parse_variant(spec) for spec in args.variant]
-        runner.check(args.backing, names, args.repeat, variants)
+        runner.check(args.backing, names, args.repeat, args.clients, variants)
         with progress.bar(len(names) * args.repeat * (len(variants) + 2)) as step:
-            record = runner.run(args.backing, names, args.repeat, args.size, args.seconds, mount_args, variants, step)
+            record = runner.run(args.backing, names, args.repeat, Load(args.size, args.seconds, args.clients),
+                                mount_args, variants, step)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     progress.table(record)
@@ -191,20 +193,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     max_workers = args.max_workers if args.max_workers is not None else (1 if args.engine == "pyfuse3" else 2 * (os.cpu_count() or 1))
     counts = list(range(1, max_workers + 1))
     try:
-        tune.check(args.backing, names, counts, args.repeat, args.engine)
+        tune.check(args.backing, names, counts, args.repeat, args.clients, args.engine)
         ios = [f"--io {io}" for io in IO_PATHS] if args.io == "both" else [f"--io {args.io}" if args.io else ""]
         transports = (["--transport uring", "--transport dev"] if args.transport == "both"
                       else [f"--transport {args.transport}" if args.transport else ""])  # fmt: skip
         paths = [f"{io} {t}".strip() for io in ios for t in transports]
         with progress.bar(len(paths) * len(counts) * len(names) * args.repeat * 2) as step:
             record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
-                              _io_options(args, ("io_depth", "queue_depth")), args.engine, paths)  # fmt: skip
+                              _io_options(args, ("io_depth", "queue_depth")), args.engine, paths,
+                              clients=args.clients)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     tune.table(record)
     on = f" on {record.path}" if len(paths) > 1 else ""
     print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest within "
           f"{tune.TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
+    for line in tune.knee_lines(record):
+        print(line)
     if args.plot:
         tune.plot(record, args.plot)
     return _finish(record, args.json, [w.name for w in record.workloads if not w.ok])
@@ -234,6 +239,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _clients_argument(parser: argparse.ArgumentParser) -> None:
+    """--clients, the same for bench and tune: one client per CPU loads the whole machine."""
+    parser.add_argument("--clients", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="client processes at once in the workloads run by many (metadata, openread), each on "
+                             f"its own files (default: one per CPU, {os.cpu_count() or 1})")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -268,6 +280,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation")
     b.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     b.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    _clients_argument(b)
     b.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     b.add_argument("--report", metavar="FILE.md", help="write a Markdown report")
     b.add_argument("--plot", metavar="FILE.png", help="write a chart of the ratios")
@@ -302,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
+    _clients_argument(t)
     t.add_argument("--io", choices=(*IO_PATHS, "both"),
                    help="passed to every fastpass mount; both: every count on each path, and the better one chosen")  # fmt: skip
     t.add_argument("--io-depth", type=int, metavar="N", help="passed to every fastpass mount")

@@ -48,9 +48,11 @@ def _spread(median: float, values: list[float], fmt: Callable[[float], str] = nu
 def table(record: BenchRecord) -> None:
     """Each workload's median per configuration, with each fastpass configuration's ratio to the bind mount;
     then, for workloads that time events, the latencies."""
-    t = Table(title=f"fastpass / bind mount, same backing, median of {record.repeat} round(s) (min-max below)")
+    t = Table(title=f"fastpass / bind mount, same backing, median of {record.repeat} round(s) (min-max below), "
+                    f"--clients {record.clients}")  # fmt: skip
     t.add_column("workload")
     t.add_column("unit")
+    t.add_column("proc.", justify="right")
     for c in record.configs:
         t.add_column(c.name, justify="right")
         if c.name != BIND:
@@ -63,7 +65,7 @@ def table(record: BenchRecord) -> None:
             cells.append(_spread(c.median, [m.value for m in c.runs]))
             if c.config != BIND:
                 cells.append(_spread(c.ratio_median, c.ratios, ratio))
-        t.add_row(r.name, r.unit, *cells, "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")
+        t.add_row(r.name, r.unit, str(r.processes), *cells, "yes" if r.cold else "", "yes" if r.ok else "[red]FAILED[/red]")
     console = Console()
     # Ranges stay readable when stdout is not a wide terminal: 110 columns for fastpass and bind, more per variant.
     console.width = max(console.width, 110 + 30 * (len(record.configs) - 2))

@@ -1,13 +1,17 @@
 """Python workloads: the metadata and small-file work fio does not model.
 
 These measure what a FUSE server pays per request rather than per byte:
-LOOKUP, CREATE, GETATTR, UNLINK, READDIR(PLUS) and many short READs and
-WRITEs, and how soon a change made beside the mount shows through it.  Like
-the fio workloads they check what they see: metadata reads back every file it
-created, readdir counts every name, smallfiles compares a sha256 of every
-copied file with one recorded when the source was generated, stat-tree
-compares every size with the one it wrote, oob-latency waits for the exact
-new state.
+LOOKUP, OPEN, RELEASE, CREATE, GETATTR, UNLINK, READDIR(PLUS) and many short
+READs and WRITEs, and how soon a change made beside the mount shows through
+it.  Like the fio workloads they check what they see: metadata reads back
+every file it created, openread compares every read with what prepare wrote,
+readdir counts every name, smallfiles compares a sha256 of every copied file
+with one recorded when the source was generated, stat-tree compares every
+size with the one it wrote, oob-latency waits for the exact new state.
+
+metadata and openread run in --clients processes at once (`_in_clients`), each
+on its own files, so that they load as many CPUs as the machine has; the
+others are one process.
 
 Writing workloads put each run's output in `fresh` directories (see
 `Workload.fresh`): the runner removes them in the backing between runs.
@@ -27,52 +31,102 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from fastpass.bench.workloads import Measurement, Workload
+from fastpass.bench.workloads import Load, Measurement, Workload
+
+
+def _in_clients(load: Load, work: Callable[[int, float], tuple[int, str]]) -> Measurement:
+    """`work(client, deadline)` -> (operations, first problem or "") in `load.clients` processes at once: ops/s of all.
+
+    Processes, not threads: the GIL would serialise the syscalls' Python side
+    and hide the server's own parallelism.  Every client is forked before any
+    starts (they wait for the parent to close `go`), so forking many takes
+    nothing from the first ones' time, and the time runs from that start until
+    the last report.
+    """
+    go_r, go_w = os.pipe()
+    children = []  # (pid, read end of the pipe the child reports on)
+    try:
+        for client in range(load.clients):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(r)
+                os.close(go_w)
+                _client(w, go_r, work, client, load.seconds)
+            os.close(w)
+            children.append((pid, r))
+        os.close(go_w)
+        go_w = -1
+        start = time.monotonic()
+        reports = [_read_report(client, r) for client, (_, r) in enumerate(children)]
+        elapsed = time.monotonic() - start
+    finally:
+        if go_w >= 0:  # an error while forking: the clients forked so far start, finish and are reaped
+            os.close(go_w)
+        os.close(go_r)
+        for pid, r in children:  # after an error too: no child outlives the run (or the mount)
+            os.close(r)
+            os.waitpid(pid, 0)
+    ops = sum(n for n, _ in reports)
+    problems = [p for _, p in reports if p]
+    return Measurement(ops / elapsed, "ops/s", not problems, "; ".join(problems))
+
+
+def _client(w: int, go: int, work: Callable[[int, float], tuple[int, str]], client: int, seconds: float) -> NoReturn:
+    """In a forked child: wait for the start, work, write "ops problem" on `w`, exit without unwinding the parent's
+    stack."""
+    code = 1
+    try:
+        os.read(go, 1)  # end of file once the parent has forked every client and closed its end
+        try:
+            ops, problem = work(client, time.monotonic() + seconds)
+        except OSError as e:  # reported, not raised: the parent turns it into ok=False
+            ops, problem = 0, f"client {client}: {type(e).__name__}: {e}"
+        os.write(w, f"{ops} {problem}".encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _read_report(client: int, r: int) -> tuple[int, str]:
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    ops, _, problem = b"".join(chunks).decode().partition(" ")
+    if not ops:
+        return 0, f"client {client} died without a report"
+    return int(ops), problem
 
 
 @dataclass(frozen=True)
-class Metadata(Workload):
-    """Create, stat, read back and unlink small files, from `jobs` processes in parallel.
+class PerClient(Workload):
+    """A workload run by --clients processes at once (`_in_clients`), each on its own files."""
 
-    Processes, not threads: the GIL would serialise the syscalls' Python side and
-    hide the server's own parallelism.  Each job has its own subdirectory, so
-    the jobs do not contend on one directory's lock in the kernel either.
+    def processes(self, clients: int) -> int:
+        return clients
+
+
+@dataclass(frozen=True)
+class Metadata(PerClient):
+    """Create, stat, read back and unlink small files, each client in its own directory.
+
+    Own directories, so the clients do not contend on one directory's lock in
+    the kernel either.
     """
 
-    jobs: int = 2
-
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
-        start = time.monotonic()
-        deadline = start + seconds
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         run_dir = self.fresh(directory)
-        children = []  # (pid, read end of the pipe the child reports on)
-        try:
-            for job in range(self.jobs):
-                r, w = os.pipe()
-                pid = os.fork()
-                if pid == 0:
-                    os.close(r)
-                    _job(w, os.path.join(run_dir, f"job{job}"), job, deadline)
-                os.close(w)
-                children.append((pid, r))
-            reports = [_read_report(pid, r) for pid, r in children]
-        finally:
-            for pid, r in children:  # after an error too: no child outlives the run (or the mount)
-                os.close(r)
-                os.waitpid(pid, 0)
-        elapsed = time.monotonic() - start
-        ops = sum(n for n, _ in reports)
-        problems = [p for _, p in reports if p]
-        return Measurement(ops / elapsed, "ops/s", not problems, "; ".join(problems))
+        return _in_clients(load, lambda client, deadline: _create_stat_unlink(
+            os.path.join(run_dir, f"client{client}"), client, deadline))  # fmt: skip
 
 
-def _create_stat_unlink(directory: str, job: int, deadline: float) -> tuple[int, str]:
+def _create_stat_unlink(directory: str, client: int, deadline: float) -> tuple[int, str]:
     """(operations done, first problem seen or "") until `deadline`: 3 ops a file."""
     os.makedirs(directory, exist_ok=True)
     ops = n = 0
     while time.monotonic() < deadline:
         path = os.path.join(directory, f"f{n}")
-        content = f"job {job} file {n}\n".encode()
+        content = f"client {client} file {n}\n".encode()
         _write_new(path, content)
         size = os.stat(path).st_size
         with open(path, "rb") as f:
@@ -94,28 +148,63 @@ def _write_new(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _job(w: int, directory: str, job: int, deadline: float) -> NoReturn:
-    """In a forked child: do the work, write "ops problem" on `w`, exit without unwinding the parent's stack."""
-    code = 1
-    try:
+# ../shared/tools/scale.py's openrd: 200 files of 4 KiB per client, each open reads one whole file.
+OPENREAD_FILES = 200
+OPENREAD_SIZE = 4096
+OPENREAD_SEED = 20250117
+
+
+@dataclass(frozen=True)
+class OpenRead(PerClient):
+    """open + read 4 KiB + close of small files that exist, each client on its own OPENREAD_FILES: what an
+    OPEN and a RELEASE cost, with the one READ between them (or none, from a kept page cache).
+
+    Every read is compared with what prepare wrote (regenerated from the seed),
+    and each client reads all its files before its deadline counts, so a wrong
+    byte in any file fails the run.  Warm: that first pass fills whatever the
+    mount lets the kernel cache.  One operation is one open + read + close.
+    """
+
+    def prepare(self, backing: str, load: Load) -> None:
+        home = self.home(backing)
+        shutil.rmtree(home, ignore_errors=True)  # exactly these files, whatever was there
+        for client in range(load.clients):
+            os.makedirs(os.path.join(home, f"client{client}"))
+            for name, data in zip(_openread_names(client), _openread_contents(client)):
+                _write_new(os.path.join(home, name), data)
+
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
+        home = self.home(directory)
+        return _in_clients(load, lambda client, deadline: _open_read_close(home, client, deadline))
+
+
+def _openread_names(client: int) -> list[str]:
+    return [os.path.join(f"client{client}", f"s{i:03d}") for i in range(OPENREAD_FILES)]
+
+
+def _openread_contents(client: int) -> list[bytes]:
+    rng = random.Random(OPENREAD_SEED + client)
+    return [rng.randbytes(OPENREAD_SIZE) for _ in range(OPENREAD_FILES)]
+
+
+def _open_read_close(home: str, client: int, deadline: float) -> tuple[int, str]:
+    """(files read, first problem seen or "") until `deadline` and at least once through every file of `client`."""
+    paths = [os.path.join(home, name) for name in _openread_names(client)]
+    contents = _openread_contents(client)
+    order = list(range(OPENREAD_FILES))
+    random.Random(client).shuffle(order)  # a random order, as scale.py's openrd, each file once a pass
+    ops = 0
+    while ops < OPENREAD_FILES or time.monotonic() < deadline:
+        i = order[ops % OPENREAD_FILES]
+        fd = os.open(paths[i], os.O_RDONLY)
         try:
-            ops, problem = _create_stat_unlink(directory, job, deadline)
-        except OSError as e:  # reported, not raised: the parent turns it into ok=False
-            ops, problem = 0, f"{type(e).__name__}: {e}"
-        os.write(w, f"{ops} {problem}".encode())
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def _read_report(pid: int, r: int) -> tuple[int, str]:
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    ops, _, problem = b"".join(chunks).decode().partition(" ")
-    if not ops:
-        return 0, f"job {pid} died without a report"
-    return int(ops), problem
+            data = os.read(fd, OPENREAD_SIZE)
+        finally:
+            os.close(fd)
+        ops += 1
+        if data != contents[i]:
+            return ops, f"{paths[i]}: read {len(data)} bytes that differ from the {OPENREAD_SIZE} prepare wrote"
+    return ops, ""
 
 
 # Big enough that a pass takes many READDIRPLUS requests (one reply holds a page of
@@ -127,18 +216,18 @@ READDIR_ENTRIES = 10_000
 class Readdir(Workload):
     """List a 10,000-entry directory and lstat every entry: `ls -l` of a big directory."""
 
-    def prepare(self, backing: str, size_mb: int) -> None:
+    def prepare(self, backing: str, load: Load) -> None:
         home = self.home(backing)
         shutil.rmtree(home, ignore_errors=True)  # exactly READDIR_ENTRIES, whatever was there
         os.makedirs(home)
         for i in range(READDIR_ENTRIES):
             _write_new(os.path.join(home, f"entry-{i:05d}"), b"")
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         home = self.home(directory)
         start = time.monotonic()
         counts = []
-        while not counts or (not self.cold and time.monotonic() - start < seconds):
+        while not counts or (not self.cold and time.monotonic() - start < load.seconds):
             seen = 0
             with os.scandir(home) as entries:
                 for entry in entries:
@@ -168,12 +257,12 @@ class Smallfiles(Workload):
     --size fixes the work, so both mounts move the same bytes.
     """
 
-    def prepare(self, backing: str, size_mb: int) -> None:
+    def prepare(self, backing: str, load: Load) -> None:
         home = self.home(backing)
         shutil.rmtree(home, ignore_errors=True)
         src = os.path.join(home, "src")
         rng = random.Random(SMALLFILES_SEED)
-        budget = size_mb << 20  # scale down: stop before the tree outgrows --size
+        budget = load.size_mb << 20  # scale down: stop before the tree outgrows --size
         manifest = {}
         for i in range(SMALLFILES_COUNT):
             size = int(2 ** rng.uniform(0, SMALLFILES_MAX_BITS))
@@ -190,7 +279,7 @@ class Smallfiles(Workload):
         with open(os.path.join(home, "manifest.json"), "w") as f:
             json.dump(manifest, f)
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         home = self.home(directory)
         with open(os.path.join(home, "manifest.json")) as f:
             manifest: dict[str, str] = json.load(f)
@@ -236,18 +325,18 @@ class StatTree(Workload):
     checked against what prepare wrote.
     """
 
-    def prepare(self, backing: str, size_mb: int) -> None:
+    def prepare(self, backing: str, load: Load) -> None:
         home = self.home(backing)
         shutil.rmtree(home, ignore_errors=True)
-        tree = _tree(size_mb)
+        tree = _tree(load.size_mb)
         for d in sorted({os.path.dirname(rel) for rel, _ in tree}):
             os.makedirs(os.path.join(home, d))
         for rel, size in tree:
             _write_new(os.path.join(home, rel), b"s" * size)
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         home = self.home(directory)
-        tree = [(os.path.join(home, rel), size) for rel, size in _tree(size_mb)]
+        tree = [(os.path.join(home, rel), size) for rel, size in _tree(load.size_mb)]
         wrong = []
         start = time.monotonic()
         for _ in range(STAT_TREE_ROUNDS):
@@ -322,7 +411,7 @@ class OutOfBand(Workload):
     ENOENT, which the kernel does not cache.
     """
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         mnt = self.fresh(directory)  # through the mount, so the kernel knows the directory
         back = os.path.join(backing, os.path.relpath(mnt, directory))
         latencies, late = [], []
@@ -348,7 +437,10 @@ class OutOfBand(Workload):
 
 
 PY_WORKLOADS: tuple[Workload, ...] = (
-    Metadata("metadata", "create + stat + read back + unlink of small files, 2 jobs, verified", writes=True),
+    Metadata(
+        "metadata", "create + stat + read back + unlink of small files, a directory per client, verified", writes=True
+    ),
+    OpenRead("openread", f"open + read 4 KiB + close of existing files, {OPENREAD_FILES} per client, verified"),
     Readdir("readdir", "scandir + lstat of a 10,000-entry directory"),
     Readdir("readdir-cold", "scandir + lstat of a 10,000-entry directory, cold cache, one pass", cold=True),
     Smallfiles("smallfiles", "copy a tree of 1 B..256 KiB files, read back and sha256-checked", writes=True),

@@ -35,7 +35,7 @@ def ratio(value: float) -> str:
 
 
 def _row(r: WorkloadResult) -> str:
-    cells = [f"`{r.name}`", r.description, r.unit]
+    cells = [f"`{r.name}`", r.description, r.unit, str(r.processes)]
     for c in r.configs:
         cells.append(_cell(c.median, [m.value for m in c.runs]))
         if c.config != BIND:
@@ -59,7 +59,7 @@ def markdown(record: BenchRecord) -> str:
     started = datetime.datetime.fromtimestamp(record.started, datetime.UTC)
     cold = [r.name for r in record.results if r.cold]
     failed = [r for r in record.results if not r.ok]
-    header = ["workload", "what", "unit"]
+    header = ["workload", "what", "unit", "processes"]
     for c in record.configs:
         header += [c.name] if c.name == BIND else [c.name, f"{c.name} / bind"]
     header += ["cold", "ok"]
@@ -69,7 +69,7 @@ def markdown(record: BenchRecord) -> str:
         "",
         (
             f"- Run: {started:%Y-%m-%d %H:%M} UTC, {record.elapsed:.0f} s; {record.repeat} round(s) per workload, "
-            f"--size {record.size_mb} MB, --seconds {record.seconds:g}"
+            f"--size {record.size_mb} MB, --seconds {record.seconds:g}, --clients {record.clients}"
         ),
         f"- Machine: {m.cpu_model or 'unknown CPU'}, {m.cpus} CPUs, {m.memory_gib:g} GiB memory, Python {m.python}",
         f"- Kernel: {m.kernel}",
@@ -101,6 +101,10 @@ def markdown(record: BenchRecord) -> str:
             "configuration, in rotating order) and the median taken over the rounds. Every unit is "
             "higher-is-better, so a ratio above 1 means that configuration was faster than the kernel's own "
             "bind mount of the same directory."
+        ),
+        (
+            "- processes: how many processes ran the workload at once: --clients for those run by many "
+            "(`metadata`, `openread`, each client on its own files), fio's own jobs, else one."
         ),
         (
             "- Workloads that time single events (`oob-latency`: a change made in the backing until the mount "

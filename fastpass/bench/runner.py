@@ -29,12 +29,12 @@ import msgspec
 
 from fastpass import __version__, _linux, state
 from fastpass.bench.suites import WORKLOADS
-from fastpass.bench.workloads import FioWorkload, Measurement
+from fastpass.bench.workloads import FioWorkload, Load, Measurement
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import is_mountpoint
 from fastpass.options import problem as options_problem
 
-SCHEMA = 2  # 2: any number of configurations (variants) instead of one fastpass/bind pair
+SCHEMA = 3  # 2: any number of configurations (variants) instead of one fastpass/bind pair; 3: clients, processes
 
 BIND = "bind"  # the reference every ratio divides by
 FASTPASS = "fastpass"  # fastpass with the bench's own options
@@ -75,6 +75,7 @@ class WorkloadResult(msgspec.Struct):
     name: str
     description: str
     cold: bool  # page cache dropped before each run
+    processes: int  # client processes at once: --clients for the workloads run by many, else their own count
     unit: str
     orders: list[list[str]]  # per round, the configurations in the order they ran
     configs: list[ConfigResult]  # in BenchRecord.configs order
@@ -107,6 +108,7 @@ class BenchRecord(msgspec.Struct):
     configs: list[Config]  # fastpass, the variants, then the bind mount
     size_mb: int
     seconds: float
+    clients: int  # --clients: processes at once in the workloads run by many (each result's `processes`)
     repeat: int
     results: list[WorkloadResult]
     started: float
@@ -201,13 +203,15 @@ def _mount_options_problem(args: list[str]) -> str | None:
     return options_problem(args)
 
 
-def check(backing: str | None, names: list[str], repeat: int, variants: Sequence[Variant] = ()) -> None:
+def check(backing: str | None, names: list[str], repeat: int, clients: int, variants: Sequence[Variant] = ()) -> None:
     """Refuse bad input before anything is mounted."""
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise BenchError(f"unknown workload {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
     if repeat < 1:
         raise BenchError("--repeat must be at least 1")
+    if clients < 1:
+        raise BenchError("--clients must be at least 1")
     given = [v.name for v in variants]
     twice = sorted({n for n in given if given.count(n) > 1})
     if twice:
@@ -225,8 +229,7 @@ def run(
     backing: str | None,
     names: list[str],
     repeat: int,
-    size_mb: int,
-    seconds: float,
+    load: Load,
     options: list[str],
     variants: Sequence[Variant] = (),
     progress: Callable[[str, int], None] = lambda what, runs_done: None,
@@ -235,7 +238,7 @@ def run(
 
     `progress(what, runs_done)` is told what starts next and how many measured runs are done.
     """
-    check(backing, names, repeat, variants)
+    check(backing, names, repeat, load.clients, variants)
     fastpass = {FASTPASS: options, **{v.name: [*options, *v.options] for v in variants}}
     started = time.time()
     results = []
@@ -247,7 +250,7 @@ def run(
         for name in names:
             w = WORKLOADS[name]
             progress(f"{name}: preparing", done)
-            w.prepare(root, size_mb)
+            w.prepare(root, load)
             os.sync()  # no writeback of the layout competes with the measurement
             runs: dict[str, list[Measurement]] = {c: [] for c in dirs}
             orders = []
@@ -259,7 +262,7 @@ def run(
                     if w.cold:
                         drop_caches()
                     try:
-                        runs[config].append(w.run(dirs[config], root, size_mb, seconds))
+                        runs[config].append(w.run(dirs[config], root, load))
                     except (OSError, RuntimeError) as e:
                         raise BenchError(f"{name} on {config} failed: {e}") from None
                     done += 1
@@ -267,12 +270,12 @@ def run(
                         w.reset(root)
                         os.sync()
             shutil.rmtree(w.home(root), ignore_errors=True)
-            results.append(_result(w.name, w.description, w.cold, orders, runs))
-    return BenchRecord(SCHEMA, __version__, Machine.here(), configs, size_mb, seconds, repeat, results, started,
-                       time.time() - started)  # fmt: skip
+            results.append(_result(w.name, w.description, w.cold, w.processes(load.clients), orders, runs))
+    return BenchRecord(SCHEMA, __version__, Machine.here(), configs, load.size_mb, load.seconds, load.clients, repeat,
+                       results, started, time.time() - started)  # fmt: skip
 
 
-def _result(name: str, description: str, cold: bool, orders: list[list[str]],
+def _result(name: str, description: str, cold: bool, processes: int, orders: list[list[str]],
             runs: dict[str, list[Measurement]]) -> WorkloadResult:  # fmt: skip
     """Each configuration's runs with their ratios to the bind mount's run of the same round."""
     configs = []
@@ -281,4 +284,4 @@ def _result(name: str, description: str, cold: bool, orders: list[list[str]],
         configs.append(ConfigResult(config, measured, ratios, statistics.median(m.value for m in measured),
                                     statistics.median(ratios)))  # fmt: skip
     ok = all(m.ok for measured in runs.values() for m in measured)
-    return WorkloadResult(name, description, cold, runs[BIND][0].unit, orders, configs, ok)
+    return WorkloadResult(name, description, cold, processes, runs[BIND][0].unit, orders, configs, ok)

@@ -10,6 +10,6 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (*FIO_WORKLOADS, *PY_WORKLO
 SUITES: dict[str, list[str]] = {
     # The demo: a short look at each kind of work.  Not stat-tree (50,000 files to lay out first) nor
     # oob-latency (its point is comparing --cache modes with --variant, see README).
-    "quick": ["seqread", "seqwrite", "randread", "randread-direct", "metadata", "readdir"],
+    "quick": ["seqread", "seqwrite", "randread", "randread-direct", "metadata", "openread", "readdir"],
     "full": list(WORKLOADS),
 }

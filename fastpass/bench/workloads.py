@@ -1,7 +1,8 @@
 """Benchmark workloads: each measures one directory and returns a throughput.
 
 A workload works in its own subdirectory, `<dir>/<name>`, of the directory
-it measures.  `prepare` lays out its input on the backing directory before
+it measures.  How much a run does (`Load`: --size, --seconds, --clients) is
+the same for every workload of a bench.  `prepare` lays out its input on the backing directory before
 any measurement, so every mount compared reads the same bytes; `run`
 measures through one mount (and is told the backing directory that mount
 serves, for workloads that change it behind the mount's back); `reset`
@@ -20,6 +21,14 @@ import time
 from dataclasses import dataclass
 
 import msgspec
+
+
+class Load(msgspec.Struct, frozen=True):
+    """How much each run does: the bench's --size, --seconds and --clients."""
+
+    size_mb: int  # data size, for workloads whose input scales with it
+    seconds: float  # duration of time-based workloads
+    clients: int  # processes at once, for workloads run by many (see Workload.processes)
 
 
 class Measurement(msgspec.Struct):
@@ -44,10 +53,14 @@ class Workload:
     def home(self, directory: str) -> str:
         return os.path.join(directory, self.name)
 
-    def prepare(self, backing: str, size_mb: int) -> None:
+    def processes(self, clients: int) -> int:
+        """How many processes a run uses at once with --clients `clients`: one, unless the workload says."""
+        return 1
+
+    def prepare(self, backing: str, load: Load) -> None:
         os.makedirs(self.home(backing), exist_ok=True)
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         """Measure through the mount at `directory`, which serves `backing`."""
         raise NotImplementedError
 
@@ -80,15 +93,19 @@ class FioWorkload(Workload):
     ioengine: str = "psync"
     max_mb: int = 1 << 20  # writes run once over the file, then verify: 4 KiB ones get a smaller file
 
-    def prepare(self, backing: str, size_mb: int) -> None:
-        super().prepare(backing, size_mb)
-        if not self.writes or self.rw == "randrw":
-            self._fio(self.home(backing), size_mb, 1.0, "--create_only=1")
+    def processes(self, clients: int) -> int:
+        """fio's own jobs: fixed per workload, not --clients."""
+        return self.numjobs
 
-    def run(self, directory: str, backing: str, size_mb: int, seconds: float) -> Measurement:
+    def prepare(self, backing: str, load: Load) -> None:
+        super().prepare(backing, load)
+        if not self.writes or self.rw == "randrw":
+            self._fio(self.home(backing), load.size_mb, 1.0, "--create_only=1")
+
+    def run(self, directory: str, backing: str, load: Load) -> Measurement:
         # randrw rewrites blocks of its laid-out files in place; other writers start empty
         where = self.fresh(directory) if self.writes and self.rw != "randrw" else self.home(directory)
-        out = self._fio(where, size_mb, seconds)
+        out = self._fio(where, load.size_mb, load.seconds)
         job = out["jobs"][0]
         ok = job.get("error", 0) == 0
         if self.bs == "4k":

@@ -28,9 +28,11 @@ from test_cli import NOBODY, assert_refused
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
 import fastpass
 from fastpass.bench import progress, pyworkloads, report, runner, suites  # noqa: F401
+from fastpass.bench.workloads import Load
 from tests.users import run_cli_as
 
-WORKLOADS = ["seqread", "seqwrite", "metadata", "readdir", "smallfiles", "randread-cold", "stat-tree", "oob-latency"]
+WORKLOADS = ["seqread", "seqwrite", "metadata", "openread", "readdir", "smallfiles", "randread-cold", "stat-tree",
+             "oob-latency"]  # fmt: skip
 REPEAT = 2
 
 
@@ -76,13 +78,17 @@ def test_end_to_end(tmp_path):
 
     record = check_record(out["json"], WORKLOADS, ["fastpass", "bind"])
     assert record.configs[0].mount_options == ["--engine=native", "--passthrough=auto", "--cache=auto"]
+    assert record.clients == os.cpu_count()  # the default: one client per CPU
     for res in record.results:
         assert res.cold == (res.name == "randread-cold")
+        expected = {"metadata": record.clients, "openread": record.clients, "randread-cold": 2}.get(res.name, 1)
+        assert res.processes == expected, res.name
 
     text = out["md"].read_text()
     for name in WORKLOADS:
         assert f"`{name}`" in text, f"{name} missing from the report"
-    assert record.machine.kernel in text
+    assert record.machine.kernel in text and f"--clients {record.clients}" in text
+    assert f"--clients {record.clients}" in r.stdout
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -161,10 +167,10 @@ def test_variants(tmp_path):
 def test_stat_tree_fails_a_wrong_size(tmp_path):
     """On a plain directory (no mount): one file whose size differs from what prepare wrote fails the run."""
     w = suites.WORKLOADS["stat-tree"]
-    w.prepare(str(tmp_path), 1)
+    w.prepare(str(tmp_path), Load(1, 0.0, 1))
     assert sum(len(files) for _, _, files in os.walk(tmp_path)) == pyworkloads.STAT_TREE_FILES_PER_MB
     (tmp_path / "stat-tree" / "d000" / "f00007").write_bytes(b"")
-    m = w.run(str(tmp_path), str(tmp_path), 1, 0.0)
+    m = w.run(str(tmp_path), str(tmp_path), Load(1, 0.0, 1))
     assert not m.ok and "f00007: 0 bytes, not 7" in m.detail, m.detail
     assert f"{pyworkloads.STAT_TREE_ROUNDS} of " in m.detail  # once per round
 
@@ -172,12 +178,62 @@ def test_stat_tree_fails_a_wrong_size(tmp_path):
 def test_oob_latency_on_the_backing_itself(tmp_path):
     """Measured on the backing directory itself, every change shows at the first look."""
     w = suites.WORKLOADS["oob-latency"]
-    w.prepare(str(tmp_path), 1)
-    m = w.run(str(tmp_path), str(tmp_path), 1, 0.0)
+    w.prepare(str(tmp_path), Load(1, 0.0, 1))
+    m = w.run(str(tmp_path), str(tmp_path), Load(1, 0.0, 1))
     assert m.ok, m.detail
     assert len(m.latency_ms) == len(pyworkloads.OOB_CHANGES) * pyworkloads.OOB_PER_KIND
     assert statistics.median(m.latency_ms) < pyworkloads.OOB_POLL * 1000  # shown at the first look
     assert m.value == pytest.approx(1000 / statistics.median(m.latency_ms))
+
+
+def test_openread_checks_every_file(fs):
+    """On each engine and the bind mount: two clients read their own files through the mount, every
+    file checked; a file corrupted in the backing fails the run, named, even in a run of no time at all
+    (each client's first pass over all its files is always made)."""
+    load = Load(1, 0.2, 2)
+    clean, corrupt = pyworkloads.OpenRead("openread", ""), pyworkloads.OpenRead("openread-corrupt", "")
+    for w in (clean, corrupt):
+        w.prepare(str(fs.backing), load)
+    assert sorted(p.name for p in (fs.backing / "openread").iterdir()) == ["client0", "client1"]
+    assert len(list((fs.backing / "openread" / "client1").iterdir())) == pyworkloads.OPENREAD_FILES
+    bad = fs.backing / "openread-corrupt" / "client1" / f"s{pyworkloads.OPENREAD_FILES - 1:03d}"
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 1  # same size, one bit
+    bad.write_bytes(data)
+
+    m = clean.run(str(fs.mnt), str(fs.backing), load)
+    assert m.ok and m.unit == "ops/s", m.detail
+    assert m.value >= pyworkloads.OPENREAD_FILES * 2 / 10  # at least the first passes, in well under 10 s
+    m = corrupt.run(str(fs.mnt), str(fs.backing), Load(1, 0.0, 2))
+    wrong = fs.mnt / bad.relative_to(fs.backing)
+    assert not m.ok
+    assert m.detail == f"{wrong}: read 4096 bytes that differ from the 4096 prepare wrote", m.detail
+
+
+def test_clients_are_honoured(tmp_path):
+    """--clients 3: the record says 3, and the server saw three processes in each multi-client workload, each
+    on its own client's files only (by the audit filter's pid and path of each CREATE and OPEN)."""
+    log, out = tmp_path / "audit.jsonl", tmp_path / "bench.json"
+    r = bench(tmp_path, "--workloads", "metadata,openread,readdir", "--clients", "3", "--size", "2", "--seconds",
+              "0.3", "--filter", f"audit:path={log}", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    record = msgspec.json.decode(out.read_bytes(), type=runner.BenchRecord)
+    assert record.clients == 3
+    assert [(res.name, res.processes) for res in record.results] == [("metadata", 3), ("openread", 3), ("readdir", 1)]
+
+    clients: dict[tuple[str, str], set[str]] = {}  # (workload, op) -> "pid client" seen
+    for line in log.read_text().splitlines():
+        e = json.loads(line)
+        parts = (e["path"] or "").split("/")
+        where = [p for p in parts if p.startswith("client")]
+        if e["op"] in ("create", "open") and where and e["errno"] == 0:
+            workload = next(p for p in parts if p in ("metadata", "openread"))
+            clients.setdefault((workload, e["op"]), set()).add(f"{e['pid']} {where[0]}")
+    for key in [("metadata", "create"), ("openread", "open")]:
+        pids = {entry.split()[0] for entry in clients[key]}
+        dirs = {entry.split()[1] for entry in clients[key]}
+        assert dirs == {"client0", "client1", "client2"}, key
+        assert len(pids) == len(clients[key]) == 3, f"{key}: each process on its own client's files: {clients[key]}"
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -243,6 +299,7 @@ def test_explicit_backing_is_left_as_it_was(tmp_path):
         pytest.param(["--variant", "x=--foreground"], "--variant x: --foreground", id="variant-foreground"),
         pytest.param(["--variant", "x=--cache 'off"], "--variant x: No closing quotation", id="variant-bad-quoting"),
         pytest.param(["--variant", "x=", "--variant", "x=--cache off"], "--variant x given twice", id="variant-twice"),
+        pytest.param(["--workloads", "metadata", "--clients", "0"], "--clients must be at least 1", id="no-clients"),
         # Parsed fine, refused by `fastpass mount` once the default configuration is mounted: that one goes too.
         pytest.param(
             ["--workloads", "readdir", "--variant", "x=--log {tmp}/missing/log"],

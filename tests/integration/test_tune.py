@@ -23,8 +23,9 @@ from test_cli import assert_refused
 import fastpass
 from fastpass.bench import tune
 
-WORKLOADS = ["randread-direct", "metadata"]
+WORKLOADS = ["randread-direct", "metadata", "openread"]
 MAX_WORKERS = 2
+CLIENTS = 3
 
 
 def run_tune(tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -39,7 +40,8 @@ def test_end_to_end(tmp_path):
     out = {ext: tmp_path / f"tune.{ext}" for ext in ("json", "png")}
     before = mount_points()
     r = run_tune(tmp_path, "--workloads", ",".join(WORKLOADS), "--max-workers", str(MAX_WORKERS), "--size", "4",
-                 "--seconds", "0.5", "--json", str(out["json"]), "--plot", str(out["png"]))  # fmt: skip
+                 "--seconds", "0.5", "--clients", str(CLIENTS), "--json", str(out["json"]), "--plot",
+                 str(out["png"]))  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert "Traceback" not in r.stderr
     assert_no_mounts_left(tmp_path, before)
@@ -50,10 +52,13 @@ def test_end_to_end(tmp_path):
     assert record.counts == list(range(1, MAX_WORKERS + 1))
     assert record.paths == [""] and record.path == ""  # the server's default path
     assert [w.name for w in record.workloads] == WORKLOADS
+    assert record.clients == CLIENTS
+    assert [w.processes for w in record.workloads] == [2, CLIENTS, CLIENTS]  # fio's own 2 jobs; the clients
     for w in record.workloads:
         assert w.ok, w.name
         assert len(w.fastpass) == len(record.counts), w.name
         assert all(v > 0 for v in w.fastpass) and w.bind > 0, w.name
+        assert w.knees == [knee(record.counts, w.fastpass)], w.name
 
     # The score and the recommendation, recomputed from the medians alone.
     scores = [statistics.geometric_mean(w.fastpass[i] / max(w.fastpass) for w in record.workloads)
@@ -64,7 +69,20 @@ def test_end_to_end(tmp_path):
     assert record.command == f"fastpass mount --engine native --workers {record.workers} BACKING MOUNTPOINT"
     assert record.command in r.stdout
 
+    # The knees, recomputed by their definition: the fewest workers no more workers beat by 10%.
+    assert record.knees == [knee(record.counts, scores)]
+    row = next(line.split() for line in r.stdout.splitlines() if line.split()[:1] == ["knee"])
+    assert row[1:] == [tune.knee_text(k, record.counts) for k in [*(w.knees[0] for w in record.workloads),
+                                                                   record.knees[0]]]  # fmt: skip
+    assert tune.knee_lines(record)[0] in r.stdout
+
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def knee(counts: list[int], values: list[float]) -> int | None:
+    """tune.knee written out again, to check the record against."""
+    return next((n for i, n in enumerate(counts) if values[i + 1 :] and all(v < 1.1 * values[i] for v in values[i + 1 :])),
+                None)  # fmt: skip
 
 
 def test_both_io_paths_in_one_run(tmp_path):
@@ -84,6 +102,10 @@ def test_both_io_paths_in_one_run(tmp_path):
     assert (record.workers, record.path) == (good[0][0], good[0][2])
     assert f"--workers {record.workers} {record.path} BACKING" in record.command
     assert record.command in r.stdout and f"on {record.path}" in r.stdout
+    assert w.knees == [knee([1, 2], w.fastpass[:2]), knee([1, 2], w.fastpass[2:])]
+    assert record.knees == [knee([1, 2], scores[:2]), knee([1, 2], scores[2:])]
+    for line in tune.knee_lines(record):
+        assert line in r.stdout
 
 
 def test_both_transports_in_one_run(tmp_path):
@@ -109,8 +131,9 @@ def test_both_transports_in_one_run(tmp_path):
         (["--workloads", "metadata,no-such-workload"], "unknown workload no-such-workload"),
         (["--workloads", "metadata", "--max-workers", "0"], "at least 1"),
         (["--workloads", "metadata", "--engine", "pyfuse3", "--max-workers", "2"], "--max-workers 1"),
+        (["--workloads", "metadata", "--clients", "0"], "--clients must be at least 1"),
     ],
-    ids=["unknown-workload", "no-worker-counts", "pyfuse3-workers"],
+    ids=["unknown-workload", "no-worker-counts", "pyfuse3-workers", "no-clients"],
 )
 def test_bad_arguments_are_refused(tmp_path, args, message):
     before = mount_points()
