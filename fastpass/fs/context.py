@@ -148,6 +148,8 @@ class Fs:
         # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
         # set by the filter stack when a filter hooks READ or WRITE.
         self.filter_data: Callable[[Request, int, int], bool] | None = None
+        # Whether a filter hooks FLUSH: then every close sends one (no FOPEN_NOFLUSH); set by the stack.
+        self.filter_flush = False
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here."""

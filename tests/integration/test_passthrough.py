@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import fastpass_mount, mounts_under, run_fastpass
 from tests.integration.test_cli import NOBODY, assert_refused
 from tests.users import UID, as_user, run_cli_as
@@ -113,19 +115,21 @@ def test_a_read_only_file_keeps_its_backing_id_between_opens(tmp_path: Path) -> 
     """Reopening an unchanged file registers nothing again; writing and exec still work; the
     inode's FORGET closes the id."""
     with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", "on") as m:
-        (m.backing / "tool").write_text("#!/bin/sh\necho one\n")
-        (m.backing / "tool").chmod(0o755)
+        # made through the mount: an outside create would drop the name (and the inode) on its way in
+        (m.mnt / "tool").write_text("#!/bin/sh\necho one\n")
+        (m.mnt / "tool").chmod(0o755)
+        assert (stats(m.mnt)["backing_registrations"], stats(m.mnt)["backing_ids"]) == (1, 0)  # writable: closed
         for _ in range(20):
             assert (m.mnt / "tool").read_bytes().startswith(b"#!/bin/sh")
         s = stats(m.mnt)
-        assert (s["backing_registrations"], s["backing_ids"]) == (1, 1), s
+        assert (s["backing_registrations"], s["backing_ids"]) == (2, 1), s
         with open(m.mnt / "tool", "a") as f:  # a write open of the same inode joins the kept id
             f.write("echo two\n")
         assert (m.backing / "tool").read_text().endswith("echo two\n")
         # the kept id's file is read-only, so it holds no write access: exec is no ETXTBSY
         assert subprocess.run([m.mnt / "tool"], check=True, capture_output=True, text=True).stdout == "one\ntwo\n"
         s = stats(m.mnt)
-        assert s["backing_registrations"] == 1 and op_count(s, "READ") == 0 and op_count(s, "WRITE") == 0, s
+        assert s["backing_registrations"] == 2 and op_count(s, "READ") == 0 and op_count(s, "WRITE") == 0, s
         os.unlink(m.mnt / "tool")
         assert _settled(m.mnt, "backing_ids", 0)["backing_ids"] == 0
 
@@ -146,14 +150,34 @@ def test_a_kept_id_is_registered_again_for_another_uid(world_dir: Path) -> None:
     """An idle id registered as root would pass uid 1000's I/O with root's credentials, or push
     it to userspace: the next open by another uid registers its own, and its I/O is passed through."""
     with fastpass_mount(world_dir, "--workers", "2", "--passthrough", "on", "--allow-other") as m:
-        (m.backing / "f").write_bytes(b"shared data")
-        (m.backing / "f").chmod(0o644)
+        (m.mnt / "f").write_bytes(b"shared data")  # through the mount, as in the test above
+        (m.mnt / "f").chmod(0o644)
         assert (m.mnt / "f").read_bytes() == b"shared data"
         assert as_user(_read, m.mnt / "f", uid=UID, gid=UID) == b"shared data"
         s = stats(m.mnt)
-        assert (s["backing_registrations"], s["backing_ids"]) == (2, 1), s
+        assert (s["backing_registrations"], s["backing_ids"]) == (3, 1), s
         assert sum(w["opens_userspace"] for w in s["workers"]) == 0
         assert op_count(s, "READ") == 0
+
+
+@pytest.mark.parametrize("passthrough", ["on", "off"])
+def test_a_read_only_close_sends_no_flush(tmp_path: Path, passthrough: str) -> None:
+    """FOPEN_NOFLUSH on read-only opens: their close has no write error to report.  A writer's
+    close still flushes, and so does every close where a filter hooks FLUSH."""
+    with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", passthrough) as m:
+        (m.backing / "f").write_bytes(b"data")
+        for _ in range(10):
+            assert (m.mnt / "f").read_bytes() == b"data"
+        assert op_count(stats(m.mnt), "FLUSH") == 0
+        with open(m.mnt / "f", "r+b") as f:
+            f.write(b"DA")
+        assert op_count(stats(m.mnt), "FLUSH") == 1
+        assert (m.backing / "f").read_bytes() == b"DAta"
+    log = tmp_path / "audit.jsonl"
+    with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", passthrough, "--filter",
+                        f"audit:path={log},data=no") as m:  # fmt: skip
+        assert (m.mnt / "f").read_bytes() == b"DAta"
+        assert op_count(stats(m.mnt), "FLUSH") == 1
 
 
 def test_on_without_root_is_refused(world_dir: Path) -> None:
