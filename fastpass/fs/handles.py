@@ -15,10 +15,17 @@ worker opened.  Facts that shape the answer:
   stays reachable while the kernel keeps its nodeid.  Reopening costs one
   open(2) the first time a worker meets an fh; passing the opener's fd
   (pidfd_getfd, 2.7 us) would also need the opener alive.
-* RELEASE frees the slot and puts the fh in a ring; every worker closes its
-  own copy when it sees it (`sync`, at the top of each request), so copies
-  in busy workers go at once and those in an idle worker when it next
-  works.
+* The table is cut into HANDLE_SHARDS shards, each with its own slots,
+  free stack and lock; a worker allocates from its own shard (another's
+  when it is full), so opens on different workers never wait on one lock,
+  and a release waits only on the shard its fh came from.
+* A RELEASE of an fh that only its opener held (the common case: it came
+  to the opener) frees the slot and nothing more.  One that another worker
+  may hold a copy of (it took the slot to make one, or the release came to
+  another worker) also goes into a ring, under a lock of its own; every
+  worker closes its copy when it sees it (`sync`, at the top of each
+  request), so copies in busy workers go at once and those in an idle
+  worker when it next works.
 * Directory handles keep their READDIR state per worker: entries read but
   not sent, and the backing offset they start at.  Offsets are the
   backing's own cookies, so any worker continues any listing by seeking.
@@ -33,10 +40,23 @@ from collections import deque
 
 from fastpass.fs import openflags
 from fastpass.shm.counters import FOREIGN_FILES
-from fastpass.shm.region import LOCK_HANDLES, RING, U32, U64, Layout, Region, ring_push, ring_since
+from fastpass.shm.region import (
+    HANDLE_SHARDS,
+    LOCK_HANDLE_RING,
+    LOCK_HANDLES,
+    RING,
+    U32,
+    U64,
+    Layout,
+    Region,
+    ring_push,
+    ring_since,
+)
 
-SLOT = struct.Struct("<IIQII")  # generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker
-HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, release-ring sequence
+# generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker, copied elsewhere
+SLOT = struct.Struct("<IIQIHH")
+SHARD = struct.Struct("<II")  # next fresh slot (shard-relative, from 0), free-stack depth
+RING_HEADER = U64  # release-ring sequence
 FREE, FILE, DIR = 0, 1, 2
 _MASK32 = 0xFFFFFFFF
 PASSTHROUGH_MARK = 1 << 31  # kept with the open flags: the fh holds one of its inode's passthrough opens
@@ -65,20 +85,23 @@ class DirHandle:
 
 class HandleSpace:
     def __init__(self, layout: Layout, capacity: int):
-        self.capacity = capacity
-        self.header = layout.take(HEADER.size)
-        self.slots = layout.take(SLOT.size * (capacity + 1))
-        self.free = layout.take(U32.size * capacity)
+        self.per_shard = max(1, capacity // HANDLE_SHARDS)
+        self.capacity = self.per_shard * HANDLE_SHARDS  # slots 1..capacity; shard s has s*per+1..(s+1)*per
+        self.shards = layout.take(64 * HANDLE_SHARDS)  # a header a cache line
+        self.slots = layout.take(SLOT.size * (self.capacity + 1))
+        self.free = layout.take(U32.size * self.capacity)  # shard s's stack at s*per
+        self.ring_header = layout.take(RING_HEADER.size)
         self.ring = layout.take(U64.size * RING)
 
 
 class HandleTable:
     @staticmethod
     def format(space: HandleSpace, region: Region) -> None:
-        HEADER.pack_into(region.map, space.header, 1, 0, 0)
+        """Nothing to write: a zeroed region is an empty table."""
 
     def __init__(self, space: HandleSpace, region: Region, worker: int, misc: memoryview):
         self._worker = worker
+        self._shard = worker % HANDLE_SHARDS
         self._misc = misc  # this worker's misc counters (FOREIGN_FILES)
         self._space = space
         self._region = region
@@ -87,45 +110,65 @@ class HandleTable:
         self._seen = self._ring_seq()
 
     def _ring_seq(self) -> int:
-        return HEADER.unpack_from(self._map, self._space.header)[2]
+        return RING_HEADER.unpack_from(self._map, self._space.ring_header)[0]
 
     @staticmethod
     def live(space: HandleSpace, region: Region) -> int:
-        """Entries in use, read from the shared header (for stats)."""
-        fresh, depth, _ = HEADER.unpack_from(region.map, space.header)
-        return fresh - 1 - depth
+        """Entries in use, read from the shards' headers (for stats)."""
+        return sum(fresh - depth for fresh, depth in (SHARD.unpack_from(region.map, space.shards + 64 * s)
+                                                      for s in range(HANDLE_SHARDS)))  # fmt: skip
 
     def add(self, obj: int | DirHandle, nodeid: int, flags: int) -> int:
         """Publish an open file or directory; returns its fh."""
-        space, region = self._space, self._region
-        region.lock(LOCK_HANDLES)
-        try:
-            fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
-            if depth:
-                (slot,) = U32.unpack_from(self._map, space.free + (depth - 1) * U32.size)
-                depth -= 1
-            elif fresh <= space.capacity:
-                slot, fresh = fresh, fresh + 1
-            else:
-                raise OSError(errno.ENFILE, f"handle table full ({space.capacity} open files)")
-            off = space.slots + slot * SLOT.size
-            gen = SLOT.unpack_from(self._map, off)[0]
-            SLOT.pack_into(self._map, off, gen, DIR if obj.__class__ is DirHandle else FILE, nodeid, flags, self._worker)
-            HEADER.pack_into(self._map, space.header, fresh, depth, seq)
-        finally:
-            region.unlock(LOCK_HANDLES)
-        fh = gen << 32 | slot
+        kind = DIR if obj.__class__ is DirHandle else FILE
+        fh = self._take(self._shard, kind, nodeid, flags)
+        if not fh:  # its own shard is full
+            fh = next(filter(None, (self._take(s, kind, nodeid, flags) for s in range(HANDLE_SHARDS))), 0)
+            if not fh:
+                raise OSError(errno.ENFILE, f"handle table full ({self._space.capacity} open files)")
         self._files[fh] = obj
         return fh
 
+    def _take(self, shard: int, kind: int, nodeid: int, flags: int) -> int:
+        """The fh of a slot of `shard` now holding the new handle, or 0 when the shard is full."""
+        space, region, m = self._space, self._region, self._map
+        head = space.shards + 64 * shard
+        region.lock(LOCK_HANDLES + shard)
+        try:
+            fresh, depth = SHARD.unpack_from(m, head)
+            if depth:
+                depth -= 1
+                (slot,) = U32.unpack_from(m, space.free + (shard * space.per_shard + depth) * U32.size)
+            elif fresh < space.per_shard:
+                slot = shard * space.per_shard + fresh + 1
+                fresh += 1
+            else:
+                return 0
+            off = space.slots + slot * SLOT.size
+            (gen,) = U32.unpack_from(m, off)
+            SLOT.pack_into(m, off, gen, kind, nodeid, flags, self._worker, 0)
+            SHARD.pack_into(m, head, fresh, depth)
+            return gen << 32 | slot
+        finally:
+            region.unlock(LOCK_HANDLES + shard)
+
     def slot(self, fh: int, kind: int) -> tuple[int, int]:
-        """(nodeid, open flags) of a live fh of `kind`, for a worker about to open its copy; EBADF otherwise."""
+        """(nodeid, open flags) of a live fh of `kind`, for a worker about to open its copy; EBADF
+        otherwise.  Marks the fh copied, so that its release tells every worker."""
         slot = fh & _MASK32
-        if not 0 < slot <= self._space.capacity:
+        space = self._space
+        if not 0 < slot <= space.capacity:
             raise _badf()
-        gen, live_kind, nodeid, flags, creator = SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
-        if live_kind != kind or gen != fh >> 32:
-            raise _badf()
+        off = space.slots + slot * SLOT.size
+        lock = LOCK_HANDLES + (slot - 1) // space.per_shard
+        self._region.lock(lock)  # against a release: it sees the mark, or we see the slot freed
+        try:
+            gen, live_kind, nodeid, flags, creator, _copied = SLOT.unpack_from(self._map, off)
+            if live_kind != kind or gen != fh >> 32:
+                raise _badf()
+            SLOT.pack_into(self._map, off, gen, live_kind, nodeid, flags, creator, 1)
+        finally:
+            self._region.unlock(lock)
         if creator != self._worker:
             self._misc[FOREIGN_FILES] += 1
         return nodeid, openflags.copy(flags)
@@ -140,22 +183,31 @@ class HandleTable:
         """Free the fh for every worker and close this worker's copy; (nodeid, its open flags with
         PASSTHROUGH_MARK if it held one of the inode's passthrough opens)."""
         slot = fh & _MASK32
-        space, region = self._space, self._region
+        space, region, m = self._space, self._region, self._map
         if not 0 < slot <= space.capacity:
             raise _badf()
         off = space.slots + slot * SLOT.size
-        region.lock(LOCK_HANDLES)
+        shard = (slot - 1) // space.per_shard
+        head = space.shards + 64 * shard
+        region.lock(LOCK_HANDLES + shard)
         try:
-            gen, kind, nodeid, flags, _creator = SLOT.unpack_from(self._map, off)
+            gen, kind, nodeid, flags, creator, copied = SLOT.unpack_from(m, off)
             if kind == FREE or gen != fh >> 32:
                 raise _badf()
-            SLOT.pack_into(self._map, off, (gen + 1) & _MASK32, FREE, 0, 0, 0)
-            fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
-            U32.pack_into(self._map, space.free + depth * U32.size, slot)
-            ring_push(region, space.ring, seq, fh)
-            HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
+            SLOT.pack_into(m, off, (gen + 1) & _MASK32, FREE, 0, 0, 0, 0)
+            fresh, depth = SHARD.unpack_from(m, head)
+            U32.pack_into(m, space.free + (shard * space.per_shard + depth) * U32.size, slot)
+            SHARD.pack_into(m, head, fresh, depth + 1)
+            if copied or creator != self._worker:
+                region.lock(LOCK_HANDLE_RING)
+                try:
+                    (seq,) = RING_HEADER.unpack_from(m, space.ring_header)
+                    ring_push(region, space.ring, seq, fh)
+                    RING_HEADER.pack_into(m, space.ring_header, seq + 1)
+                finally:
+                    region.unlock(LOCK_HANDLE_RING)
         finally:
-            region.unlock(LOCK_HANDLES)
+            region.unlock(LOCK_HANDLES + shard)
         self._close(fh)
         return nodeid, flags
 

@@ -16,8 +16,9 @@ Facts that shape it:
   dies holding one, the kernel hands it to the next locker with EOWNERDEAD,
   which marks it consistent and goes on (as a record lock, dropped at
   death, did): a worker killed in a critical section cannot wedge the
-  others.  Lock order: the inode lock, then the handle lock; nobody holds
-  both.  A slot's passthrough fields and the attribute cache's slots have
+  others.  Lock order: a handle shard's lock, then the handle ring's;
+  nobody holds the inode lock and a handle lock at once.
+  A slot's passthrough fields and the attribute cache's slots have
   striped locks of their own; one may be taken under the inode lock, never
   the other way.
 * Readers that only need a consistent slot (a nodeid's handle, an fh's
@@ -34,8 +35,10 @@ import os
 import struct
 
 LOCK_INODES = 0
-LOCK_HANDLES = 1
-LOCK_BACKING = 2  # + inode slot % BACKING_STRIPES: the slot's passthrough fields
+LOCK_HANDLE_RING = 1  # the ring of released fhs that other workers hold copies of
+LOCK_HANDLES = 2  # + shard: a shard of the handle table
+HANDLE_SHARDS = 64  # one per worker (counters.MAX_WORKERS)
+LOCK_BACKING = LOCK_HANDLES + HANDLE_SHARDS  # + inode slot % BACKING_STRIPES: the slot's passthrough fields
 BACKING_STRIPES = 64
 LOCK_ATTRS = LOCK_BACKING + BACKING_STRIPES  # + cache slot % ATTR_STRIPES
 ATTR_STRIPES = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
-from fastpass.shm.region import BACKING_STRIPES, LOCK_INODES, RING, U32, Layout, Region
+from fastpass.shm.region import BACKING_STRIPES, HANDLE_SHARDS, LOCK_INODES, RING, U32, Layout, Region
 
 
 def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable, Region]:
@@ -113,9 +114,9 @@ def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
 
 
 def _handle_tables() -> tuple[HandleTable, HandleTable]:
-    """Two workers' views (0 and 1) of one 8-slot handle table."""
+    """Two workers' views (0 and 1) of one handle table of 4 slots a shard."""
     layout = Layout()
-    space = HandleSpace(layout, 8)
+    space = HandleSpace(layout, 4 * HANDLE_SHARDS)
     counters = CounterSpace(layout)
     region = Region(layout.size)
     HandleTable.format(space, region)
@@ -141,6 +142,38 @@ def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
     assert a.add(os.open(tmp_path, os.O_RDONLY), 6, 0) != fh  # same slot, new generation
 
 
+def test_handle_shards_and_the_ring(tmp_path: Path) -> None:
+    """Each worker allocates from its own shard, spilling into others when it is full; only a
+    release that another worker may hold a copy of goes into the ring."""
+    a, b = _handle_tables()
+    per = a._space.per_shard
+    mine = [a.add(os.open(tmp_path, os.O_RDONLY), 5, 0) for _ in range(per + 1)]
+    shards = [((fh & 0xFFFFFFFF) - 1) // per for fh in mine]
+    assert shards[:per] == [0] * per and shards[per] != 0  # a full shard spills over
+    assert ((b.add(os.open(tmp_path, os.O_RDONLY), 5, 0) & 0xFFFFFFFF) - 1) // per in (1, shards[per] + 1)
+    seq = a._ring_seq()
+    a.release(mine[0])  # the opener's own release of an fh nobody copied
+    assert a._ring_seq() == seq
+    b.release(mine[1])  # released by another worker: the opener must close its fd
+    assert a._ring_seq() == seq + 1
+    a.sync()
+    assert a.local(mine[1]) is None
+    b.slot(mine[2], 1)
+    a.release(mine[2])
+    assert a._ring_seq() == seq + 2
+    assert HandleTable.live(a._space, a._region) == per + 1 + 1 - 3
+
+
+def test_a_full_handle_table_is_enfile(tmp_path: Path) -> None:
+    a, _b = _handle_tables()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(a._space.capacity):
+        a.add(fd, 5, 0)
+    with pytest.raises(OSError) as e:
+        a.add(fd, 5, 0)
+    assert e.value.errno == errno.ENFILE
+
+
 def test_counters_and_percentiles() -> None:
     layout = Layout()
     space = CounterSpace(layout)
@@ -158,11 +191,14 @@ def test_counters_and_percentiles() -> None:
 def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: Path) -> None:
     a, b = _handle_tables()
     fh = a.add(os.open(tmp_path, os.O_RDONLY), 5, 0)
+    b.slot(fh, 1)
     copy = os.open(tmp_path, os.O_RDONLY)
     b.keep(fh, copy)
     a.release(fh)
     for _ in range(RING + 10):  # the ring wraps: b cannot read which fhs went
-        a.release(a.add(os.open(tmp_path, os.O_RDONLY), 6, 0))
+        other = a.add(os.open(tmp_path, os.O_RDONLY), 6, 0)
+        b.slot(other, 1)  # copied, so its release goes into the ring
+        a.release(other)
     b.sync()
     assert b.local(fh) is None
     with pytest.raises(OSError):
