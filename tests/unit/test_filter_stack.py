@@ -94,7 +94,7 @@ def test_unfiltered_routes_keep_the_bare_handler() -> None:
     from fastpass.fs.table import build
 
     routes = build()
-    wrapped = stack.install(SimpleNamespace(filter_data=None), routes, [load.load("hide:pattern=x")])  # type: ignore[arg-type]
+    wrapped = stack.install(SimpleNamespace(filter_data=None, filter_flush=False), routes, [load.load("hide:pattern=x")])  # type: ignore[arg-type]
     for op, route in enumerate(routes):
         if route is None:
             continue
