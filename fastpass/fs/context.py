@@ -133,6 +133,7 @@ class Fs:
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
+        self.writeback = False  # the kernel agreed to FUSE_WRITEBACK_CACHE (set by the worker)
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
         # A filesystem mounted inside the backing raises no events on the watched one: where the
