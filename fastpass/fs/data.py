@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import time
@@ -206,7 +207,30 @@ def read_done(fs: Fs, req: Request, view: memoryview, n: int) -> memoryview:
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
     fd = fs.file_fd(fh)
-    return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
+    return write_done(fs, req, (fd, write_flags), _pwrite_buffered(fd, data, offset, write_flags))
+
+
+def _pwrite_buffered(fd: int, data: memoryview, offset: int, write_flags: int) -> int:
+    """A WRITE that is not O_DIRECT for the application.
+
+    The kernel's writeback (WRITE_CACHE) sends a file's dirty pages through any writable fh of
+    the inode, an O_DIRECT one too, and the last page of a file is short: the backing refuses
+    that write (EINVAL) where O_DIRECT needs alignment.  It is then written without O_DIRECT,
+    which is dropped from this worker's own fd for the one call (a worker is one thread).
+    """
+    try:
+        return _pwrite(fd, data, offset)
+    except OSError as e:
+        if e.errno != errno.EINVAL or not write_flags & abi.WRITE_CACHE:
+            raise
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if not mode & os.O_DIRECT:
+            raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, mode & ~os.O_DIRECT)
+    try:
+        return _pwrite(fd, data, offset)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, mode)
 
 
 def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
@@ -324,7 +348,7 @@ def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, f
                  write_flags: int, lock_owner: int, flags: int, data: memoryview) -> object:  # fmt: skip
     fd = fs.file_fd(fh)
     if not flags & os.O_DIRECT:
-        return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
+        return write_done(fs, req, (fd, write_flags), _pwrite_buffered(fd, data, offset, write_flags))
     ring.writev(fd, data, offset, tag)
     return fd, write_flags
 
