@@ -143,6 +143,9 @@ def check(config: MountConfig) -> None:
         if config.cache == "strict":
             raise StartError("--writeback-cache keeps written data and sizes in the kernel, and --cache strict "
                              "caches nothing: choose one")  # fmt: skip
+        if config.allow_other and not config.default_permissions:
+            raise StartError("--writeback-cache with --allow-other needs --default-permissions: the kernel then "
+                             "checks who may set a file's times, which it sends as its own after writes")  # fmt: skip
     if config.io not in IO_PATHS:
         raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
     if not 1 <= config.io_depth <= MAX_IO_DEPTH:
