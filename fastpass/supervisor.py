@@ -270,7 +270,8 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes)
-    fs.writeback = negotiated.has(abi.InitFlag.WRITEBACK_CACHE)
+    if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):
+        fs.writeback_fd = devfd
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None

@@ -90,7 +90,7 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
 def _writeback_access(fs: Fs, flags: int) -> int:
     """The backing open's flags: under the writeback cache O_WRONLY becomes O_RDWR, because the
     kernel reads a page through the writer's own fh before it writes part of that page."""
-    if fs.writeback and flags & os.O_ACCMODE == os.O_WRONLY:
+    if fs.writeback_fd is not None and flags & os.O_ACCMODE == os.O_WRONLY:
         return flags & ~os.O_ACCMODE | os.O_RDWR
     return flags
 
@@ -239,6 +239,8 @@ def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
     fs.refresh(req.nodeid, fd)
+    if write_flags & abi.WRITE_CACHE:
+        fs.written_back(req.nodeid)
     return _pack_write_out(n)
 
 
