@@ -59,6 +59,7 @@ class Mounted:
     pid: int | None = None
     allowed_log_errors: list[str] = field(default_factory=list)
     passthrough: bool = False  # regular files' data is passed through by the kernel
+    writeback: bool = False  # the kernel's writeback cache: it keeps regular files' size, mtime and ctime
     engine: str = ""  # fastpass's engine: "native" or "pyfuse3"
 
 
@@ -105,7 +106,7 @@ def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
     assert record is not None, "a mounted server leaves its record"
     n = record.negotiated
     return Mounted("native", backing, mnt, log, record.pid, passthrough=n is not None and n.has(InitFlag.PASSTHROUGH),
-                   engine=record.config.engine)  # fmt: skip
+                   engine=record.config.engine, writeback=n is not None and n.has(InitFlag.WRITEBACK_CACHE))  # fmt: skip
 
 
 def _read(path: Path | None) -> str:
