@@ -15,6 +15,10 @@ worker opened.  Facts that shape the answer:
   stays reachable while the kernel keeps its nodeid.  Reopening costs one
   open(2) the first time a worker meets an fh; passing the opener's fd
   (pidfd_getfd, 2.7 us) would also need the opener alive.
+* Under the writeback cache the kernel writes a file's dirty pages back
+  through whichever writable fh of the inode it picks (the latest opened),
+  on whichever worker is free: a WRITE of an fh this worker never opened is
+  served by its own reopen, as above.
 * RELEASE frees the slot and puts the fh in a ring; every worker closes its
   own copy when it sees it (`sync`, at the top of each request), so copies
   in busy workers go at once and those in an idle worker when it next
