@@ -213,8 +213,9 @@ def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: in
 def _pwrite_buffered(fd: int, data: memoryview, offset: int, write_flags: int) -> int:
     """A WRITE that is not O_DIRECT for the application.
 
-    The kernel's writeback (WRITE_CACHE) sends a file's dirty pages through any writable fh of
-    the inode, an O_DIRECT one too, and the last page of a file is short: the backing refuses
+    The kernel's writeback of dirty pages (WRITE_CACHE: the writeback cache's, and shared mmap's)
+    goes through any writable fh of the inode, an O_DIRECT one too, and the last page of a file
+    is short: the backing refuses
     that write (EINVAL) where O_DIRECT needs alignment.  It is then written without O_DIRECT,
     which is dropped from this worker's own fd for the one call (a worker is one thread).
     """
@@ -239,7 +240,7 @@ def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
     fs.refresh(req.nodeid, fd)
-    if write_flags & abi.WRITE_CACHE:
+    if write_flags & abi.WRITE_CACHE and fs.writeback_fd is not None:
         fs.written_back(req.nodeid)
     return _pack_write_out(n)
 
