@@ -119,7 +119,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("writeback_cache", "writeback_cache", "the kernel's writeback cache on the userspace data path: "
            "small writes gather in the page cache; the kernel keeps sizes and mtimes of the files it holds, so an "
            "outside change of a file's size shows once no program has it open; excludes --passthrough on (auto "
-           "means off with it)"),
+           "means off with it) and --filter"),
     Option("max_inodes", "max_inodes", f"inodes the kernel may know at once (default {_D['max_inodes']})", int,
            metavar="N"),
     Option("filter", "filters", "a filter around the operations, outermost first (repeatable): readonly, "

@@ -146,6 +146,10 @@ def check(config: MountConfig) -> None:
         if config.allow_other and not config.default_permissions:
             raise StartError("--writeback-cache with --allow-other needs --default-permissions: the kernel then "
                              "checks who may set a file's times, which it sends as its own after writes")  # fmt: skip
+        if config.filters:
+            raise StartError("--writeback-cache takes no --filter: the kernel answers writes itself and sends them "
+                             "later, in pages, so a filter could neither refuse a write nor change what it does "
+                             "to a file's size")  # fmt: skip
     if config.io not in IO_PATHS:
         raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
     if not 1 <= config.io_depth <= MAX_IO_DEPTH:

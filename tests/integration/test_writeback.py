@@ -50,7 +50,8 @@ def test_passthrough_auto_means_off(tmp_path: Path) -> None:
     (("--engine", "pyfuse3"), "native engine"),
     (("--cache", "strict"), "--cache strict"),
     (("--allow-other", "--no-default-permissions"), "needs --default-permissions"),
-], ids=["passthrough-on", "pyfuse3", "strict", "no-default-permissions"])  # fmt: skip
+    (("--filter", "readonly"), "takes no --filter"),
+], ids=["passthrough-on", "pyfuse3", "strict", "no-default-permissions", "filter"])  # fmt: skip
 def test_refused_combinations(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "m").mkdir()
