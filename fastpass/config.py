@@ -85,6 +85,12 @@ class MountConfig(msgspec.Struct, frozen=True):
     # With transport uring: entries each worker registers per queue (one queue per possible CPU,
     # divided among the workers), each with a buffer of max_write (1 MiB), resident.
     queue_depth: int = DEFAULT_QUEUE_DEPTH
+    # The kernel's writeback cache (FUSE_WRITEBACK_CACHE) on the userspace data path: writes
+    # land in the page cache and reach a worker later, in page-sized batches; the kernel then
+    # keeps a regular file's size, mtime and ctime itself while it holds the inode (README,
+    # "Caching").  Excludes kernel passthrough (the kernel takes one or the other), so
+    # passthrough "auto" means off with it; native engine only.
+    writeback_cache: bool = False
     # The VFS's own checks, as mount(8) names them: read-only refuses every change with EROFS
     # before fastpass sees it; set-user-ID bits and device files count only where allowed, and
     # files execute only where exec is allowed.  fusermount3 forces nosuid and nodev for users.

@@ -12,7 +12,8 @@ unknown or malformed is refused with a line that names it (`OptionError`).
 A value not given takes MountConfig's default, except four that follow from others (`config`):
 `workers` (one per CPU as root with the native engine, else 1), `io` (uring with the native
 engine, plain with pyfuse3), `transport` (auto with the native engine, dev with pyfuse3) and
-`default_permissions` (on with `allow_other`); and `passthrough` auto means off with pyfuse3.
+`default_permissions` (on with `allow_other`); and `passthrough` auto means off with pyfuse3 and with
+`writeback_cache`.
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ OPTIONS: tuple[Option, ...] = (
            float, metavar="S"),
     Option("entry_timeout", "entry_timeout", "kernel name cache time (default: set by --cache, see README)", float,
            metavar="S"),
+    Option("writeback_cache", "writeback_cache", "the kernel's writeback cache on the userspace data path: "
+           "small writes gather in the page cache; the kernel keeps sizes and mtimes of the files it holds, so an "
+           "outside change of a file's size shows once no program has it open; excludes --passthrough on (auto "
+           "means off with it) and --filter"),
     Option("max_inodes", "max_inodes", f"inodes the kernel may know at once (default {_D['max_inodes']})", int,
            metavar="N"),
     Option("filter", "filters", "a filter around the operations, outermost first (repeatable): readonly, "
@@ -217,8 +222,8 @@ def config(backing: str, mountpoint: str, fields: dict[str, Any]) -> MountConfig
     fields.setdefault("io", "plain" if engine == "pyfuse3" else "uring")
     fields.setdefault("transport", "dev" if engine == "pyfuse3" else "auto")
     fields.setdefault("default_permissions", fields.get("allow_other", False))
-    if engine == "pyfuse3" and fields.get("passthrough", _D["passthrough"]) == "auto":
-        fields["passthrough"] = "off"  # libfuse has no backing ids
+    if (engine == "pyfuse3" or fields.get("writeback_cache")) and fields.get("passthrough", _D["passthrough"]) == "auto":
+        fields["passthrough"] = "off"  # libfuse has no backing ids; the kernel takes no passthrough with writeback
     if fields.get("log"):
         fields["log"] = os.path.realpath(fields["log"])
     return MountConfig(backing=os.path.realpath(backing), mountpoint=os.path.realpath(mountpoint), **fields)

@@ -134,6 +134,22 @@ def check(config: MountConfig) -> None:
                              "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
     if config.cache not in CACHE_MODES:
         raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
+    if config.writeback_cache:
+        if config.passthrough == "on":
+            raise StartError("--writeback-cache excludes --passthrough on: the kernel takes no passthrough with "
+                             "the writeback cache (use --passthrough off or auto)")  # fmt: skip
+        if config.engine == "pyfuse3":
+            raise StartError("--writeback-cache is for the native engine")
+        if config.cache == "strict":
+            raise StartError("--writeback-cache keeps written data and sizes in the kernel, and --cache strict "
+                             "caches nothing: choose one")  # fmt: skip
+        if config.allow_other and not config.default_permissions:
+            raise StartError("--writeback-cache with --allow-other needs --default-permissions: the kernel then "
+                             "checks who may set a file's times, which it sends as its own after writes")  # fmt: skip
+        if config.filters:
+            raise StartError("--writeback-cache takes no --filter: the kernel answers writes itself and sends them "
+                             "later, in pages, so a filter could neither refuse a write nor change what it does "
+                             "to a file's size")  # fmt: skip
     if config.io not in IO_PATHS:
         raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
     if not 1 <= config.io_depth <= MAX_IO_DEPTH:
@@ -189,6 +205,8 @@ def _answer_init(session: int, config: MountConfig, rings: bool) -> Negotiated:
         extra |= KERNEL_PERMISSIONS
     if rings:
         extra |= abi.InitFlag.OVER_IO_URING
+    if config.writeback_cache:
+        extra |= abi.InitFlag.WRITEBACK_CACHE
     # A backing that is itself stacked (overlayfs, FUSE) needs depth 2 for passthrough.
     depth = 2 if mount.fstype_of(config.backing).split(".")[0] in ("overlay", "fuse", "fuseblk") else 1
     try:
@@ -256,6 +274,8 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
+    if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):
+        fs.writeback_fd = devfd
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None
@@ -320,7 +340,8 @@ def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedStat
     def own(pid: int) -> bool:
         return pid == supervisor or any(misc[PID] == pid for misc in pids)
 
-    watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc)
+    watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc,
+                      evict=config.writeback_cache)  # fmt: skip
     started()
     watcher.run(config.mountpoint if config.default_permissions else None)
 

@@ -1,9 +1,11 @@
 """Fixtures that mount for real and always clean up.
 
-`fs` runs a test four times: on fastpass with one worker serving every
-byte in userspace, once on plain syscalls ("native-1") and once on its
-io_uring ("native-1-uring"), on fastpass with four workers and kernel
-passthrough ("native-4", io_uring for what still reaches userspace), and on
+`fs` runs a test on fastpass with one worker serving every byte in
+userspace, once on plain syscalls ("native-1") and once on its io_uring
+("native-1-uring"), on fastpass with four workers and kernel passthrough
+("native-4", io_uring for what still reaches userspace), on two workers
+with the kernel's writeback cache ("native-2-writeback"), on the pyfuse3
+engine, and on
 a plain bind mount of the same kind of backing dir ("bind"), so every case
 is first checked against the real kernel's own answer.  `native` is
 fastpass alone (all its configurations), and `fastpass_mount` mounts with
@@ -57,6 +59,7 @@ class Mounted:
     pid: int | None = None
     allowed_log_errors: list[str] = field(default_factory=list)
     passthrough: bool = False  # regular files' data is passed through by the kernel
+    writeback: bool = False  # the kernel's writeback cache: it keeps regular files' size, mtime and ctime
     engine: str = ""  # fastpass's engine: "native" or "pyfuse3"
 
 
@@ -103,7 +106,7 @@ def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
     assert record is not None, "a mounted server leaves its record"
     n = record.negotiated
     return Mounted("native", backing, mnt, log, record.pid, passthrough=n is not None and n.has(InitFlag.PASSTHROUGH),
-                   engine=record.config.engine)  # fmt: skip
+                   engine=record.config.engine, writeback=n is not None and n.has(InitFlag.WRITEBACK_CACHE))  # fmt: skip
 
 
 def _read(path: Path | None) -> str:
@@ -167,7 +170,8 @@ def bind_mount(tmp_path: Path) -> Iterator[Mounted]:
 
 
 # fastpass serving every byte in userspace with 1 worker, on both I/O paths; fastpass with 4
-# workers and kernel passthrough of regular files; the pyfuse3 engine (libfuse, one process); then
+# workers and kernel passthrough of regular files; 2 workers with the writeback cache (writes
+# gathered in the page cache, sent later through any writable fh, on any worker); the pyfuse3 engine (libfuse, one process); then
 # the kernel's own answer, a bind mount.
 # FASTPASS_TEST_TRANSPORT=uring runs the configurations on io_uring with their requests from
 # FUSE-over-io_uring entries (--transport uring) instead of what the kernel offers.
@@ -176,6 +180,7 @@ NATIVE = {
     "native-1": ("--workers", "1", "--passthrough", "off", "--io", "plain"),
     "native-1-uring": ("--workers", "1", "--passthrough", "off", "--io", "uring", *_TRANSPORT),
     "native-4": ("--workers", "4", "--passthrough", "on", *_TRANSPORT),
+    "native-2-writeback": ("--workers", "2", "--passthrough", "off", "--writeback-cache", *_TRANSPORT),
 }
 ENGINES = {**NATIVE, "pyfuse3": ("--engine", "pyfuse3")}
 

@@ -143,6 +143,8 @@ class FioWorkload(Workload):
 FIO_WORKLOADS = (
     FioWorkload("seqread", "1 MiB sequential read", rw="read", bs="1M"),
     FioWorkload("seqwrite", "1 MiB sequential write + fsync, verified", writes=True, rw="write", bs="1M"),
+    FioWorkload("seqwrite-4k", "4 KiB sequential write + fsync, verified", writes=True, rw="write", bs="4k",
+                max_mb=64),
     FioWorkload("randread", "4 KiB random read, buffered, 2 jobs", rw="randread", bs="4k", numjobs=2),
     FioWorkload("randread-direct", "4 KiB random read, O_DIRECT, 2 jobs", rw="randread", bs="4k", numjobs=2,
                 direct=True),

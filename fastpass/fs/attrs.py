@@ -80,11 +80,20 @@ def setattr_(fs: Fs, req: Request, valid: int, fh: int, size: int, lock_owner: i
         else:
             os.truncate(proc_path(ifd), size)
     if valid & (Fattr.ATIME | Fattr.MTIME | Fattr.ATIME_NOW | Fattr.MTIME_NOW):
-        _linux.utimens_empty(
-            ifd,
-            _time(valid, Fattr.ATIME, Fattr.ATIME_NOW, atime, atimensec),
-            _time(valid, Fattr.MTIME, Fattr.MTIME_NOW, mtime, mtimensec),
-        )
+        times = (_time(valid, Fattr.ATIME, Fattr.ATIME_NOW, atime, atimensec),
+                 _time(valid, Fattr.MTIME, Fattr.MTIME_NOW, mtime, mtimensec))  # fmt: skip
+        try:
+            _linux.utimens_empty(ifd, *times)
+        except PermissionError:
+            # FATTR_CTIME comes with the writeback cache only: the kernel keeps mtime and ctime
+            # itself and sends them when it writes a file back or truncates it, as whoever
+            # closed, synced or truncated, often a writer that does not own the file.  It has
+            # checked this caller's right to these times itself (default_permissions, which
+            # --writeback-cache with --allow-other requires), so they are set as the server.
+            if not valid & Fattr.CTIME:
+                raise
+            with _linux.fsuid(fs.credentials.uid):
+                _linux.utimens_empty(ifd, *times)
     if valid & Fattr.KILL_SUIDGID:
         kill_suidgid(fd if fd >= 0 else ifd)
     # FATTR_CTIME: the backing sets ctime itself on every change above.

@@ -133,6 +133,8 @@ class Fs:
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
         self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
+        # Under FUSE_WRITEBACK_CACHE, this worker's device fd (set by the worker), for `written_back`.
+        self.writeback_fd: int | None = None
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
         # A filesystem mounted inside the backing raises no events on the watched one: where the
@@ -234,6 +236,16 @@ class Fs:
             cache = (self.home if st.st_dev == self.home_dev else self.away)[0]
             if cache is not None:
                 cache.put(nodeid, t0, encode.attr(st))
+
+    def written_back(self, nodeid: int) -> None:
+        """After a write of the kernel's dirty pages: it drops its attributes of the file, so that
+        the next stat asks again (st_blocks follows the backing; size and times stay the
+        kernel's).  Nothing else tells it: it keeps what the last reply said for the attribute
+        timeout.  Attributes only, so the kernel waits for no writeback (no deadlock here)."""
+        try:
+            os.write(self.writeback_fd, encode.inval_inode(nodeid, False))  # type: ignore[arg-type]
+        except FileNotFoundError:
+            pass  # the kernel holds the inode no longer
 
     def changed(self, *nodeids: int) -> None:
         """These inodes changed as a side effect (a parent's mtime, a victim's link count)."""

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastpass import _linux
@@ -75,7 +77,10 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     flags = backing(flags)
     inode = fs.inodes.get(req.nodeid)
     path = proc_path(fs.inodes.fd(inode))
-    fd = _open_to_exec(fs, path, flags) if to_exec else os.open(path, flags | os.O_CLOEXEC)
+    if to_exec:
+        fd = _open_to_exec(fs, path, flags)
+    else:
+        fd, flags = _open_writer(fs, flags, lambda f: os.open(path, f | os.O_CLOEXEC))
     try:
         if open_flags & abi.OPEN_KILL_SUIDGID:
             kill_suidgid(fd)
@@ -85,6 +90,37 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _writeback_access(fs: Fs, flags: int) -> int:
+    """The backing open's flags: under the writeback cache O_WRONLY becomes O_RDWR, because the
+    kernel reads a page through the writer's own fh before it writes part of that page."""
+    if fs.writeback_fd is not None and flags & os.O_ACCMODE == os.O_WRONLY:
+        return flags & ~os.O_ACCMODE | os.O_RDWR
+    return flags
+
+
+def _open_writer(fs: Fs, flags: int, opener: Callable[[int], int]) -> tuple[int, int]:
+    """An existing file's backing open, `opener(flags)`, with `_writeback_access`; (fd, flags its fh keeps).
+
+    Where the caller may write the file but not read it, the caller's own open with the kernel's
+    flags decides, and the server reopens that file for reading too.  If even the server may not
+    read it (not root), the fh stays write-only and a write of part of a page fails (README).
+    """
+    rw = _writeback_access(fs, flags)
+    if rw == flags:
+        return opener(flags), flags
+    try:
+        return opener(rw), rw
+    except PermissionError:
+        fd = opener(flags)
+    try:
+        with _linux.fsuid(fs.credentials.uid):
+            writer = os.open(proc_path(fd), rw & ~os.O_TRUNC | os.O_CLOEXEC)
+    except PermissionError:
+        return fd, flags
+    os.close(fd)
+    return writer, rw
 
 
 def _open_to_exec(fs: Fs, path: str, flags: int) -> int:
@@ -111,15 +147,17 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
     exclusive = flags & os.O_EXCL
     flags = backing(flags)
     dir_fd = fs.inode_fd(req.nodeid)
-    how = flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    how = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
+        new_flags = _writeback_access(fs, flags)  # a file an open makes is readable to it, whatever its mode
         with CallerUmask(umask):
-            fd = os.open(name, how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+            fd = os.open(name, new_flags | how | os.O_CREAT | os.O_EXCL, mode, dir_fd=dir_fd)
+        flags = new_flags
         made = True
     except FileExistsError:
         if exclusive:
             raise
-        fd = os.open(name, how & ~os.O_CREAT, dir_fd=dir_fd)
+        fd, flags = _open_writer(fs, flags, lambda f: os.open(name, f | how, dir_fd=dir_fd))
         made = False
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -146,7 +184,7 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
 
 
 def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: int, name: bytes) -> bytes:
-    flags = backing(flags)
+    flags = _writeback_access(fs, backing(flags))
     with CallerUmask(umask):
         fd = os.open(proc_path(fs.inode_fd(req.nodeid)), flags | os.O_TMPFILE | os.O_CLOEXEC, mode)
     try:
@@ -174,7 +212,31 @@ def read_done(fs: Fs, req: Request, view: memoryview, n: int) -> memoryview:
 def write(fs: Fs, req: Request, fh: int, offset: int, size: int, write_flags: int, lock_owner: int, flags: int,
           data: memoryview) -> bytes:  # fmt: skip
     fd = fs.file_fd(fh)
-    return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
+    return write_done(fs, req, (fd, write_flags), _pwrite_buffered(fd, data, offset, write_flags))
+
+
+def _pwrite_buffered(fd: int, data: memoryview, offset: int, write_flags: int) -> int:
+    """A WRITE that is not O_DIRECT for the application.
+
+    The kernel's writeback of dirty pages (WRITE_CACHE: the writeback cache's, and shared mmap's)
+    goes through any writable fh of the inode, an O_DIRECT one too, and the last page of a file
+    is short: the backing refuses
+    that write (EINVAL) where O_DIRECT needs alignment.  It is then written without O_DIRECT,
+    which is dropped from this worker's own fd for the one call (a worker is one thread).
+    """
+    try:
+        return _pwrite(fd, data, offset)
+    except OSError as e:
+        if e.errno != errno.EINVAL or not write_flags & abi.WRITE_CACHE:
+            raise
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if not mode & os.O_DIRECT:
+            raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, mode & ~os.O_DIRECT)
+    try:
+        return _pwrite(fd, data, offset)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, mode)
 
 
 def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
@@ -183,6 +245,8 @@ def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
     fs.refresh(req.nodeid, fd)
+    if write_flags & abi.WRITE_CACHE and fs.writeback_fd is not None:
+        fs.written_back(req.nodeid)
     return _pack_write_out(n)
 
 
@@ -296,7 +360,7 @@ def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, f
                  write_flags: int, lock_owner: int, flags: int, data: memoryview) -> object:  # fmt: skip
     fd = fs.file_fd(fh)
     if not flags & os.O_DIRECT:
-        return write_done(fs, req, (fd, write_flags), _pwrite(fd, data, offset))
+        return write_done(fs, req, (fd, write_flags), _pwrite_buffered(fd, data, offset, write_flags))
     ring.writev(fd, data, offset, tag)
     return fd, write_flags
 

@@ -15,6 +15,10 @@ worker opened.  Facts that shape the answer:
   stays reachable while the kernel keeps its nodeid.  Reopening costs one
   open(2) the first time a worker meets an fh; passing the opener's fd
   (pidfd_getfd, 2.7 us) would also need the opener alive.
+* Under the writeback cache the kernel writes a file's dirty pages back
+  through whichever writable fh of the inode it picks (the latest opened),
+  on whichever worker is free: a WRITE of an fh this worker never opened is
+  served by its own reopen, as above.
 * The table is cut into HANDLE_SHARDS shards, each with its own slots,
   free stack and lock; a worker allocates from its own shard (another's
   when it is full), so opens on different workers never wait on one lock,

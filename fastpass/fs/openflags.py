@@ -7,7 +7,9 @@ inode's O_PATH fd through /proc/self/fd (OPEN, TMPFILE, and every other worker's
 an fh) or by name relative to the parent (CREATE).  Flag by flag:
 
 kept, so the backing open behaves as the application's own open would
-  O_ACCMODE             the access asked for, checked by the backing as the caller
+  O_ACCMODE             the access asked for, checked by the backing as the caller; under the
+                        writeback cache O_WRONLY is opened O_RDWR, since the kernel reads a page
+                        through the writer's fh before writing part of it (data._open_writer)
   O_TRUNC               the opener's open truncates (atomic with the open); never a copy's
   O_NONBLOCK            no effect on a regular file but leases and locks; kept as asked
   O_SYNC, O_DSYNC       every write through the fh is synchronous on the backing too

@@ -27,6 +27,16 @@ costs one notification.
 A change by the kernel's own passthrough I/O carries the writing
 application's pid and is indistinguishable from an outside change; it costs
 one attribute invalidation.
+
+Under the writeback cache (`--writeback-cache`) the kernel keeps a regular
+file's size, mtime and ctime for as long as it holds the inode, whatever a
+GETATTR or an invalidation says (fs/fuse/inode.c, fuse_get_cache_mask: Linux
+6.18 has no exception for clean files).  Only a new inode takes the backing's
+values, so for each outside change of a non-directory the watcher also
+invalidates the name the event came with (`evict`): an inode that nothing
+holds open, mapped or by another cached name is then dropped by the kernel,
+and the next lookup makes it afresh.  While something holds it, its size and
+times stay the kernel's; its data still follows (the pages are dropped).
 """
 
 from __future__ import annotations
@@ -92,8 +102,9 @@ class Changes:
         self.overflow = False
 
 
-def parse(buf: memoryview, own: Callable[[int], bool], resolve: Callable[[bytes], int]) -> Changes:
-    """Turn raw fanotify events into changes, skipping those made by `own` pids."""
+def parse(buf: memoryview, own: Callable[[int], bool], resolve: Callable[[bytes], int], evict: bool = False) -> Changes:
+    """Turn raw fanotify events into changes, skipping those made by `own` pids; with `evict`, a
+    changed non-directory's name too (the writeback cache: see the module's comment)."""
     changes = Changes()
     pos, end = 0, len(buf)
     while pos + _META.size <= end:
@@ -103,12 +114,13 @@ def parse(buf: memoryview, own: Callable[[int], bool], resolve: Callable[[bytes]
         if mask & _linux.FAN_Q_OVERFLOW:
             changes.overflow = True
         elif not own(pid):
-            _event(buf, pos + meta_len, pos + event_len, mask, resolve, changes)
+            _event(buf, pos + meta_len, pos + event_len, mask, resolve, changes, evict)
         pos += event_len
     return changes
 
 
-def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[bytes], int], changes: Changes) -> None:
+def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[bytes], int], changes: Changes,
+           evict: bool) -> None:  # fmt: skip
     """One event's records: the object's handle (FID), its directory's handle and name (DFID_NAME).
 
     A name event (create, delete, move) matters only in a directory the kernel
@@ -144,6 +156,8 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
         nodeid = resolve(target)
         if nodeid:
             changes.inodes[nodeid] = changes.inodes.get(nodeid, False) or bool(mask & _DATA)
+            if evict and place is not None and (parent := resolve(place[0])):
+                changes.entries.setdefault((parent, place[1]), 0)
 
 
 class Kernel(Protocol):
@@ -171,7 +185,8 @@ class Watcher:
     """Reads the fanotify fd and tells the kernel what changed."""
 
     def __init__(self, fan_fd: int, kernel: Kernel, backing: str, inodes: InodeSpace, region: Region,
-                 cache: AttrCache | None, own: Callable[[int], bool], counters: memoryview):  # fmt: skip
+                 cache: AttrCache | None, own: Callable[[int], bool], counters: memoryview,
+                 evict: bool = False):  # fmt: skip
         self.fan_fd = fan_fd
         self.kernel = kernel
         self.mount_fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -180,6 +195,7 @@ class Watcher:
         self.cache = cache
         self.own = own
         self.counters = counters
+        self.evict = evict  # invalidate a changed file's name too (the writeback cache)
         self._keys: dict[bytes, tuple[int, int]] = {}  # handle -> (st_dev, st_ino), kept for deleted inodes
 
     def resolve(self, handle: bytes) -> int:
@@ -240,4 +256,4 @@ class Watcher:
             poller.poll()
             time.sleep(BATCH_PAUSE)
             n = os.readv(self.fan_fd, [buf])
-            self.apply(parse(memoryview(buf)[:n], self.own, self.resolve))
+            self.apply(parse(memoryview(buf)[:n], self.own, self.resolve, self.evict))

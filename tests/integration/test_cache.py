@@ -24,6 +24,7 @@ from tests.integration.test_passthrough import op_count, stats
 
 LONG = ("--attr-timeout", "60", "--entry-timeout", "60")
 CONFIGS = {"w1": ("--workers", "1", "--passthrough", "off"), "w4": ("--workers", "4", "--passthrough", "on"),
+           "wb2": ("--workers", "2", "--passthrough", "off", "--writeback-cache"),
            "pyfuse3": ("--engine", "pyfuse3")}  # fmt: skip
 SEEN_WITHIN = 1.0  # s, the bound the issue sets for an outside change to show
 
@@ -195,6 +196,9 @@ def test_a_filesystem_mounted_inside_the_backing_is_revalidated(watched: Mounted
     """A tmpfs mounted inside the backing raises no events on the watched filesystem: its inodes
     get the revalidation period, so its outside changes show within it (1 s), not 60 s; and
     the watched filesystem's own inodes keep their long timeouts."""
+    if watched.writeback:
+        pytest.skip("writeback cache: the kernel keeps the size of a file it holds, and no event evicts the inodes "
+                    "of an unwatched filesystem (README, Caching)")  # fmt: skip
     nested = watched.backing / "nested"
     nested.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "none", str(nested)], check=True)

@@ -471,7 +471,7 @@ def test_init_reply_full_offer() -> None:
     want = int(KERNEL_OFFER & init.WANTED)
     assert flags | (flags2 << 32) == want
     assert flags & F.INIT_EXT and flags & F.MAX_PAGES
-    assert not flags & F.WRITEBACK_CACHE  # never asked for: it would turn passthrough off
+    assert not flags & F.WRITEBACK_CACHE  # asked for only with --writeback-cache: it turns passthrough off
     assert flags2 == want >> 32
     assert max_write == 1 << 20  # 1 MiB
     assert max_pages == 256
@@ -522,6 +522,13 @@ def test_init_flags2_passthrough_with_extra() -> None:
     assert out[11] == 1  # max_stack_depth in 1..2 or the kernel drops passthrough
     assert not out[3] & F.WRITEBACK_CACHE
     assert neg.has(F.PASSTHROUGH)
+
+
+def test_init_writeback_cache_excludes_passthrough() -> None:
+    """The kernel drops PASSTHROUGH silently when WRITEBACK_CACHE is agreed: the record must not claim it."""
+    out, neg = _reply(_init_in(45, KERNEL_OFFER), extra=F.PASSTHROUGH | F.WRITEBACK_CACHE)
+    assert out[3] & F.WRITEBACK_CACHE and not out[10] & 0x20 and out[11] == 0
+    assert neg.has(F.WRITEBACK_CACHE) and not neg.has(F.PASSTHROUGH)
 
 
 def test_init_extra_not_offered_is_not_granted() -> None:
