@@ -45,13 +45,24 @@ _pack_write_out = abi.WRITE_OUT.pack
 
 def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
     """Publish a backing open as an fh, in kernel passthrough where it is on; the fuse_open_out."""
+    open_flags = backing_id = 0
+    if fs.passthrough is not None:
+        open_flags, backing_id = fs.passthrough.open(inode, fd, _owner(fs, req), flags)
+    return _published(fs, req, inode, fd, flags, open_flags, backing_id)
+
+
+def _owner(fs: Fs, req: Request) -> int:
+    """The uid whose credentials a passthrough registration for this request carries."""
+    return req.uid if fs.config.allow_other else fs.credentials.uid
+
+
+def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, open_flags: int,
+               backing_id: int) -> bytes:  # fmt: skip
+    """The fh of an open (its backing fd, or None where a request that needs one opens it), its
+    FOPEN flags beside those passthrough gave; the fuse_open_out."""
     # A filter that needs this file's reads and writes sees every one (FOPEN_DIRECT_IO: none served
     # by the page cache or by kernel passthrough); with passthrough on, the open still carries the
     # inode's backing id, as the kernel requires of every open of an inode in passthrough.
-    open_flags = backing_id = 0
-    if fs.passthrough is not None:
-        uid = req.uid if fs.config.allow_other else fs.credentials.uid
-        open_flags, backing_id = fs.passthrough.open(inode, fd, uid, flags)
     if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
         open_flags |= FopenFlag.DIRECT_IO
     elif not backing_id and fs.kept(inode):  # (the kernel refuses KEEP_CACHE with passthrough)
@@ -72,10 +83,29 @@ def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
     return encode.open_out(fh, open_flags, backing_id)
 
 
+def _joined(fs: Fs, req: Request, inode: Inode, flags: int) -> bytes | None:
+    """A plain read-only open of an inode whose backing id the caller's uid registered: it joins
+    the id and opens nothing (None where it cannot).  Only where the open itself needs no check
+    by the backing: the kernel checked the caller's permissions (default_permissions), or the
+    caller is root.  Any request that needs the fh's fd (fsync, lseek...) opens one then."""
+    if fs.passthrough is None or flags & ~os.O_LARGEFILE != os.O_RDONLY:
+        return None
+    if not (fs.config.default_permissions or req.uid == 0):
+        return None
+    backing_id = fs.passthrough.join(inode, _owner(fs, req))
+    if not backing_id:
+        return None
+    return _published(fs, req, inode, None, flags, FopenFlag.PASSTHROUGH, backing_id)
+
+
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     to_exec = flags & abi.FMODE_EXEC
     flags = backing(flags)
     inode = fs.inodes.get(req.nodeid)
+    if not to_exec:
+        joined = _joined(fs, req, inode, flags)
+        if joined is not None:
+            return joined
     path = proc_path(fs.inodes.fd(inode))
     if to_exec:
         fd = _open_to_exec(fs, path, flags)

@@ -122,15 +122,17 @@ class HandleTable:
         return sum(fresh - depth for fresh, depth in (SHARD.unpack_from(region.map, space.shards + 64 * s)
                                                       for s in range(HANDLE_SHARDS)))  # fmt: skip
 
-    def add(self, obj: int | DirHandle, nodeid: int, flags: int) -> int:
-        """Publish an open file or directory; returns its fh."""
+    def add(self, obj: int | DirHandle | None, nodeid: int, flags: int) -> int:
+        """Publish an open file or directory; returns its fh.  `obj`: this worker's fd or DirHandle,
+        None where it opens one when a request needs it."""
         kind = DIR if obj.__class__ is DirHandle else FILE
         fh = self._take(self._shard, kind, nodeid, flags)
         if not fh:  # its own shard is full
             fh = next(filter(None, (self._take(s, kind, nodeid, flags) for s in range(HANDLE_SHARDS))), 0)
             if not fh:
                 raise OSError(errno.ENFILE, f"handle table full ({self._space.capacity} open files)")
-        self._files[fh] = obj
+        if obj is not None:
+            self._files[fh] = obj
         return fh
 
     def _take(self, shard: int, kind: int, nodeid: int, flags: int) -> int:

@@ -491,6 +491,22 @@ class InodeTable:
         finally:
             region.unlock(lock)
 
+    def join_backing(self, inode: Inode, uid: int) -> int:
+        """One more open of the inode's backing id if `uid` registered it (in use or kept idle); else 0."""
+        slot = inode.nodeid & _MASK32
+        off = self._space.slots + slot * SLOT.size + _BACKING_AT
+        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        m = self._map
+        self._region.lock(lock)
+        try:
+            backing_id, opens, owner, _keep = _BACKING.unpack_from(m, off)
+            if backing_id <= 0 or owner != uid:
+                return 0
+            _I32.pack_into(m, off + 4, opens + 1)
+            return backing_id
+        finally:
+            self._region.unlock(lock)
+
     def detach_backing(self, nodeid: int) -> None:
         """One passthrough open fewer; after the last, an id that may not stay idle is closed
         (once, whichever worker)."""

@@ -123,6 +123,14 @@ def test_a_read_only_file_keeps_its_backing_id_between_opens(tmp_path: Path) -> 
             assert (m.mnt / "tool").read_bytes().startswith(b"#!/bin/sh")
         s = stats(m.mnt)
         assert (s["backing_registrations"], s["backing_ids"]) == (2, 1), s
+        # such an open joins the id without a backing open of its own; what needs one opens it then
+        fd = os.open(m.mnt / "tool", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            assert os.lseek(fd, 0, os.SEEK_DATA) == 0 and os.lseek(fd, 0, os.SEEK_END) == 19
+            assert os.pread(fd, 9, 0) == b"#!/bin/sh" and os.fstat(fd).st_size == 19
+        finally:
+            os.close(fd)
         with open(m.mnt / "tool", "a") as f:  # a write open of the same inode joins the kept id
             f.write("echo two\n")
         assert (m.backing / "tool").read_text().endswith("echo two\n")
