@@ -190,7 +190,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
         fd, flags = _open_writer(fs, flags, lambda f: os.open(name, f | how, dir_fd=dir_fd))
         made = False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.ESTALE, "not a regular file any more")
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
@@ -199,7 +200,8 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
         if made:
             fs.changed(req.nodeid)
         t0 = _clock()
-        inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name)
+        # the inode number spares the stat by name where this worker holds no fd for it (a new file)
+        inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name, st.st_ino)
         try:
             return fs.entry(inode, st, t0) + _opened(fs, req, inode, fd, flags)
         except BaseException:
