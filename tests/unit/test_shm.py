@@ -60,16 +60,17 @@ def test_forget_frees_once_and_the_slot_comes_back_with_a_new_generation(tmp_pat
 def test_a_reused_inode_number_gets_a_new_nodeid(tmp_path: Path) -> None:
     """Same (st_dev, st_ino) but another handle: the table must not hand out the old nodeid."""
     a, _b, _ = _tables(tmp_path)
-    (tmp_path / "f").write_text("x")
-    old, _ = a.lookup(a.root, b"f")
-    a._close_local(old)  # as if evicted: nothing pins the old inode any more
-    os.unlink(tmp_path / "f")
-    for i in range(200):  # ext4 hands the freed number out again soon
-        (tmp_path / f"g{i}").write_text("y")
-        if (tmp_path / f"g{i}").stat().st_ino == old.key[1]:
-            new, _ = a.lookup(a.root, f"g{i}".encode())
-            assert new.nodeid != old.nodeid and new.handle != old.handle
-            return
+    for attempt in range(5):  # another process creating files on the same filesystem may take the number
+        (tmp_path / f"f{attempt}").write_text("x")
+        old, _ = a.lookup(a.root, f"f{attempt}".encode())
+        a._close_local(old)  # as if evicted: nothing pins the old inode any more
+        os.unlink(tmp_path / f"f{attempt}")
+        for i in range(200):  # ext4 hands the freed number out again soon
+            (tmp_path / f"g{attempt}-{i}").write_text("y")
+            if (tmp_path / f"g{attempt}-{i}").stat().st_ino == old.key[1]:
+                new, _ = a.lookup(a.root, f"g{attempt}-{i}".encode())
+                assert new.nodeid != old.nodeid and new.handle != old.handle
+                return
     raise AssertionError("the backing never reused the inode number")  # pragma: no cover
 
 
