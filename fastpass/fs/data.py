@@ -83,19 +83,22 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
     return encode.open_out(fh, open_flags, backing_id)
 
 
-def _joined(fs: Fs, req: Request, inode: Inode, flags: int) -> bytes | None:
-    """A plain read-only open of an inode whose backing id the caller's uid registered: it joins
-    the id and opens nothing (None where it cannot).  Only where the open itself needs no check
-    by the backing: the kernel checked the caller's permissions (default_permissions), or the
-    caller is root.  Any request that needs the fh's fd (fsync, lseek...) opens one then."""
-    if fs.passthrough is None or flags & ~os.O_LARGEFILE != os.O_RDONLY:
+def _unopened(fs: Fs, req: Request, inode: Inode, flags: int) -> bytes | None:
+    """A plain read-only open answered without a backing open of its own (None where it needs
+    one).  Only where the open itself needs no check by the backing: the kernel checked the
+    caller's permissions (default_permissions), or the caller is root.  With passthrough it
+    joins the backing id the caller's uid registered; on the userspace path it is an open whose
+    pages the kernel keeps, so a warm file's reads never reach a worker.  A request that does
+    need the fh's fd (a read of what is not cached, fsync, lseek...) opens one then, as another
+    worker's copy always is (`Fs.file_fd`)."""
+    if flags & ~os.O_LARGEFILE != os.O_RDONLY or not (fs.config.default_permissions or req.uid == 0):
         return None
-    if not (fs.config.default_permissions or req.uid == 0):
-        return None
-    backing_id = fs.passthrough.join(inode, _owner(fs, req))
-    if not backing_id:
-        return None
-    return _published(fs, req, inode, None, flags, FopenFlag.PASSTHROUGH, backing_id)
+    if fs.passthrough is not None:
+        backing_id = fs.passthrough.join(inode, _owner(fs, req))
+        return _published(fs, req, inode, None, flags, FopenFlag.PASSTHROUGH, backing_id) if backing_id else None
+    if fs.filter_data is None and fs.kept(inode):
+        return _published(fs, req, inode, None, flags, 0, 0)
+    return None
 
 
 def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
@@ -103,9 +106,9 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     flags = backing(flags)
     inode = fs.inodes.get(req.nodeid)
     if not to_exec:
-        joined = _joined(fs, req, inode, flags)
-        if joined is not None:
-            return joined
+        unopened = _unopened(fs, req, inode, flags)
+        if unopened is not None:
+            return unopened
     path = proc_path(fs.inodes.fd(inode))
     if to_exec:
         fd = _open_to_exec(fs, path, flags)
