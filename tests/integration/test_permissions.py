@@ -49,6 +49,7 @@ USERS = {"root": (0, 0, []), "u1": (1000, 1000, [GROUP]), "u2": (1001, 1001, [])
 CONFIGS = {
     "w1-plain": ("--workers", "1", "--passthrough", "off", "--io", "plain"),
     "w4-passthrough-uring": ("--workers", "4", "--passthrough", "on", "--io", "uring"),
+    "w2-writeback": ("--workers", "2", "--passthrough", "off", "--writeback-cache"),
 }
 SCRIPT = b"#!/bin/sh\nexit 3\n"
 ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
