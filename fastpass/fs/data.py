@@ -94,8 +94,8 @@ def _unopened(fs: Fs, req: Request, inode: Inode, flags: int) -> bytes | None:
     if flags & ~os.O_LARGEFILE != os.O_RDONLY or not (fs.config.default_permissions or req.uid == 0):
         return None
     if fs.passthrough is not None:
-        backing_id = fs.passthrough.join(inode, _owner(fs, req))
-        return _published(fs, req, inode, None, flags, FopenFlag.PASSTHROUGH, backing_id) if backing_id else None
+        open_flags, backing_id = fs.passthrough.join(inode, _owner(fs, req))
+        return _published(fs, req, inode, None, flags, open_flags, backing_id) if backing_id else None
     if fs.filter_data is None and fs.kept(inode):
         return _published(fs, req, inode, None, flags, 0, 0)
     return None

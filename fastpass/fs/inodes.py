@@ -456,6 +456,10 @@ class InodeTable:
         at = self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT + 4
         return _I32.unpack_from(self._map, at)[0] > 0
 
+    def _backing_at(self, slot: int) -> tuple[int, int]:
+        """(offset of slot's passthrough fields, the lock of its stripe)."""
+        return self._space.slots + slot * SLOT.size + _BACKING_AT, LOCK_BACKING + slot % BACKING_STRIPES
+
     def attach_backing(self, inode: Inode, uid: int, read_only: bool, register: Callable[[], int]) -> tuple[int, bool]:
         """The inode's passthrough backing id for one more open, registering one if it has none.
 
@@ -471,8 +475,7 @@ class InodeTable:
         then (0, False).
         """
         slot = inode.nodeid & _MASK32
-        off = self._space.slots + slot * SLOT.size + _BACKING_AT
-        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        off, lock = self._backing_at(slot)
         m = self._map
         region = self._region
         region.lock(lock)
@@ -494,8 +497,7 @@ class InodeTable:
     def join_backing(self, inode: Inode, uid: int) -> int:
         """One more open of the inode's backing id if `uid` registered it (in use or kept idle); else 0."""
         slot = inode.nodeid & _MASK32
-        off = self._space.slots + slot * SLOT.size + _BACKING_AT
-        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        off, lock = self._backing_at(slot)
         m = self._map
         self._region.lock(lock)
         try:
@@ -511,8 +513,7 @@ class InodeTable:
         """One passthrough open fewer; after the last, an id that may not stay idle is closed
         (once, whichever worker)."""
         slot = nodeid & _MASK32
-        off = self._space.slots + slot * SLOT.size + _BACKING_AT
-        lock = LOCK_BACKING + slot % BACKING_STRIPES
+        off, lock = self._backing_at(slot)
         m = self._map
         region = self._region
         region.lock(lock)
@@ -561,9 +562,8 @@ class InodeTable:
                 self._set_nlookup(slot, count - nlookup)
                 return
             self._free(slot, gen, (dev, ino))
-            off = self._space.slots + slot * SLOT.size + _BACKING_AT
+            off, lock = self._backing_at(slot)
             if _I32.unpack_from(self._map, off)[0] > 0:  # idle: the kernel released every open before it forgot
-                lock = LOCK_BACKING + slot % BACKING_STRIPES
                 region.lock(lock)
                 try:
                     self._close_backing(slot, off)

@@ -80,11 +80,12 @@ class Passthrough:
             return 0, 0
         return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
 
-    def join(self, inode: Inode, uid: int) -> int:
-        """The backing id `uid` registered for the inode, one open more, or 0: an open that needs
-        nothing of the worker but the id (a plain read-only one, checked already) joins it
-        without opening the backing file itself."""
-        return self._inodes.join_backing(inode, uid)
+    def join(self, inode: Inode, uid: int) -> tuple[int, int]:
+        """(open_flags, backing_id) of the id `uid` registered for the inode, one open more, or
+        (0, 0): an open that needs nothing of the worker but the id (a plain read-only one,
+        checked already) joins it without opening the backing file itself."""
+        backing_id = self._inodes.join_backing(inode, uid)
+        return (FopenFlag.PASSTHROUGH, backing_id) if backing_id else (0, 0)
 
     def release(self, nodeid: int) -> None:
         self._inodes.detach_backing(nodeid)
