@@ -52,6 +52,7 @@ class WorkerStats(msgspec.Struct):
     peak_in_flight: int  # the most requests it had in flight at once (the ring path; 0 on plain)
     ring_calls: int  # backing calls it made on its io_uring (0 on plain)
     transport: str = ""  # where its requests come from: "uring" (its entries, and /dev/fuse) or "dev"
+    replayed: int = 0  # requests a killed predecessor at this index had read, answered for it
 
 
 class CacheStats(msgspec.Struct):
@@ -140,7 +141,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
-            block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]],
+            block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]], block.misc[C.REPLAYED],
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):

@@ -2,20 +2,27 @@
 
 Process layout: the supervisor keeps the session's device fd for the whole
 mount and the shared tables (`fastpass.fs.shared`); each worker is a forked
-process that clones the device fd (FUSE_DEV_IOC_CLONE) and serves requests
-from its clone, so the kernel hands each request to whichever worker is
-free.  Fork rather than spawn: a worker needs nothing but the fds, the
+process that serves requests from its own clone of the device fd
+(FUSE_DEV_IOC_CLONE), so the kernel hands each request to whichever worker
+is free.  Fork rather than spawn: a worker needs nothing but the fds, the
 shared mapping and the config the supervisor already holds, and starts in
-a millisecond.  Only the worker holds its clone, so the requests a dying
-worker had read end with an error (ECONNABORTED) instead of hanging; the
-supervisor starts a replacement on the same counters.
+a millisecond.  The supervisor makes each index's clone, request buffers
+and journal (`fastpass.seat`) and keeps them, so the requests a killed
+worker had read stay with the kernel, and the replacement it starts at the
+same index (on the same counters) answers them: a worker's death costs its
+callers nothing (`fastpass.shm.journal`).
 
 Shutdown: SIGTERM or SIGINT to the supervisor unmounts (lazily if busy),
 after telling systemd STOPPING=1 where it listens (`fastpass.systemd`).
 Once unmounted, by the supervisor or by `umount` from outside, the kernel
 ends the connection, each worker's read returns ENODEV after it has answered
-what it was serving, and the supervisor exits when they all have.  If the supervisor dies, the workers get SIGTERM (PR_SET_PDEATHSIG),
-detach the mount and exit, so no dead mount lingers.
+what it was serving, and the supervisor exits when they all have.
+
+A supervisor that dies is succeeded: its workers serve on, and one of them
+forks a successor that adopts the pool, from the copy of it every worker
+holds (`Pool.orphaned`).  The mount is never detached under its users for
+lack of a supervisor: after a lazy detach, their writes by path would land
+in the directory underneath.
 
 Start-up is answered once every first worker is set up (see `Pool`), and a
 failed one leaves nothing mounted: before serving, the supervisor unmounts
@@ -61,7 +68,10 @@ from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
+from fastpass.seat import Seat
+from fastpass.shm.control import Control, start_time
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
+from fastpass.shm.region import LOCK_SUCCESSION
 from fastpass.transport import Entries
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
 from fastpass.worker import Refused, Worker
@@ -69,9 +79,12 @@ from fastpass.worker import Refused, Worker
 log = logging.getLogger("fastpass")
 
 
-MAX_RESTARTS = 10  # worker restarts tolerated within RESTART_WINDOW seconds before giving up
+MAX_RESTARTS = 10  # deaths of young workers tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
+YOUNG = 0.25  # s: a worker that dies younger counts toward a crash loop (one killed later is just replaced)
+ORPHANED = signal.SIGUSR2  # a worker's or the watcher's PR_SET_PDEATHSIG
 WATCHER_NAME = "fastpass-watch"  # process names, as ps shows them
+SUPERVISOR_NAME = "fastpass"  # a successor's (the first supervisor keeps its command's)
 WORKER_NAME = "fastpass-w{}"
 
 
@@ -221,32 +234,26 @@ def _answer_init(session: int, config: MountConfig, rings: bool) -> Negotiated:
     return negotiated
 
 
-def _child(config: MountConfig, ours: mount.MountEntry | None, parent: int, name: str,
-           body: Callable[[], None]) -> None:  # fmt: skip
+def _child(name: str, orphaned: Callable[[], None], body: Callable[[], None]) -> None:
     """Run a worker's or the watcher's body in a forked child; never returns.
 
-    SIGTERM from the supervisor stops the child alone (it is replaced if need
-    be); a SIGTERM after the supervisor died (PR_SET_PDEATHSIG) also detaches
-    the mount and removes its record, so no dead mount lingers.
+    SIGTERM stops the child alone (the supervisor replaces it where need be).
+    ORPHANED comes when the supervisor dies (PR_SET_PDEATHSIG): `orphaned()`
+    sees to a successor, so the mount goes on being served (`Pool.orphaned`).
     """
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         def on_term(signo: int, frame: object) -> None:
-            if os.getppid() == parent:
-                raise SystemExit(128 + signo)  # told to stop alone: the supervisor replaces us
-            # The supervisor is gone: leave no dead mount and no stale record behind.
-            _detach(config.mountpoint, ours)
-            state.remove(config.mountpoint)
-            raise SystemExit(0)
+            raise SystemExit(128 + signo)
 
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(ORPHANED, lambda signo, frame: orphaned())
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _linux.set_pdeathsig(signal.SIGTERM)
+        _linux.set_pdeathsig(ORPHANED)
         _linux.set_name(name)
-        if os.getppid() != parent:
-            on_term(signal.SIGTERM, None)
+        orphaned()  # the supervisor may have died before the signal was asked for
         body()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0
@@ -259,17 +266,18 @@ def _child(config: MountConfig, ours: mount.MountEntry | None, parent: int, name
         os._exit(code)
 
 
-def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: int, shared: SharedState,
+def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int, shared: SharedState,
            filters: list[object], index: int, started: Callable[[], None], entries: Entries | None,
-           replacing: bool) -> None:  # fmt: skip
-    """A worker: serve requests from its own clone of the device fd until the connection ends,
+           replacing: bool, orphaned: Callable[[], None]) -> None:  # fmt: skip
+    """A worker: serve requests from its seat's clone of the device fd until the connection ends,
     and from its FUSE-over-io_uring entries where `entries` are given (taken over from the worker
-    it replaces, if `replacing`).
+    it replaces, if `replacing`), after answering what a killed predecessor left in them.
 
-    `started()` tells the supervisor that it is set up and about to serve.
+    `started()` tells the supervisor that it is set up and about to serve; `orphaned()`, called
+    every IDLE_SYNC seconds, sees to a successor if the supervisor has died (a worker adopted by
+    a successor has no live parent to send it PR_SET_PDEATHSIG).
     """
-    devfd = mount.clone(session)  # only this process holds it: if it dies, its requests end with an error
-    os.close(session)
+    devfd = seat.devfd
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
@@ -284,7 +292,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         try:
             # A slot has one call out, or a READDIRPLUS batch (about 25 for a 4 KiB reply): room for
             # a few batches' completions without overflow (which the kernel would hold back anyway).
-            ring = Ring(max(ENTRIES, config.io_depth, 2 * len(share or ())), sqe128=share is not None)
+            ring = Ring(max(ENTRIES, len(seat.pool), 2 * len(share or ())), sqe128=share is not None)
         except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
             if share is not None:  # the kernel holds every request until this worker's queues have entries
                 log.error("worker %d: io_uring unavailable (%s): cannot take its FUSE-over-io_uring queues", index, e)
@@ -292,8 +300,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
-    worker = Worker(devfd, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring,
-                    config.io_depth, share)  # fmt: skip
+    worker = Worker(seat, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring, share)
     if share is not None:
         _pin(share.cpus())
         try:
@@ -301,7 +308,11 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
         except Refused as e:
             log.error("worker %d: %s", index, e)
             raise SystemExit(1) from None
-    signal.signal(signal.SIGALRM, lambda signo, frame: worker.idle_sync())
+    def every_second(signo: int, frame: object) -> None:
+        worker.idle_sync()
+        orphaned()
+
+    signal.signal(signal.SIGALRM, every_second)
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
     started()
     if share is not None and replacing:
@@ -490,6 +501,9 @@ class Pool:
         self.fan_fd = fan_fd  # the watcher's fanotify fd, -1 without one
         self.filters = filters  # loaded once here; every worker inherits them
         self.workers: dict[int, int] = {}  # pid -> worker index (WATCHER for the watcher)
+        self.born: dict[int, float] = {}  # pid -> when it was forked (monotonic)
+        self.seats: dict[int, Seat] = {}  # worker index -> what its workers inherit, one after the other
+        self.control = Control(shared.control, shared.region)  # who supervises (fastpass.shm.control)
         self.stopping = False
         self.failed = False
         self.restarts = 0
@@ -501,7 +515,10 @@ class Pool:
         self._ready: Callable[[str | None], None] | None = None  # until the start is answered
 
     def start_worker(self, index: int, replacing: bool = False) -> int:
-        """Fork worker `index`, or the watcher for index WATCHER (`replacing` a dead one)."""
+        """Fork worker `index`, or the watcher for index WATCHER (`replacing` a dead one).
+
+        The child keeps every fd and mapping of this pool (every seat, the session fd), and this
+        pool object itself: should the supervisor die, any worker can fork its successor."""
         pid = os.fork()
         if pid == 0:
             signal.set_wakeup_fd(-1)  # the control loop's wakeup pipe is the supervisor's, not ours
@@ -511,23 +528,98 @@ class Pool:
             started = lambda: os.eventfd_write(self._started, 1)
             try:
                 if index == WATCHER:
-                    _child(config, self.ours, self.record.pid, WATCHER_NAME,
+                    _child(WATCHER_NAME, self.orphaned,
                            lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd, started))  # fmt: skip
                 else:
-                    _child(config, self.ours, self.record.pid, WORKER_NAME.format(index), lambda: _serve(config, self.record.negotiated, self.session,
-                                                                   self.root_fd, shared, self.filters, index, started,
-                                                                   self.entries, replacing))  # fmt: skip
+                    _child(WORKER_NAME.format(index), self.orphaned,
+                           lambda: _serve(config, self.record.negotiated, self.seats[index], self.root_fd, shared,
+                                          self.filters, index, started, self.entries, replacing, self.orphaned))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
+        self.born[pid] = time.monotonic()
         if self._loop is not None:
             self._watch(pid)
         return pid
 
+    def orphaned(self) -> None:
+        """In a worker or the watcher: if the supervisor is gone, see that another takes its place.
+
+        Under one lock, the first process to find it gone forks a successor (through a middle
+        process, so the successor is nobody's child to reap) and records it; the others find a
+        live supervisor and go on.  One that died before the start was answered leaves the
+        mount to the waiting `fastpass mount` (`fastpass.startup`): this process detaches it
+        too, and exits."""
+        if self.control.supervisor() is not None:
+            return
+        if not self.control.serving():
+            _detach(self.config.mountpoint, self.ours)
+            state.remove(self.config.mountpoint)
+            raise SystemExit(0)
+        region = self.shared.region
+        region.lock(LOCK_SUCCESSION)
+        try:
+            if self.control.supervisor() is not None:
+                return  # another process was first
+            middle = os.fork()
+            if middle == 0:
+                code = 1
+                try:
+                    successor = os.fork()
+                    if successor == 0:
+                        self._take_over()
+                    self.control.record(successor)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.waitpid(middle, 0)
+        finally:
+            region.unlock(LOCK_SUCCESSION)
+
+    def _take_over(self) -> None:
+        """In a successor: become the mount's supervisor, with this copy of the dead one's pool,
+        the workers it left (adopted: watched by pidfd, not reaped) and new ones where they died;
+        never returns."""
+        code = 1
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, ORPHANED, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            _linux.set_pdeathsig(0)
+            _linux.set_name(SUPERVISOR_NAME)
+            os.setsid()
+            dead = self.record.pid
+            self.record = msgspec.structs.replace(self.record, pid=os.getpid())
+            state.write(self.record)
+            systemd.notify(f"MAINPID={os.getpid()}")
+            self.workers, self.born, self._recent = {}, {}, []
+            self._ready, self.stopping, self.failed = None, False, False
+            self._loop = self._done = None  # the dead one's, copied: this process runs a loop of its own
+            indexes = [*range(self.config.workers), *([WATCHER] if self.fan_fd >= 0 else [])]
+            for index in indexes:
+                pid = WorkerCounters(self.shared.counters, self.shared.region, index).misc[PID]
+                if pid and start_time(pid) is not None:
+                    self.workers[pid], self.born[pid] = index, 0.0
+            log.warning("the supervisor (pid %d) is gone: pid %d took its place, with workers %s", dead, os.getpid(),
+                        sorted(self.workers))  # fmt: skip
+            for index in set(indexes) - set(self.workers.values()):
+                log.error("%s %d was gone too; replaced by %d", "watcher" if index == WATCHER else "worker", index,
+                          self.start_worker(index, replacing=True))  # fmt: skip
+            code = self._supervise()
+        except BaseException:
+            log.exception("the successor supervisor failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
     def _watch(self, pid: int) -> None:
         """Call `reap` when the worker exits: its pidfd becomes readable (uvloop keeps SIGCHLD)."""
         assert self._loop is not None
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already (an adopted worker)
+            self._loop.call_soon(self.reap)
+            return
 
         def exited() -> None:
             self._loop.remove_reader(pidfd)  # type: ignore[union-attr]
@@ -558,14 +650,22 @@ class Pool:
             return
         if self._starting <= 0:
             self._loop.remove_reader(self._started)  # type: ignore[union-attr]
+            self.control.serve()
             self._answer(None)
 
     def reap(self) -> None:
         for pid in list(self.workers):
-            done, status = os.waitpid(pid, os.WNOHANG)
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # adopted from a dead supervisor: how it ended is its reaper's to know
+                if start_time(pid) is not None:
+                    continue
+                ended = not mount.is_ours(self.config.mountpoint, self.config.source(), self.config.subtype)
+                done, status = pid, 0 if ended else signal.SIGKILL  # the connection's end, or a crash
             if done == 0:
                 continue
             index = self.workers.pop(pid)
+            born = self.born.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             if self._ready is not None and not self.stopping:
                 who = "the watcher" if index == WATCHER else f"worker {index}"
@@ -578,11 +678,11 @@ class Pool:
             if code == 0 or self.stopping or (index == WATCHER and not serving):
                 continue  # the connection ended (unmount): the others follow
             now = time.monotonic()
-            self._recent = [t for t in self._recent if now - t < RESTART_WINDOW] + [now]
+            self._recent = [t for t in self._recent if now - t < RESTART_WINDOW] + ([now] if now - born < YOUNG else [])
             ours = mount.is_ours(self.config.mountpoint, self.config.source(), self.config.subtype)
             if len(self._recent) > MAX_RESTARTS or not ours:
-                log.error("worker %d exited with %d; %d restarts in %.0f s: giving up", pid, code,
-                          len(self._recent), RESTART_WINDOW)  # fmt: skip
+                log.error("worker %d exited with %d; %d workers died younger than %.2f s in %.0f s: giving up", pid,
+                          code, len(self._recent), YOUNG, RESTART_WINDOW)  # fmt: skip
                 self.failed = True
                 self.stop("worker crash loop")
                 continue
@@ -615,14 +715,25 @@ class Pool:
     def serve(self, ready: Callable[[str | None], None]) -> int:
         """Run the workers until the mount ends; returns the exit code.  `ready` as for `run`."""
         self._ready = ready
+        self.control.record(os.getpid())
+        depth = self.config.io_depth if self.config.io == "uring" else 1
+        for index in range(self.config.workers):  # every seat before any fork: each worker has them all
+            entries = len(self.entries.share(index)) if self.entries is not None else 0
+            self.seats[index] = Seat(mount.clone(self.session), depth, entries)
         for index in range(self.config.workers):
             self.start_worker(index)
         if self.fan_fd >= 0:
             self.start_worker(WATCHER)
         self._starting = len(self.workers)
+        return self._supervise()
+
+    def _supervise(self) -> int:
+        """The control loop until the mount ends, then the cleanup; the exit code."""
         uvloop.run(self._control())
         _detach(self.config.mountpoint, self.ours)
         os.close(self.session)
+        for seat in self.seats.values():
+            os.close(seat.devfd)
         state.remove(self.config.mountpoint)
         log.info("stopped")
         return 1 if self.failed else 0

@@ -63,14 +63,16 @@ import threading
 import time
 from collections.abc import Callable
 
+from fastpass.fs import redo
 from fastpass.fs.context import Fs, Request
 from fastpass.fs.table import Route
 from fastpass.kernel import abi
 from fastpass.kernel.debug import describe_reply, describe_request
 from fastpass.kernel.opcodes import Malformed
-from fastpass.shm.counters import IO_NAMES, IO_PATH, PEAK_IN_FLIGHT, RING_CALLS, TRANSPORT, TRANSPORT_NAMES
+from fastpass.seat import Seat
+from fastpass.shm.counters import IO_NAMES, IO_PATH, PEAK_IN_FLIGHT, REPLAYED, RING_CALLS, TRANSPORT, TRANSPORT_NAMES
+from fastpass.shm.journal import unique_at
 from fastpass.transport import Share
-from fastpass.uring.buffers import BufferPool
 from fastpass.uring.ring import PART, Ring, address_of
 
 log = logging.getLogger("fastpass.worker")
@@ -81,11 +83,11 @@ _BACKING = 1  # tag bit of a slot's backing calls; the slot number is above it, 
 _SLOTS = PART // 2 - 1
 _POLL = 0  # the tag of the device's readiness poll (slot 0 without the _BACKING bit)
 _INLINE = -1  # dispatch: the request was answered (or needs no answer); its buffer is free
+MAX_REPLAYS = 2  # a request whose replay ended in its worker's death this often is answered EIO
 _GONE = (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ECANCELED)  # an entry's end with its connection
 _HEADER = abi.IN_HEADER.size
 _unpack_u32 = struct.Struct("<I").unpack_from
 _pack_u32 = struct.Struct("<I").pack_into
-_unpack_u64 = struct.Struct("<Q").unpack_from
 _pack_out = abi.OUT_HEADER.pack_into
 _pack_cmd = abi.URING_CMD_REQ.pack
 
@@ -109,12 +111,16 @@ class _Calls:
 
 
 class Worker:
-    def __init__(self, devfd: int, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool,
-                 idle: Callable[[], None] | None = None, ring: Ring | None = None, depth: int = 1,
+    def __init__(self, seat: Seat, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool,
+                 idle: Callable[[], None] | None = None, ring: Ring | None = None,
                  entries: Share | None = None):  # fmt: skip
-        """`ring`: serve on it with `depth` requests in flight; None: the plain loop.  `entries`
-        (with a ring made with sqe128): take requests from these FUSE-over-io_uring entries too."""
-        self.devfd = devfd
+        """`seat`: the device clone, request buffers and journal of this worker's index, with
+        whatever a killed predecessor left in them (answered first, by `serve`).  `ring`: serve
+        on it with as many requests in flight as the seat has buffers; None: the plain loop,
+        one buffer.  `entries` (with a ring made with sqe128): take requests from these
+        FUSE-over-io_uring entries too."""
+        self.devfd = seat.devfd
+        self.journal = seat.journal
         self.fs = fs
         self.routes = routes
         self.allow_other = allow_other
@@ -123,10 +129,11 @@ class Worker:
         self.ring = ring
         self.errors_logged: set[tuple[int, type, object]] = set()
         self.unexpected = 0
-        self.pool = BufferPool(depth if ring is not None else 1)
+        self.pool = seat.pool
         self.entries = entries
         self.first_entry = len(self.pool) if entries is not None else 1 << 30  # slot of entry 0
         self.backlog: list[tuple[int, int]] = []  # completions that came with the entries' registration
+        self.replays: list[int] = []  # entries holding a request a dead predecessor left unanswered
         if ring is not None:
             try:
                 ring.register_buffers(self.pool.memory if entries is None else entries.region)
@@ -137,6 +144,7 @@ class Worker:
         fs.counters.misc[IO_PATH] = IO_NAMES.index("plain" if ring is None else "uring")
         fs.counters.misc[TRANSPORT] = TRANSPORT_NAMES.index("dev")
         # reply(slot, unique, error, body): the one way a request is answered, wherever it came from
+        self._write_reply = self._writer()
         self._reply = self._write_reply if entries is None else self._committer()
 
     def idle_sync(self) -> None:
@@ -151,18 +159,65 @@ class Worker:
             if self.idle is not None:
                 self.idle()
 
-    def _write_reply(self, slot: int, unique: int, error: int, body: object = None) -> None:
-        """Answer the request in `slot` on the device."""
-        try:
-            if body is None:
-                os.write(self.devfd, abi.OUT_HEADER.pack(16, error, unique))
-            elif body.__class__ is bytes:
-                os.write(self.devfd, abi.OUT_HEADER.pack(16 + len(body), 0, unique) + body)  # type: ignore[operator]
+    def _writer(self) -> Callable[[int, int, int, object], None]:
+        """reply(slot, unique, error, body) on the device, for the request in `slot`; then the
+        slot's journal says it is answered."""
+        devfd, answered, pack = self.devfd, self.journal.answered, abi.OUT_HEADER.pack
+        write, writev = os.write, os.writev
+
+        def reply(slot: int, unique: int, error: int, body: object = None) -> None:
+            try:
+                if body is None:
+                    write(devfd, pack(16, error, unique))
+                elif body.__class__ is bytes:
+                    write(devfd, pack(16 + len(body), 0, unique) + body)  # type: ignore[operator]
+                else:
+                    writev(devfd, [pack(16 + len(body), 0, unique), body])  # type: ignore[arg-type]
+            except OSError as e:
+                if e.errno not in _IGNORED_WRITE_ERRORS:
+                    log.warning("reply to %d failed: %s", unique, e.strerror)
+            answered[slot] = unique
+
+        return reply
+
+    def _replay(self, dispatch: Callable[..., int], buf: memoryview, n: int, slot: int) -> int:
+        """Answer a request that a killed predecessor read into `slot` and left unanswered, as
+        its journal record says: send the recorded reply, run it again in redo mode (it started
+        and may have taken effect), or run it as new.  Returns what `dispatch` returns."""
+        self.fs.counters.misc[REPLAYED] += 1
+        unique = unique_at(buf)
+        opcode = _unpack_u32(buf, 4)[0]
+        route = self.routes[opcode] if opcode < len(self.routes) else None
+        state, error, body, _, _ = self.journal.record(slot, unique)
+        if self.journal.tries(slot, unique) >= MAX_REPLAYS and state != "done":
+            log.error("request %d (opcode %d) was being served by %d workers that died: answered EIO", unique,
+                      opcode, MAX_REPLAYS + 1)  # fmt: skip
+            if route is not None and route.reply:
+                self._reply(slot, unique, -errno.EIO)
             else:
-                os.writev(self.devfd, [abi.OUT_HEADER.pack(16 + len(body), 0, unique), body])  # type: ignore[arg-type]
-        except OSError as e:
-            if e.errno not in _IGNORED_WRITE_ERRORS:
-                log.warning("reply to %d failed: %s", unique, e.strerror)
+                self.journal.answered[slot] = unique
+            return _INLINE
+        if route is not None and (state == "done" or (state == "started" and not route.reply)):
+            if route.reply:  # ENOENT if the kernel had it already: then it is answered all the same
+                self._reply(slot, unique, error, body)
+            else:  # a FORGET begun or done: applying it again could forget what another lookup counted
+                self.journal.answered[slot] = unique
+            return _INLINE
+        return dispatch(buf, n, slot, state == "started")
+
+    def _replay_buffers(self, dispatch: Callable[..., int]) -> set[int]:
+        """Answer what a killed predecessor left in the request buffers; the slots that wait for
+        backing calls on the ring."""
+        busy = set()
+        for slot, buf in enumerate(self.pool.bufs):
+            unique = unique_at(buf)
+            if self.journal.pending(slot, unique):
+                n = _unpack_u32(buf, 0)[0]
+                if not _HEADER <= n <= len(buf):
+                    self.journal.answered[slot] = unique
+                elif self._replay(dispatch, buf, n, slot) != _INLINE:
+                    busy.add(slot)
+        return busy
 
     def serve(self) -> None:
         """Serve until the connection ends (unmount or abort); without a ring, inflight stays
@@ -173,12 +228,13 @@ class Worker:
         ring, pool, devfd = self.ring, self.pool, self.devfd
         bufs = pool.bufs
         iovs = [[buf] for buf in bufs]
-        free = list(range(len(pool)))  # slots with no request: the last one is read into next
         inflight = self.inflight
         misc = self.fs.counters.misc
         sync = self.fs.sync
         readv = os.readv
         dispatch = self._dispatcher()
+        busy = self._replay_buffers(dispatch)
+        free = [s for s in range(len(pool) if ring is not None else 1) if s not in busy]  # the last is read into next
         complete = self._complete
         blocking = True  # the device fd's mode: blocking while idle, O_NONBLOCK while calls are out
         polling = False  # a POLL_ADD of the device fd is armed on the ring
@@ -265,17 +321,22 @@ class Worker:
 
     # --- FUSE-over-io_uring (fastpass.transport) ------------------------------------------------
     def take_entries(self, required: bool) -> None:
-        """Register this worker's entries, or take them over from a dead predecessor: an entry
-        whose header names a request is committed (ECONNABORTED, the request the dead one held),
-        the rest registered.  Raises Refused if the kernel refuses them and `required`; else says
-        so in the log and serves /dev/fuse alone (whatever entries were taken still serve)."""
+        """Register this worker's entries, or take them over from a dead predecessor.  An entry
+        whose header names a request the journal has not seen answered holds one the kernel
+        waits for: `serve` answers it first.  One whose reply was written is committed again as
+        it is (the kernel answers ENOENT where it had it already, and the entry is registered
+        anew); one that never had a request is registered.  Raises Refused if the kernel refuses
+        them and `required`; else says so in the log and serves /dev/fuse alone (whatever
+        entries were taken still serve)."""
         share, ring = self.entries, self.ring
         assert share is not None and ring is not None
-        view = share.view
+        view, first, journal = share.view, self.first_entry, self.journal
         for i, h in enumerate(share.headers):
-            unique = _unpack_u64(view, h + 8)[0]  # fuse_in_header.unique, fuse_out_header's too
-            if unique:
-                self._reply(self.first_entry + i, unique, -errno.ECONNABORTED)
+            unique = unique_at(view, h)  # fuse_in_header.unique, fuse_out_header's too
+            if journal.pending(first + i, unique):
+                self.replays.append(i)
+            elif unique:
+                self._commit(first + i, unique)
             else:
                 self._register(i)
         refused: dict[int, int] = {}
@@ -306,13 +367,21 @@ class Worker:
         self.ring.uring_cmd(self.devfd, abi.URING_CMD_REGISTER, _pack_cmd(0, 0, share.qids[i]),  # type: ignore[union-attr]
                             (self.first_entry + i) << 1, share.iov_addrs[i], abi.URING_IOV_SEGS)  # fmt: skip
 
+    def _commit(self, slot: int, unique: int) -> None:
+        """COMMIT_AND_FETCH of the entry in `slot` with the reply it holds (submitted with the
+        next wait)."""
+        share, i = self.entries, slot - self.first_entry
+        self.ring.command(abi.URING_CMD_REQ)(self.devfd, abi.URING_CMD_COMMIT_AND_FETCH, share.iov_addrs[i],  # type: ignore[union-attr]
+                                             abi.URING_IOV_SEGS, slot << 1, 0, unique, share.qids[i])  # fmt: skip
+
     def _committer(self) -> Callable[[int, int, int, object], None]:
         """reply(slot, unique, error, body) for a worker with entries: a request of the device is
         answered there; one in an entry gets its reply in the entry, handed back with
-        COMMIT_AND_FETCH (submitted with the next wait)."""
+        COMMIT_AND_FETCH (submitted with the next wait).  The journal says it is answered once
+        the entry holds the whole reply: committed again as it is, it is the same answer."""
         share, devfd, first, write = self.entries, self.devfd, self.first_entry, self._write_reply
         assert share is not None and self.ring is not None
-        view, memory = share.view, share.view.obj
+        view, memory, answered = share.view, share.view.obj, self.journal.answered
         headers, payloads, addrs, qids, iovs = share.headers, share.payloads, share.payload_addrs, share.qids, share.iov_addrs
         prep = self.ring.command(abi.URING_CMD_REQ)
         commit, segs, payload_sz = abi.URING_CMD_COMMIT_AND_FETCH, abi.URING_IOV_SEGS, abi.URING_PAYLOAD_SZ
@@ -332,6 +401,7 @@ class Worker:
                     view[p : p + n] = body  # type: ignore[assignment]
             _pack_out(view, h, 16 + n, error, unique)
             _pack_u32(view, h + payload_sz, n)
+            answered[slot] = unique
             prep(devfd, commit, iovs[i], segs, slot << 1, 0, unique, qids[i])
 
         return reply
@@ -343,7 +413,6 @@ class Worker:
         ring, pool, devfd, share = self.ring, self.pool, self.devfd, self.entries
         assert ring is not None and share is not None
         iovs = [[buf] for buf in pool.bufs]
-        free = list(range(len(pool)))
         inflight = self.inflight
         misc = self.fs.counters.misc
         sync = self.fs.sync
@@ -354,6 +423,32 @@ class Worker:
         view = share.view
         headers, payloads, qids, counts = share.headers, share.payloads, share.qids, share.counts
         payload_sz, op_in, header, backing, poll = abi.URING_PAYLOAD_SZ, abi.URING_OP_IN, _HEADER, _BACKING, _POLL
+        staged = self.journal.staged
+
+        def stage(i: int) -> tuple[memoryview, int]:
+            """Entry i's request as one view, laid out as a device read gives it, and its length;
+            the journal keeps where it lies (the reply will overwrite the kernel's header)."""
+            h = headers[i]
+            p = payloads[i]
+            size = _unpack_u32(view, h + payload_sz)[0]
+            arg = _unpack_u32(view, h)[0] - header - size  # the first argument's size
+            if arg:
+                if not 0 < arg <= 128:
+                    arg = 0  # dispatch answers EINVAL: the header's length is not what came
+                view[p - arg : p] = view[h + op_in : h + op_in + arg]
+            start = p - header - arg
+            view[start : start + header] = view[h : h + header]
+            staged(first + i, unique_at(view, h), start, p + size - start)
+            return view[start : p + size], p + size - start
+
+        busy = self._replay_buffers(dispatch)  # what a killed predecessor left, first
+        free = [s for s in range(len(pool)) if s not in busy]
+        for i in self.replays:
+            slot = first + i
+            state, _, _, start, length = self.journal.record(slot, unique_at(view, headers[i]))
+            request, n = (view[start : start + length], length) if state != "new" else stage(i)
+            self._replay(dispatch, request, n, slot)
+        self.replays = []
         os.set_blocking(devfd, False)
         polling = False
         ended = False
@@ -365,20 +460,10 @@ class Worker:
                 elif tag == poll:
                     polling = False
                     ended = self._drain(dispatch, free, iovs) or ended
-                elif res == 0:  # a request in entry i: one view of it, as a device read gives it
+                elif res == 0:  # a request in entry i
                     i = (tag >> 1) - first
                     counts[qids[i]] += 1
-                    h = headers[i]
-                    p = payloads[i]
-                    size = _unpack_u32(view, h + payload_sz)[0]
-                    arg = _unpack_u32(view, h)[0] - header - size  # the first argument's size
-                    if arg:
-                        if not 0 < arg <= 128:
-                            arg = 0  # dispatch answers EINVAL: the header's length is not what came
-                        view[p - arg : p] = view[h + op_in : h + op_in + arg]
-                    start = p - header - arg
-                    view[start : start + header] = view[h : h + header]
-                    dispatch(view[start : p + size], p + size - start, tag >> 1)
+                    dispatch(*stage(i), tag >> 1)
                 elif res == -errno.ENOENT:  # committed after its request was gone (takeover): anew
                     self._register((tag >> 1) - first)
                 elif res not in _GONE:
@@ -433,13 +518,17 @@ class Worker:
         self.fs.counters.record(req.opcode, time.perf_counter_ns() - start, error)
         if self.debug:
             log.debug("<- %s", describe_reply(route.name, req.unique, error, body))
+        if route.effect:
+            self.journal.done(slot, req.unique, error, body)
         self._reply(slot, req.unique, error, body)
 
-    def _dispatcher(self) -> Callable[[memoryview, int, int], int]:
-        """The step both loops share: `dispatch(buf, n, slot)` serves the request in buf[:n].
+    def _dispatcher(self) -> Callable[..., int]:
+        """The step every loop shares: `dispatch(buf, n, slot, again=False)` serves the request
+        in buf[:n]; `again`: a dead worker started it, run it in redo mode (`fastpass.fs.redo`).
 
         It answers at once and returns _INLINE, or (ring path, a RING op) submits the backing
-        call tagged with `slot` and returns the slot, which stays busy until `_finish`.
+        call tagged with `slot` and returns the slot, which stays busy until `_finish`.  A
+        request with an effect is journaled around its handler (`fastpass.shm.journal`).
         """
         unpack_header = abi.IN_HEADER.unpack_from
         routes = self.routes
@@ -455,8 +544,11 @@ class Worker:
         inflight = self.inflight
         misc = fs.counters.misc
         header = abi.IN_HEADER.size
+        answered = self.journal.answered
+        started, done = self.journal.started, self.journal.done
+        again_ = redo.again
 
-        def dispatch(buf: memoryview, n: int, slot: int) -> int:
+        def dispatch(buf: memoryview, n: int, slot: int, again: bool = False) -> int:
             if n < header:
                 log.error("short request of %d bytes ignored", n)
                 return _INLINE
@@ -476,6 +568,8 @@ class Worker:
                 log.error("malformed %s request %d: %s", route.name, unique, e)
                 if route.reply:
                     reply(slot, unique, -errno.EINVAL)
+                else:
+                    answered[slot] = unique
                 return _INLINE
             req = Request(unique, opcode, nodeid, uid, gid, pid)
             if debug:
@@ -488,6 +582,9 @@ class Worker:
                 return _INLINE
             submit = route.submit if ring is not None else None
             switched = creds is not None and route.as_caller and creds.become(req)
+            effect = route.effect
+            if effect:
+                started(slot, unique)
             start = clock()
             try:
                 if submit is not None:
@@ -501,6 +598,8 @@ class Worker:
                         inflight[slot] = _Calls(route, req, start, state, calls, [0] * calls if route.batch else None)
                         return slot
                     body = state  # answered without the ring: the reply itself
+                elif again:
+                    body = again_(handler, fs, req, args)
                 else:
                     body = handler(fs, req, *args)
                 error = 0
@@ -517,8 +616,12 @@ class Worker:
             record(opcode, clock() - start, error)
             if debug:
                 log.debug("<- %s", describe_reply(route.name, unique, error, body))
+            if effect:
+                done(slot, unique, error, body)
             if route.reply:
                 reply(slot, unique, error, body)
+            else:
+                answered[slot] = unique
             return _INLINE
 
         return dispatch

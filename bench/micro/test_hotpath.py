@@ -146,3 +146,21 @@ def test_attr_cache_refresh(benchmark, fs: Fs, backing: Path) -> None:
     finally:
         os.close(fd)
     assert fs.cache is not None and abi.ATTR.unpack(fs.cache.get(abi.ROOT_ID))[1] == 4096  # type: ignore[arg-type]
+
+
+def test_journal_effect(benchmark) -> None:
+    """What the journal adds to a request with an effect (CREATE's 144-byte reply): the start,
+    the recorded reply and the slot marked answered.  Other requests pay the last store only."""
+    from fastpass.shm.journal import Journal
+
+    journal = Journal(8)
+    body = bytes(range(144))
+    answered, started, done = journal.answered, journal.started, journal.done
+
+    def run():
+        started(3, 42)
+        done(3, 42, 0, body)
+        answered[3] = 42
+
+    benchmark(run)
+    assert journal.record(3, 42) == ("done", 0, body, 0, 0) and not journal.pending(3, 42)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastpass.fs.attrcache import AttrSpace
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.shm.control import ControlSpace
 from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
 
@@ -18,6 +19,7 @@ class SharedState:
         self.handles = HandleSpace(layout, max_handles)
         self.attrs = AttrSpace(layout, cache_size)
         self.counters = CounterSpace(layout)
+        self.control = ControlSpace(layout)
         self.region = Region(layout.size)
         InodeTable.format(self.inodes, self.region, root_fd)
         HandleTable.format(self.handles, self.region)

@@ -95,6 +95,18 @@ AS_CALLER = frozenset({
     O.SETXATTR, O.GETXATTR, O.LISTXATTR, O.REMOVEXATTR,
 })  # fmt: skip
 
+# The ops that must not take effect twice: they change the backing, or hand the kernel a
+# handle or give one back.  A worker records each one's start and reply in its journal
+# (fastpass.shm.journal), so a replacement answers what a dead worker left without doing it
+# again (or, where the record says it started, redoes it with fastpass.fs.redo).  LOOKUP,
+# OPEN and OPENDIR are here for their reply: a replay sends the recorded one instead of
+# taking another lookup count or handle that the kernel would never give back.
+EFFECTS = frozenset({
+    O.LOOKUP, O.FORGET, O.BATCH_FORGET, O.SETATTR, O.SYMLINK, O.MKNOD, O.MKDIR, O.UNLINK, O.RMDIR,
+    O.RENAME, O.RENAME2, O.LINK, O.OPEN, O.CREATE, O.TMPFILE, O.WRITE, O.RELEASE, O.FALLOCATE,
+    O.COPY_FILE_RANGE, O.COPY_FILE_RANGE_64, O.OPENDIR, O.RELEASEDIR, O.SETXATTR, O.REMOVEXATTR,
+})  # fmt: skip
+
 
 class Route(NamedTuple):
     name: str
@@ -105,6 +117,7 @@ class Route(NamedTuple):
     submit: Handler | None  # the ring path's halves (RING), None for the ops always served inline
     done: Handler | None
     batch: bool
+    effect: bool  # in EFFECTS: journaled
 
 
 def build() -> list[Route | None]:
@@ -112,5 +125,6 @@ def build() -> list[Route | None]:
     routes: list[Route | None] = [None] * (max(SPECS) + 1)
     for op, spec in SPECS.items():
         submit, done, batch = RING.get(op, (None, None, False))
-        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done, batch)
+        routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done, batch,
+                           op in EFFECTS)  # fmt: skip
     return routes

@@ -42,7 +42,8 @@ LOCK_BACKING = LOCK_HANDLES + HANDLE_SHARDS  # + inode slot % BACKING_STRIPES: t
 BACKING_STRIPES = 64
 LOCK_ATTRS = LOCK_BACKING + BACKING_STRIPES  # + cache slot % ATTR_STRIPES
 ATTR_STRIPES = 256
-LOCKS = LOCK_ATTRS + ATTR_STRIPES
+LOCK_SUCCESSION = LOCK_ATTRS + ATTR_STRIPES  # who takes a dead supervisor's place (fastpass.shm.control)
+LOCKS = LOCK_SUCCESSION + 1
 _LOCK_SIZE = 64  # a pthread_mutex_t (40 bytes on x86-64) alone on its cache line
 
 _libc = ctypes.CDLL(None, use_errno=True)

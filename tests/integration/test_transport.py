@@ -323,7 +323,7 @@ def _results(clients: list[subprocess.Popen]) -> list[tuple[int, dict[int, int]]
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_killed_worker_strands_no_queue(tmp_path: Path, workers: int) -> None:
     """kill -9 each worker in turn while clients on every CPU are busy: every call returns (the
-    ones the dead worker held with an error, as on /dev/fuse), and every client goes on."""
+    ones the dead worker held answered by its replacement), and every client goes on."""
     _needs_uring()
     with fastpass_mount(tmp_path, "--workers", str(workers), *URING) as m:
         m.allowed_log_errors.append("exited with -9; replaced by")
@@ -339,10 +339,9 @@ def test_a_killed_worker_strands_no_queue(tmp_path: Path, workers: int) -> None:
                 assert wait_for(lambda: all(n > b + 100 for n, b in zip(stats(m.mnt)["requests_per_queue"], counts)), 20)  # noqa: B023
         results = _results(clients)
         assert all(rounds > 0 for rounds, _ in results), results
-        # ECONNABORTED: a request the dead worker held, ended by its replacement; ECANCELED: one the
-        # kernel was handing to the dying worker's ring, ended by the kernel
-        assert {e for _, errors in results for e in errors} <= {errno.ECONNABORTED, errno.ECANCELED}, results
-        assert sum(sum(errors.values()) for _, errors in results) <= len(results) * workers, results  # what the dead held
+        # What the dead worker held is answered by its replacement; the kernel ends with ECANCELED a
+        # request it was handing to the dying worker's ring (tests/integration/test_faults.py)
+        assert {e for _, errors in results for e in errors} <= {errno.ECANCELED}, results
 
 
 @pytest.mark.parametrize("how", ["abort", "sigterm"])

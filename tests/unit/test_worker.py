@@ -21,6 +21,7 @@ from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.kernel import abi
 from fastpass.kernel.abi import Opcode
+from fastpass.seat import Seat
 from fastpass.uring.ring import Ring
 from fastpass.worker import Worker
 
@@ -37,7 +38,7 @@ def channel(request: pytest.FixtureRequest, tmp_path: Path):
     fs = Fs(config, root_fd, SharedState(root_fd, 4096, cache_size=1024, max_handles=1024))
     worker = child = t = None
     if request.param == "plain":
-        worker = Worker(theirs.fileno(), fs, build(), allow_other=False, debug=False)
+        worker = Worker(Seat(theirs.fileno()), fs, build(), allow_other=False, debug=False)
         t = threading.Thread(target=worker.serve, daemon=True)
         t.start()
     else:
@@ -46,7 +47,7 @@ def channel(request: pytest.FixtureRequest, tmp_path: Path):
             code = 1
             try:
                 ours.close()
-                Worker(theirs.fileno(), fs, build(), False, False, Ring(4), depth=4).serve()
+                Worker(Seat(theirs.fileno(), 4), fs, build(), False, False, Ring(4)).serve()
                 code = 0
             finally:
                 os._exit(code)
