@@ -16,9 +16,10 @@ from fastpass.uring.buffers import BufferPool
 
 
 class Seat:
-    def __init__(self, devfd: int, depth: int = 1, entries: int = 0):
+    def __init__(self, devfd: int, depth: int = 1, entries: int = 0, attach: tuple[int, int] | None = None):
         """`devfd`: this index's clone of the device; `depth` request buffers; `entries`: how
-        many FUSE-over-io_uring entries its workers serve (their records follow the buffers')."""
+        many FUSE-over-io_uring entries its workers serve (their records follow the buffers');
+        `attach`: the buffers' and the journal's memfds, handed over (`fastpass.restart`)."""
         self.devfd = devfd
-        self.pool = BufferPool(depth)
-        self.journal = Journal(depth + entries)
+        self.pool = BufferPool(depth, None if attach is None else attach[0])
+        self.journal = Journal(depth + entries, None if attach is None else attach[1])

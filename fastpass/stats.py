@@ -180,17 +180,29 @@ def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: 
                                        pids.get(C.WATCHER, 0), requests_per_queue))  # fmt: skip
 
 
+Restart = Callable[[], tuple[bytes, Callable[[], None] | None]]  # the answer, and what to do once it is sent
+
+
 @contextlib.asynccontextmanager
-async def serving(mountpoint: str, answer: Callable[[], bytes]) -> AsyncIterator[None]:
-    """Answer `fastpass stats` on the mount's socket (mode 0600) while inside."""
+async def serving(mountpoint: str, answer: Callable[[], bytes], restart: Restart | None = None) -> AsyncIterator[None]:
+    """Answer `fastpass stats` (and, given `restart`, `fastpass restart`) on the mount's socket
+    (mode 0600) while inside."""
 
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        then = None
         try:
-            if (await reader.readline()).strip() == b"stats":
+            command = (await reader.readline()).strip()
+            if command == b"stats":
                 writer.write(answer())
-                await writer.drain()
+            elif command == b"restart":
+                body, then = restart() if restart is not None else (b"refused: this server cannot restart\n", None)
+                writer.write(body)
+            await writer.drain()
         finally:
             writer.close()
+            if then is not None:
+                await writer.wait_closed()
+                then()
 
     path = state.socket_path(mountpoint)
     with contextlib.suppress(FileNotFoundError):
@@ -209,19 +221,24 @@ class StatsUnavailable(Exception):
     """No supervisor answers for that mountpoint."""
 
 
-def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:
+def ask(mountpoint: str, command: bytes, timeout: float = 5.0) -> bytes:
+    """The server's whole answer to one command line on the mount's socket."""
     path = state.socket_path(mountpoint)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
             s.connect(path)
-            s.sendall(b"stats\n")
+            s.sendall(command + b"\n")
             chunks = []
             while chunk := s.recv(1 << 16):
                 chunks.append(chunk)
     except OSError as e:
         raise StatsUnavailable(f"no fastpass server answers for {mountpoint} ({e.strerror or e})") from None
-    return msgspec.json.decode(b"".join(chunks), type=Stats)
+    return b"".join(chunks)
+
+
+def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:
+    return msgspec.json.decode(ask(mountpoint, b"stats", timeout), type=Stats)
 
 
 def uptime(seconds: float) -> str:

@@ -40,13 +40,14 @@ import mmap
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 
 import msgspec
 import uvloop
 
-from fastpass import _linux, startup, state, stats, systemd, transport
+from fastpass import _linux, restart, startup, state, stats, systemd, transport
 from fastpass.config import (
     CACHE_MODES,
     ENGINES,
@@ -505,7 +506,10 @@ class Pool:
         self.seats: dict[int, Seat] = {}  # worker index -> what its workers inherit, one after the other
         self.control = Control(shared.control, shared.region)  # who supervises (fastpass.shm.control)
         self.stopping = False
+        self.abandoned = False  # nothing could serve: the mount is left dead, not detached
         self.failed = False
+        self._rolling: list[int] = []  # a restart's: the pids to replace by workers running the new code
+        self._replacing: dict[int, asyncio.Future[int]] = {}  # pid told to stop -> its replacement's pid
         self.restarts = 0
         self._recent: list[float] = []
         self._done: asyncio.Future[None] | None = None
@@ -637,6 +641,18 @@ class Pool:
             _detach(self.config.mountpoint, self.ours)
         self._answer(answer or f"stopped by {why} during start-up")
 
+    def abandon(self, why: str) -> None:
+        """Nothing can serve: end the connection but leave the mount in place, dead (every access
+        ENOTCONN, as libfuse leaves it), never detached under the programs that use it."""
+        if self.stopping:
+            return
+        self.stopping = self.abandoned = True
+        systemd.notify("STOPPING=1")
+        log.error("%s: nothing can serve %s; the mount stays, dead (Transport endpoint is not connected), until "
+                  "`fastpass unmount %s` clears it", why, self.config.mountpoint, self.config.mountpoint)  # fmt: skip
+        for pid in self.workers:  # each holds the device fds: the connection ends when the last closes
+            os.kill(pid, signal.SIGTERM)
+
     def _answer(self, error: str | None) -> None:
         if self._ready is not None:
             ready, self._ready = self._ready, None
@@ -684,7 +700,10 @@ class Pool:
                 log.error("worker %d exited with %d; %d workers died younger than %.2f s in %.0f s: giving up", pid,
                           code, len(self._recent), YOUNG, RESTART_WINDOW)  # fmt: skip
                 self.failed = True
-                self.stop("worker crash loop")
+                self.abandon("worker crash loop") if ours and self._ready is None else self.stop("worker crash loop")
+                continue
+            if pid in self._replacing:  # a restart's: the new code takes the seat
+                self._replacing.pop(pid).set_result(self.start_worker(index, replacing=True))
                 continue
             self.restarts += 1
             log.error("%s %d exited with %d; replaced by %d", "watcher" if index == WATCHER else "worker", pid, code,
@@ -707,10 +726,61 @@ class Pool:
         loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
         for pid in self.workers:
             self._watch(pid)
-        async with stats.serving(self.config.mountpoint, self.stats):
+        async with stats.serving(self.config.mountpoint, self.stats, self._restart):
             loop.add_reader(self._started, self._count_started)
             self.reap()  # a worker may have died before the handler was in place
+            roll = loop.create_task(self._roll()) if self._rolling else None
             await self._done
+            if roll is not None:
+                roll.cancel()
+
+    def _restart(self) -> tuple[bytes, Callable[[], None] | None]:
+        """`fastpass restart`: the new code probed, then executed in this process (`fastpass.restart`)
+        once the answer is sent; or why not, with nothing changed."""
+        if self._rolling or self._ready is not None or self.stopping:
+            return b"refused: a start, a restart or the unmount is under way\n", None
+        if self.entries is not None:
+            return f"refused: {restart.REFUSED_ON_RINGS}\n".encode(), None
+        prepared = restart.prepare(restart.Handover(
+            restart.FORMAT, self.record, list(self.ours) if self.ours is not None else None, self.session,
+            self.root_fd, self.fan_fd, self.shared.region.fd,
+            [restart.SeatFds(i, s.devfd, len(s.pool), s.journal.slots - len(s.pool), s.pool.fd, s.journal.fd)
+             for i, s in sorted(self.seats.items())],
+            dict(self.workers), self.restarts,
+        ))  # fmt: skip
+        if isinstance(prepared, str):
+            log.warning("restart refused: %s", prepared)
+            return f"refused: {prepared}\n".encode(), None
+        return b"ok\n", lambda: restart.execute(*prepared)
+
+    def resume(self, workers: dict[int, int]) -> int:
+        """In this process, after `fastpass restart` executed the new code here: adopt the pool's
+        processes (still this process's children), replace each by one running this code, one at
+        a time, and supervise until the mount ends."""
+        self.control.record(os.getpid())
+        self.workers = dict(workers)
+        self.born = dict.fromkeys(workers, 0.0)
+        self._rolling = sorted(workers, key=lambda pid: workers[pid])
+        log.info("restart: pid %d runs the new code; replacing %s", os.getpid(), self._rolling)
+        return self._supervise()
+
+    async def _roll(self) -> None:
+        """Stop each old process and wait for its replacement to serve, one after the other."""
+        assert self._loop is not None
+        for pid in self._rolling:
+            if pid not in self.workers:
+                continue  # died meanwhile: replaced already
+            index = self.workers[pid]
+            self._replacing[pid] = done = self._loop.create_future()
+            os.kill(pid, signal.SIGTERM)
+            new = await done
+            misc = WorkerCounters(self.shared.counters, self.shared.region, index).misc
+            for _ in range(500):  # it says it serves by its pid in its counters
+                if misc[PID] == new or self.stopping:
+                    break
+                await asyncio.sleep(0.01)
+        self._rolling = []
+        log.info("restart: every process runs the new code")
 
     def serve(self, ready: Callable[[str | None], None]) -> int:
         """Run the workers until the mount ends; returns the exit code.  `ready` as for `run`."""
@@ -730,10 +800,33 @@ class Pool:
     def _supervise(self) -> int:
         """The control loop until the mount ends, then the cleanup; the exit code."""
         uvloop.run(self._control())
-        _detach(self.config.mountpoint, self.ours)
+        if not self.abandoned:
+            _detach(self.config.mountpoint, self.ours)
         os.close(self.session)
         for seat in self.seats.values():
             os.close(seat.devfd)
         state.remove(self.config.mountpoint)
         log.info("stopped")
         return 1 if self.failed else 0
+
+
+def resume(h: restart.Handover, mountpoint: str, check: bool) -> int:
+    """In the process `fastpass restart` executed: check the hand-over (`check`: only that, for
+    the probe), or take the mount over and serve it until it ends."""
+    config = h.record.config
+    try:
+        if (why := restart.refused(h, mountpoint)) is not None:
+            raise ValueError(why)
+        shared = SharedState(h.root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0,
+                             attach=h.region)  # fmt: skip
+        filters = load.load_all(config.filters)
+    except (ValueError, load.SpecError) as e:
+        print(f"fastpass: restart refused: {e}", file=sys.stderr)
+        return 1
+    if check:
+        return 0
+    pool = Pool(config, h.session, h.root_fd, shared, h.record, h.fan_fd, filters,
+                mount.MountEntry(*h.ours) if h.ours is not None else None)  # fmt: skip
+    pool.seats = {s.index: Seat(s.devfd, s.depth, s.entries, attach=(s.buffers, s.journal)) for s in h.seats}
+    pool.restarts = h.restarts
+    return pool.resume(h.workers)

@@ -13,13 +13,18 @@ DEFAULT_MAX_HANDLES = 1 << 18  # 24 B a slot
 
 
 class SharedState:
-    def __init__(self, root_fd: int, max_inodes: int, cache_size: int = 0, max_handles: int = DEFAULT_MAX_HANDLES):
+    def __init__(self, root_fd: int, max_inodes: int, cache_size: int = 0, max_handles: int = DEFAULT_MAX_HANDLES,
+                 attach: int | None = None):  # fmt: skip
+        """`attach`: the region memfd of a supervisor that handed over (`fastpass.restart`), whose
+        tables live on as they are; else a new region, formatted."""
         layout = Layout()
         self.inodes = InodeSpace(layout, max_inodes)
         self.handles = HandleSpace(layout, max_handles)
         self.attrs = AttrSpace(layout, cache_size)
         self.counters = CounterSpace(layout)
         self.control = ControlSpace(layout)
-        self.region = Region(layout.size)
+        self.region = Region(layout.size, attach=attach)
+        if attach is not None:
+            return
         InodeTable.format(self.inodes, self.region, root_fd)
         HandleTable.format(self.handles, self.region)

@@ -30,6 +30,7 @@ and a copy of its reply (at most BODY bytes: entry_out + open_out is 144).
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 
 BODY = 256  # the largest reply recorded; a larger one leaves the record STARTED (run again)
@@ -45,9 +46,13 @@ class Journal:
     """`slots` records in a shared anonymous mapping: made before the fork, kept by the
     supervisor, inherited by each worker that sits at the same index."""
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, attach: int | None = None):
+        """`attach`: the memfd of a journal handed over (`fastpass.restart`)."""
         self.slots = slots
-        self.map = mmap.mmap(-1, slots * 24 + slots * _SIZE)  # MAP_SHARED
+        self.fd = os.memfd_create("fastpass-journal", os.MFD_CLOEXEC) if attach is None else attach
+        if attach is None:
+            os.ftruncate(self.fd, slots * 24 + slots * _SIZE)
+        self.map = mmap.mmap(self.fd, slots * 24 + slots * _SIZE)  # MAP_SHARED
         view = memoryview(self.map)
         self.answered = view[: slots * 8].cast("Q")  # per slot: the unique last answered
         self._tries = view[slots * 8 : slots * 24].cast("Q")  # per slot: a unique replayed, and how often

@@ -66,16 +66,25 @@ class Layout:
 
 
 class Region:
-    def __init__(self, size: int, locks: int = LOCKS):
+    def __init__(self, size: int, locks: int = LOCKS, attach: int | None = None):
+        """A new region of `size` bytes of tables, or with `attach`, the memfd of one a supervisor
+        handed over (`fastpass.restart`): the same bytes and locks, sized alike."""
         at = (size + _LOCK_SIZE - 1) & ~(_LOCK_SIZE - 1)
         total = at + locks * _LOCK_SIZE
-        self.fd = os.memfd_create("fastpass", os.MFD_CLOEXEC)  # fork keeps it; exec does not
-        os.ftruncate(self.fd, total)  # sparse: pages are allocated when first touched
+        if attach is not None:
+            if os.fstat(attach).st_size != total:
+                raise ValueError(f"the region handed over has {os.fstat(attach).st_size} bytes, this layout {total}")
+            self.fd = attach
+        else:
+            self.fd = os.memfd_create("fastpass", os.MFD_CLOEXEC)  # fork keeps it; exec does not
+            os.ftruncate(self.fd, total)  # sparse: pages are allocated when first touched
         self.map = mmap.mmap(self.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.map)
         self._base = ctypes.c_char.from_buffer(self.map)  # pins the mapping while the addresses are used
         first = ctypes.addressof(self._base) + at
         self._mutexes = [first + i * _LOCK_SIZE for i in range(locks)]
+        if attach is not None:
+            return  # the locks are made, and may be held by the workers serving on
         attr = ctypes.create_string_buffer(16)  # pthread_mutexattr_t
         for fn, *args in ((_libc.pthread_mutexattr_init,), (_libc.pthread_mutexattr_setpshared, _PTHREAD_PROCESS_SHARED),
                           (_libc.pthread_mutexattr_setrobust, _PTHREAD_MUTEX_ROBUST)):  # fmt: skip

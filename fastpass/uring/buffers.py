@@ -18,6 +18,7 @@ call.  Memory: a buffer is max_write + 2 pages (1 MiB + 8 KiB); a pool of
 from __future__ import annotations
 
 import mmap
+import os
 
 from fastpass.kernel import abi
 from fastpass.kernel.init import MAX_WRITE
@@ -30,8 +31,12 @@ SIZE = PAGE + MAX_WRITE + PAGE  # mapped per buffer
 class BufferPool:
     """`depth` request buffers, each with a slot number; a slot is free or carries one request."""
 
-    def __init__(self, depth: int):
-        self.memory = mmap.mmap(-1, depth * SIZE)
+    def __init__(self, depth: int, attach: int | None = None):
+        """`depth` buffers in a memfd of their own (`attach`: one handed over, `fastpass.restart`)."""
+        self.fd = os.memfd_create("fastpass-buffers", os.MFD_CLOEXEC) if attach is None else attach
+        if attach is None:
+            os.ftruncate(self.fd, depth * SIZE)
+        self.memory = mmap.mmap(self.fd, depth * SIZE)
         whole = memoryview(self.memory)
         self.bufs = [whole[i * SIZE + PAGE - HEAD : (i + 1) * SIZE] for i in range(depth)]
         self.data = [buf[HEAD:] for buf in self.bufs]  # page aligned: a READ's data on the ring

@@ -352,10 +352,13 @@ def test_worker_killed_mid_request_is_answered_by_its_replacement(tmp_path, work
         unmount_and_check(m)
 
 
-def test_workers_dying_over_and_over_end_the_mount(tmp_path):
-    """A worker that keeps crashing is not restarted forever: the supervisor unmounts and exits."""
+def test_workers_dying_over_and_over_leave_a_dead_mount(tmp_path):
+    """A worker that keeps dying young is not restarted forever: the supervisor gives up and
+    exits, leaving the mount in place and dead (ENOTCONN, as libfuse leaves it) rather than
+    detaching it under its users, whose writes by path would land underneath; the log says
+    why, and `fastpass unmount` clears it."""
     with pool_mount(tmp_path, 1) as m:
-        m.allowed_log_errors.append("exited with")
+        m.allowed_log_errors += ["exited with", "giving up", "nothing can serve"]
         sup, _ = server_processes(m, 1)
         killed = []
         deadline = time.monotonic() + 30
@@ -371,7 +374,12 @@ def test_workers_dying_over_and_over_end_the_mount(tmp_path):
             time.sleep(0.02)
             assert probe(m.mnt, timeout=3) != "hung", f"the mount hung after {len(killed)} worker deaths"
         assert not alive(sup), f"the supervisor kept restarting workers ({len(killed)} killed)"
-        assert not is_mounted(m.mnt), "the supervisor gave up but left the mount behind"
+        assert is_mounted(m.mnt), "the supervisor gave up and detached the mount"
+        assert probe(m.mnt) == "error ENOTCONN"
+        assert "nothing can serve" in m.log.read_text()
+        r = run_fastpass("unmount", str(m.mnt), timeout=15)
+        assert r.returncode == 0, r.stderr
+        assert not is_mounted(m.mnt)
         assert_all_gone(m, sup, *killed)
 
 
