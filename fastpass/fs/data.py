@@ -332,6 +332,18 @@ def fallocate_done(fs: Fs, req: Request, fd: int, result: int) -> None:
 
 
 def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
+    """SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
+
+    Under the writeback cache the kernel holds written data, and the size it makes, that the
+    backing has not seen yet (a new file's 1 MiB written, not yet written back, is still 0 bytes
+    there): the backing's answer would say ENXIO or a hole where the application just wrote.
+    The kernel sends LSEEK without writing back first, and only it knows what it holds, so the
+    answer is ENOSYS: from then on the kernel answers every SEEK_DATA/SEEK_HOLE on the connection
+    from its own size, with no request (fs/fuse/file.c, fuse_lseek: no_lseek, generic_file_llseek):
+    the whole file is data, as on a filesystem without holes.
+    """
+    if fs.writeback_fd is not None:
+        raise OSError(errno.ENOSYS, "the kernel's own size answers under the writeback cache")
     return abi.LSEEK_OUT.pack(os.lseek(fs.file_fd(fh), offset, whence))
 
 
