@@ -174,6 +174,15 @@ def statx(fd: int, flags: int, mask: int, buf: ctypes.Array) -> None:
     _call(_libc.syscall, _SYS_STATX, fd, ctypes.c_char_p(b""), flags | AT_EMPTY_PATH, ctypes.c_uint(mask), buf)
 
 
+_STATFS = ctypes.create_string_buffer(120)  # struct statfs; f_type, a long, comes first
+
+
+def fstatfs_type(fd: int) -> int:
+    """The f_type (filesystem magic) of the filesystem holding the inode behind `fd` (O_PATH will do)."""
+    _call(_libc.fstatfs, fd, _STATFS)
+    return int.from_bytes(_STATFS.raw[:8], "little", signed=False)
+
+
 def getdents64(fd: int, buf: ctypes.Array) -> int:
     """Fill `buf` with linux_dirent64 records from the directory fd's position; 0 at the end."""
     return _call(_libc.syscall, _SYS_GETDENTS64, fd, buf, len(buf))

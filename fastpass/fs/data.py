@@ -44,7 +44,11 @@ _pack_write_out = abi.WRITE_OUT.pack
 
 
 def _opened(fs: Fs, req: Request, inode: Inode, fd: int, flags: int) -> bytes:
-    """Publish a backing open as an fh, in kernel passthrough where it is on; the fuse_open_out."""
+    """Publish a backing open as an fh, in kernel passthrough where it is on; the fuse_open_out.
+    A file whose size is not its length (procfs, sysfs: fastpass.fs.pseudofs) is read and written
+    through the worker, never through the page cache or kernel passthrough."""
+    if fs.unsized(inode):
+        return _published(fs, req, inode, fd, flags, FopenFlag.DIRECT_IO, 0)
     open_flags = backing_id = 0
     if fs.passthrough is not None:
         open_flags, backing_id = fs.passthrough.open(inode, fd, _owner(fs, req), flags)
@@ -65,7 +69,8 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
     # inode's backing id, as the kernel requires of every open of an inode in passthrough.
     if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
         open_flags |= FopenFlag.DIRECT_IO
-    elif not backing_id and fs.kept(inode):  # (the kernel refuses KEEP_CACHE with passthrough)
+    elif not backing_id and not open_flags & FopenFlag.DIRECT_IO and fs.kept(inode):
+        # (the kernel refuses KEEP_CACHE with passthrough)
         open_flags |= FopenFlag.KEEP_CACHE
     if flags & os.O_ACCMODE == os.O_RDONLY and not fs.filter_flush:
         # A read-only open has no write whose error its close could report: the kernel sends no
@@ -91,7 +96,8 @@ def _unopened(fs: Fs, req: Request, inode: Inode, flags: int) -> bytes | None:
     pages the kernel keeps, so a warm file's reads never reach a worker.  A request that does
     need the fh's fd (a read of what is not cached, fsync, lseek...) opens one then, as another
     worker's copy always is (`Fs.file_fd`)."""
-    if flags & ~os.O_LARGEFILE != os.O_RDONLY or not (fs.config.default_permissions or req.uid == 0):
+    if (flags & ~os.O_LARGEFILE != os.O_RDONLY or not (fs.config.default_permissions or req.uid == 0)
+            or fs.unsized(inode)):  # fmt: skip
         return None
     if fs.passthrough is not None:
         open_flags, backing_id = fs.passthrough.join(inode, _owner(fs, req))
@@ -258,10 +264,15 @@ def _pwrite_buffered(fd: int, data: memoryview, offset: int, write_flags: int) -
     is short: the backing refuses
     that write (EINVAL) where O_DIRECT needs alignment.  It is then written without O_DIRECT,
     which is dropped from this worker's own fd for the one call (a worker is one thread).
+    A file that takes no pwrite (ESPIPE: procfs's seq_file files, /proc/PID/comm, clear
+    FMODE_PWRITE but seek) is written at this worker's own fd's position, set to the offset.
     """
     try:
         return _pwrite(fd, data, offset)
     except OSError as e:
+        if e.errno == errno.ESPIPE:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.write(fd, data)
         if e.errno != errno.EINVAL or not write_flags & abi.WRITE_CACHE:
             raise
         mode = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -321,6 +332,18 @@ def fallocate_done(fs: Fs, req: Request, fd: int, result: int) -> None:
 
 
 def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
+    """SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
+
+    Under the writeback cache the kernel holds written data, and the size it makes, that the
+    backing has not seen yet (a new file's 1 MiB written, not yet written back, is still 0 bytes
+    there): the backing's answer would say ENXIO or a hole where the application just wrote.
+    The kernel sends LSEEK without writing back first, and only it knows what it holds, so the
+    answer is ENOSYS: from then on the kernel answers every SEEK_DATA/SEEK_HOLE on the connection
+    from its own size, with no request (fs/fuse/file.c, fuse_lseek: no_lseek, generic_file_llseek):
+    the whole file is data, as on a filesystem without holes.
+    """
+    if fs.writeback_fd is not None:
+        raise OSError(errno.ENOSYS, "the kernel's own size answers under the writeback cache")
     return abi.LSEEK_OUT.pack(os.lseek(fs.file_fd(fh), offset, whence))
 
 

@@ -8,6 +8,7 @@ checks what the application and the backing see, against the bind mount's behavi
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import subprocess
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mounted, fastpass_mount, run_fastpass
+from tests.conftest import Mounted, bind_mount, err, fastpass_mount, run_fastpass
 from tests.integration.test_cache import LONG, shows
 from tests.integration.test_cli import assert_refused
-from tests.integration.test_passthrough import op_count, stats
+from tests.integration.test_passthrough import MiB, op_count, stats
 from tests.users import as_user
 
 WRITEBACK = ("--workers", "2", "--passthrough", "off", "--writeback-cache", *LONG)
@@ -197,3 +198,80 @@ def test_a_writer_who_does_not_own_the_file_closes_cleanly(world_dir: Path) -> N
         (m.backing / "f").chmod(0o666)
         as_user(_write_part, m.mnt / "f", 100, b"B" * 10, 300)
         assert (m.backing / "f").read_bytes() == b"a" * 100 + b"B" * 10 + b"a" * 190
+
+
+def _seeks(fd: int, probes: list[tuple[int, int]]) -> list[int | str]:
+    """lseek(fd, offset, whence) for each (whence, offset): the offset, or the errno's name."""
+    out: list[int | str] = []
+    for whence, offset in probes:
+        try:
+            out.append(os.lseek(fd, offset, whence))
+        except OSError as e:
+            out.append(errno.errorcode[e.errno])
+    return out
+
+
+def test_seek_data_and_hole_answer_what_the_kernel_holds(wb: Mounted, tmp_path: Path) -> None:
+    """1 MiB written to a new file, not yet written back (the backing may still have 0 bytes):
+    SEEK_DATA and SEEK_HOLE answer as on a bind mount, before fsync and after.  In a sparse
+    file the kernel's answer is that the whole file is data (README: The writeback cache)."""
+    (tmp_path / "ref").mkdir()
+    probes = [(os.SEEK_DATA, 0), (os.SEEK_HOLE, 0), (os.SEEK_DATA, MiB - 1), (os.SEEK_HOLE, MiB - 1),
+              (os.SEEK_DATA, MiB), (os.SEEK_HOLE, MiB)]  # fmt: skip
+    with bind_mount(tmp_path / "ref") as ref:
+        answers = []
+        for m in (wb, ref):
+            fd = os.open(m.mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, b"x" * MiB, 0)
+                before = _seeks(fd, probes)
+                os.fsync(fd)
+                answers.append((before, _seeks(fd, probes)))
+            finally:
+                os.close(fd)
+        dense = [0, MiB, MiB - 1, MiB, "ENXIO", "ENXIO"]
+        assert answers[0] == answers[1] == (dense, dense)
+    fd = os.open(wb.mnt / "sparse", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"a" * 4096, 0)
+        os.pwrite(fd, b"b" * 4096, 4 * MiB)
+        os.fsync(fd)
+        assert _seeks(fd, [(os.SEEK_HOLE, 0), (os.SEEK_DATA, MiB)]) == [4 * MiB + 4096, MiB]
+    finally:
+        os.close(fd)
+
+
+def test_stress_ng_seek(wb: Mounted) -> None:
+    """stress-ng's seek stressor (SEEK_DATA/SEEK_HOLE on files it has just written) with --verify."""
+    (wb.mnt / "seek").mkdir()
+    cmd = ["stress-ng", "--seek", "2", "--timeout", "2", "--verify", "--metrics-brief", "--temp-path",
+           str(wb.mnt / "seek")]  # fmt: skip
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.listdir(wb.mnt / "seek") == []
+
+
+def test_a_write_the_backing_refuses_for_its_size_fails_at_fsync_and_close(wb: Mounted, tmp_path: Path) -> None:
+    """A 1-byte write at 17 TiB: the backing (ext4: 16 TiB files at most) refuses it with EFBIG at
+    once, but the kernel takes it into its cache, and the writeback fails later: EFBIG at fsync,
+    EIO at a close without fsync.  The mount then shows the size the write made until the kernel
+    forgets the file (README: The writeback cache)."""
+    offset = 17 << 40
+    probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        refused = err(os.pwrite, probe, b"z", offset)
+    finally:
+        os.close(probe)
+    if refused != errno.EFBIG:
+        pytest.skip(f"the backing's filesystem takes a write at 17 TiB (errno {refused})")
+    for name, ending in (("synced", os.fsync), ("closed", None)):
+        fd = os.open(wb.mnt / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            assert os.pwrite(fd, b"z", offset) == 1
+            if ending is not None:
+                assert err(ending, fd) == errno.EFBIG
+        finally:
+            closed = err(os.close, fd)
+        assert closed == (errno.EIO if ending is None else 0)
+        assert (wb.backing / name).stat().st_size == 0
+        assert (wb.mnt / name).stat().st_size == offset + 1
