@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import select
 import signal
 import time
@@ -37,6 +38,19 @@ SHARED = {  # --allow-other configurations: both data paths, the writeback cache
     "native-2-writeback": ("--workers", "2", "--passthrough", "off", "--writeback-cache"),
     "pyfuse3": ("--engine", "pyfuse3"),
 }
+
+
+@pytest.fixture(autouse=True)
+def _room_to_hold_them() -> Iterator[None]:
+    """This process holds more files open than the server may: its own soft limit goes up for the test."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < FILES + 256:
+        pytest.skip(f"the test needs {FILES + 256} fds of its own; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, FILES + 256), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _files(backing: Path, n: int) -> list[str]:
