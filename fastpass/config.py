@@ -52,6 +52,11 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Inodes the kernel may know at once (184 bytes of shared memory each, touched
     # as used); a lookup past it fails with ENFILE until the kernel forgets some.
     max_inodes: int = DEFAULT_MAX_INODES
+    # With allow_other: the files and directories one uid may hold open at once, over all
+    # workers; past it that uid's opens fail with EMFILE, so the server's fds and handle slots
+    # stay for the others.  0: half of the smaller of the fd limit and the handle table
+    # (`fastpass.supervisor` resolves it once the limit is raised).
+    max_open_per_user: int = 0
     # Filters around the operations, outermost first: each `NAME[:ARG=VALUE,...]` (a built-in)
     # or `MODULE:CLASS[:ARG=VALUE,...]`; see fastpass.filters.
     filters: tuple[str, ...] = ()

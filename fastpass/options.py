@@ -122,6 +122,9 @@ OPTIONS: tuple[Option, ...] = (
            "means off with it) and --filter"),
     Option("max_inodes", "max_inodes", f"inodes the kernel may know at once (default {_D['max_inodes']})", int,
            metavar="N"),
+    Option("max_open_per_user", "max_open_per_user", "with --allow-other: files and directories one user may "
+           "hold open at once, over all workers; past it their opens fail with EMFILE (default: half of the smaller "
+           "of the fd limit and the handle table)", int, metavar="N"),
     Option("filter", "filters", "a filter around the operations, outermost first (repeatable): readonly, "
            "hide:pattern=GLOB, audit:path=FILE, quota:bytes=N, or MODULE:CLASS[:ARG=VALUE,...]", text,
            metavar="SPEC", repeat=True),

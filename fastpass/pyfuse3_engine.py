@@ -258,6 +258,7 @@ class Operations(pyfuse3.Operations):
             aligned = memoryview(self.aligned)[: len(data)]  # type: ignore[arg-type]
             aligned[:] = data  # type: ignore[index]
             args = (*args[:-1], aligned)
+        fs.sync()  # copies given back close now: no other request is being served
         creds = self.creds
         switched = creds is not None and route.as_caller and creds.become(req)
         start = time.perf_counter_ns()
@@ -473,6 +474,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Calla
         ready(f"pyfuse3 could not mount {config.mountpoint}: {e}")
         return 1
     mounted(mount_entry(config.mountpoint))
+    fs.fds.settle()
     record = state.MountState(os.getpid(), config, None, time.time())
     state.write(record)
     if fan_fd >= 0:

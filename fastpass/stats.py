@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ class WorkerStats(msgspec.Struct):
     ring_calls: int  # backing calls it made on its io_uring (0 on plain)
     transport: str = ""  # where its requests come from: "uring" (its entries, and /dev/fuse) or "dev"
     replayed: int = 0  # requests a killed predecessor at this index had read, answered for it
+    fds: int = 0  # file descriptors it holds now (0 where it is gone)
 
 
 class CacheStats(msgspec.Struct):
@@ -94,6 +96,14 @@ class Stats(msgspec.Struct):
     requests_per_queue: list[int] = []
     backing_ids: int = 0  # passthrough backing ids registered now, idle ones kept for the next open included
     backing_registrations: int = 0  # since the mount
+    fd_limit: int = 0  # RLIMIT_NOFILE of the server's processes, as raised at start
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def _rss_kib(pid: int) -> int:
@@ -142,6 +152,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
             block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]], block.misc[C.REPLAYED],
+            _fds(pid) if index in pids else 0,
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -165,6 +176,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         options.render(record.config),
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
         requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     )  # fmt: skip
 
 
@@ -269,6 +281,8 @@ def render(stats: Stats) -> object:
         + f"; {protocol}"
         + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
         + f"\noptions: {stats.options}"
+        + f"\nfile descriptors: up to {stats.fd_limit:,} per process; held by the workers: "
+        + ", ".join(f"{w.fds:,}" for w in stats.workers)
     )
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)

@@ -62,9 +62,10 @@ from fastpass.config import (
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
+from fastpass.fs.fds import raise_limit
 from fastpass.fs.inodes import can_reopen, handle_of
 from fastpass.fs.passthrough import Passthrough
-from fastpass.fs.shared import SharedState
+from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
@@ -131,6 +132,8 @@ def check(config: MountConfig) -> None:
         raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
     if config.max_inodes < 16:
         raise StartError("--max-inodes must be at least 16")
+    if config.max_open_per_user < 0:
+        raise StartError("--max-open-per-user must not be negative")
     if not 1 <= config.workers <= WATCHER:
         raise StartError(f"--workers must be from 1 to {WATCHER}")
     if config.engine not in ENGINES:
@@ -315,6 +318,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int
 
     signal.signal(signal.SIGALRM, every_second)
     signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
+    fs.fds.settle()
     started()
     if share is not None and replacing:
         worker.kick(config.mountpoint)
@@ -382,6 +386,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
     """
     try:
         check(config)
+        config = _fd_limit(config)
         config, no_rings = _rings(config)  # before the filters, whose fork hooks are for workers
         try:
             filters = load.load_all(config.filters)  # once, here: the workers inherit them
@@ -410,6 +415,17 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
         ready(str(e))
         return 1
     return pool.serve(ready)
+
+
+def _fd_limit(config: MountConfig) -> MountConfig:
+    """Raise this process's fd limit (the workers inherit it) and say what it is; the config with
+    the per-user share resolved."""
+    limit, nr_open = raise_limit()
+    log.info("file descriptors: up to %d per process%s", limit,
+             "" if limit >= nr_open else f" (fs.nr_open is {nr_open}: raising the hard limit needs CAP_SYS_RESOURCE)")
+    if config.allow_other and not config.max_open_per_user:
+        config = msgspec.structs.replace(config, max_open_per_user=max(1, min(limit, DEFAULT_MAX_HANDLES) // 2))
+    return config
 
 
 def _rings(config: MountConfig) -> tuple[MountConfig, str | None]:

@@ -140,12 +140,18 @@ class Worker:
             except OSError as e:  # a memlock limit: the ring reads and writes the pool all the same
                 log.warning("io_uring buffers not registered (%s): O_DIRECT I/O pins pages per call", e.strerror)
         self.inflight: dict[int, _Calls] = {}  # per slot on the ring path, while its calls are out
+        fs.fds.busy_since = self._busy_since
         self.waiting = False  # blocked waiting for requests, none in progress
         fs.counters.misc[IO_PATH] = IO_NAMES.index("plain" if ring is None else "uring")
         fs.counters.misc[TRANSPORT] = TRANSPORT_NAMES.index("dev")
         # reply(slot, unique, error, body): the one way a request is answered, wherever it came from
         self._write_reply = self._writer()
         self._reply = self._write_reply if entries is None else self._committer()
+
+    def _busy_since(self) -> int | None:
+        """When the oldest request in flight on the ring was dispatched; None when none is."""
+        inflight = self.inflight
+        return min(c.start for c in inflight.values()) if inflight else None
 
     def idle_sync(self) -> None:
         """For a periodic signal: let go of what other workers freed, if no request is in progress.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -98,8 +99,10 @@ def run_fastpass(*args: str, timeout: float = MOUNT_TIMEOUT, **kw) -> subprocess
     return subprocess.run([*FASTPASS, *args], capture_output=True, text=True, timeout=timeout, check=False, **kw)
 
 
-def start_native(backing: Path, mnt: Path, log: Path, *options: str) -> Mounted:
-    r = run_fastpass("mount", str(backing), str(mnt), "--log", str(log), *options)
+def start_native(backing: Path, mnt: Path, log: Path, *options: str, nofile: int | None = None) -> Mounted:
+    """Mount; `nofile`: the server's RLIMIT_NOFILE, soft and hard (as `ulimit -n` in the shell that starts it)."""
+    limit = None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    r = run_fastpass("mount", str(backing), str(mnt), "--log", str(log), *options, preexec_fn=limit)
     if r.returncode != 0:
         raise RuntimeError(f"fastpass mount failed ({r.returncode}): {r.stderr}\nlog:\n{_read(log)}")
     record = state.read(str(mnt))
@@ -139,14 +142,15 @@ def check_log(m: Mounted) -> None:
 
 
 @contextlib.contextmanager
-def fastpass_mount(tmp_path: Path, *options: str, backing: Path | None = None) -> Iterator[Mounted]:
+def fastpass_mount(tmp_path: Path, *options: str, backing: Path | None = None,
+                   nofile: int | None = None) -> Iterator[Mounted]:  # fmt: skip
     backing = backing or tmp_path / "backing"
     backing.mkdir(exist_ok=True)
     mnt = tmp_path / "mnt"
     mnt.mkdir(exist_ok=True)
     m = Mounted("native", backing, mnt, tmp_path / "server.log")
     try:
-        m = start_native(backing, mnt, m.log, *options)
+        m = start_native(backing, mnt, m.log, *options, nofile=nofile)
         yield m
     finally:
         m.pid = m.pid or server_pid(mnt)

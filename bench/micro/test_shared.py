@@ -11,6 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters
@@ -48,10 +49,10 @@ def test_handle_add_release(benchmark, tmp_path: Path) -> None:
     space = HandleSpace(layout, 1 << 12)
     counters = CounterSpace(layout)
     region = Region(layout.size)
-    table = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc)
+    table = HandleTable(space, region, 0, WorkerCounters(counters, region, 0).misc, FdBudget())
 
     def run() -> tuple[int, int]:
-        return table.release(table.add(None, 5, os.O_RDONLY))
+        return table.release(table.add(None, 5, os.O_RDONLY, 0))
 
     assert benchmark(run) == (5, os.O_RDONLY)
     assert HandleTable.live(space, region) == 0
@@ -66,7 +67,7 @@ def test_kept_backing_id_join_detach(benchmark, tmp_path: Path) -> None:
     region = Region(layout.size)
     root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     InodeTable.format(space, region, root)
-    table = InodeTable(space, region, os.open(tmp_path, os.O_PATH), 100, 0, WorkerCounters(counters, region, 0).misc)
+    table = InodeTable(space, region, os.open(tmp_path, os.O_PATH), FdBudget(100), 0, WorkerCounters(counters, region, 0).misc)
     inode, _ = table.lookup(table.root, b"f")
     assert table.attach_backing(inode, 0, True, lambda: 7) == (7, False)
     table.detach_backing(inode.nodeid)  # kept: no open, still registered

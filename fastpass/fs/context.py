@@ -11,8 +11,9 @@ from collections.abc import Callable
 from fastpass import _linux
 from fastpass.config import DEFAULT_REVALIDATE, MountConfig, split_time
 from fastpass.fs.attrcache import AttrCache, atime_policy
+from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
-from fastpass.fs.inodes import Inode, InodeTable, fd_budget
+from fastpass.fs.inodes import Inode, InodeTable
 from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.pseudofs import unsized
 from fastpass.fs.shared import SharedState
@@ -123,8 +124,10 @@ class Fs:
     def __init__(self, config: MountConfig, root_fd: int, shared: SharedState, worker: int = 0):
         self.config = config
         self.counters = WorkerCounters(shared.counters, shared.region, worker)
-        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget(), worker, self.counters.misc)
-        self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc)
+        self.fds = FdBudget(io_depth=config.io_depth)
+        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, self.fds, worker, self.counters.misc)
+        self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc, self.fds,
+                                   config.max_open_per_user if config.allow_other else 0)  # fmt: skip
         self.entry_valid = split_time(config.entry_timeout)
         self.attr_valid = split_time(config.attr_timeout)
         # READ replies land here; page-aligned so O_DIRECT backing reads work.
@@ -156,22 +159,26 @@ class Fs:
         self.filter_flush = False
 
     def file_fd(self, fh: int) -> int:
-        """This worker's backing fd for an open file, reopened from the inode on first use here."""
+        """This worker's backing fd for an open file, reopened from the inode on first use here
+        (or after it gave its copy back: `fastpass.fs.fds`)."""
         obj = self.handles.local(fh)
         if obj.__class__ is int:
             return obj  # type: ignore[return-value]
         nodeid, flags = self.handles.slot(fh, FILE)
-        with _linux.fsuid(self.credentials.uid):  # the opener was checked; a copy is the server's
-            fd = os.open(proc_path(self.inode_fd(nodeid)), flags | os.O_CLOEXEC)
+        fd = self.fds.opening(self._reopen, nodeid, flags)
         self.handles.keep(fh, fd)
         return fd
+
+    def _reopen(self, nodeid: int, flags: int) -> int:
+        with _linux.fsuid(self.credentials.uid):  # the opener was checked; a copy is the server's
+            return os.open(proc_path(self.inode_fd(nodeid)), flags | os.O_CLOEXEC)
 
     def dir_handle(self, fh: int) -> DirHandle:
         obj = self.handles.local(fh)
         if obj.__class__ is DirHandle:
             return obj  # type: ignore[return-value]
         nodeid, _ = self.handles.slot(fh, DIR)
-        h = DirHandle(self.open_dir(nodeid))
+        h = DirHandle(self.fds.opening(self.open_dir, nodeid))
         self.handles.keep(fh, h)
         return h
 
@@ -181,9 +188,11 @@ class Fs:
             return os.open(proc_path(self.inode_fd(nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def sync(self) -> None:
-        """Let go of what other workers freed (inodes forgotten, files released)."""
+        """Let go of what other workers freed (inodes forgotten, files released), and of the
+        copies given back that no request in flight may use any more."""
         self.inodes.sync()
         self.handles.sync()
+        self.fds.reap()
 
     def inode_fd(self, nodeid: int) -> int:
         inodes = self.inodes

@@ -78,7 +78,7 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
         # writeback cache.
         open_flags |= FopenFlag.NOFLUSH
     try:
-        fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0))
+        fh = fs.handles.add(fd, inode.nodeid, flags | (PASSTHROUGH_MARK if backing_id else 0), req.uid)
     except BaseException:
         if backing_id:
             fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
@@ -232,7 +232,11 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
         path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
         t0 = _clock()
         inode = fs.inodes.add(path_fd, os.fstat(path_fd))
-        return fs.entry(inode, os.fstat(fd), t0) + _opened(fs, req, inode, fd, flags)
+        try:
+            return fs.entry(inode, os.fstat(fd), t0) + _opened(fs, req, inode, fd, flags)
+        except BaseException:
+            fs.inodes.forget(inode.nodeid, 1)  # the kernel never hears of this lookup
+            raise
     except BaseException:
         os.close(fd)
         raise
@@ -297,8 +301,15 @@ def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
 
 
 def flush(fs: Fs, req: Request, fh: int, lock_owner: int) -> None:
-    # close() of a duplicate reports deferred write errors (NFS, quota) like the app's close would.
-    os.close(os.dup(fs.file_fd(fh)))
+    """close() of a duplicate reports deferred write errors (NFS, quota) like the app's close would.
+
+    Only of the fd this worker holds for the fh: a backing file reports the errors of writes made
+    through it, and none of those made through another worker's, so a worker that holds none
+    (it wrote nothing through it, or gave its copy back, `fastpass.fs.fds`) opens none to flush.
+    """
+    fd = fs.handles.local(fh)
+    if fd is not None:
+        os.close(fs.fds.opening(os.dup, fd))
 
 
 def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_owner: int) -> None:

@@ -21,6 +21,7 @@ import time
 
 from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.fds import BATCH
 from fastpass.fs.handles import DirHandle
 from fastpass.fs.inodes import O_PATH_FLAGS, Inode
 from fastpass.kernel import encode
@@ -40,7 +41,11 @@ def opendir(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
     """Open a directory; where the watcher keeps it coherent, the kernel caches its listing."""
     inode = fs.inodes.get(req.nodeid)
     fd = os.open(proc_path(fs.inodes.fd(inode)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    fh = fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fh = fs.handles.add(DirHandle(fd), req.nodeid, os.O_RDONLY | os.O_DIRECTORY, req.uid)
+    except BaseException:
+        os.close(fd)
+        raise
     return encode.open_out(fh, _CACHED_LISTING if fs.kept(inode) else 0)
 
 
@@ -76,14 +81,15 @@ def _entries(fs: Fs, nodeid: int, h: DirHandle, offset: int):
     A seek opens the directory afresh: ext4 returns nothing after lseek(fd, 0)
     on a directory fd whose first getdents was at its end-of-directory cookie
     (measured on Linux 6.18), which is what a worker that served only the
-    final READDIR of a listing has.
+    final READDIR of a listing has.  The new open takes the handle's fd number
+    (dup2): a handle given back meanwhile (`fastpass.fs.fds`) closes that number later.
     """
     if offset != h.pos:
-        fd = fs.open_dir(nodeid)
-        os.close(h.fd)
-        h.fd = fd
+        fd = fs.fds.opening(fs.open_dir, nodeid)
+        os.dup2(fd, h.fd, inheritable=False)
+        os.close(fd)
         if offset:
-            os.lseek(fd, offset, os.SEEK_SET)
+            os.lseek(h.fd, offset, os.SEEK_SET)
         h.pending.clear()
         h.pos = offset
     while h.pending or _fill(fs, h):
@@ -158,7 +164,10 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
 # The ring path (fastpass.fs.table.RING): the entries this worker does not hold yet are opened
 # (O_PATH) as one batch on the worker's io_uring, so a cold backing loads their inodes in
 # parallel; each open's fd is then adopted (fstat, file handle) when the batch is done.  Names
-# the worker holds are resolved by a synchronous stat then: their inodes are in memory.
+# the worker holds are resolved by a synchronous stat then: their inodes are in memory, and so
+# are the names past BATCH while fds are short (`fastpass.fs.fds`).  The batch opens relative
+# to its own dup of the directory's fd: an open runs in an io-wq thread, which reads its
+# directory fd when it runs, and the directory's O_PATH fd may be given back meanwhile.
 
 
 def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
@@ -166,24 +175,29 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
     taken = _take_plus(fs, req, fh, offset, size)
     inodes = fs.inodes
     parent = inodes.get(req.nodeid)
-    pfd = inodes.fd(parent)
+    room = max(BATCH, fs.fds.free())
     parts = []  # per taken entry: the number of its call in the batch, or -1 (resolved in done)
     calls = 0
     for ino, _off, _type, name in taken:
-        if name in DOTS or inodes.holds(parent, ino):
+        if name in DOTS or calls == room or inodes.holds(parent, ino):
             parts.append(-1)
         else:
-            ring.open_path(pfd, name, O_PATH_FLAGS, tag + calls * PART)
             parts.append(calls)
             calls += 1
     if not calls:
-        return readdirplus_done(fs, req, (taken, parent, parts), [])
-    return taken, parent, parts
+        return readdirplus_done(fs, req, (taken, parent, parts, -1), [])
+    pfd = fs.fds.opening(os.dup, inodes.fd(parent))
+    for (_ino, _off, _type, name), part in zip(taken, parts):
+        if part >= 0:
+            ring.open_path(pfd, name, O_PATH_FLAGS, tag + part * PART)
+    return taken, parent, parts, pfd
 
 
 def readdirplus_done(fs: Fs, req: Request, state: tuple, results: list[int]) -> bytes:
     """The reply once every open of the batch has completed (results: an fd or -errno each)."""
-    taken, parent, parts = state
+    taken, parent, parts, pfd = state
+    if pfd >= 0:
+        os.close(pfd)
     entries = []
     adopt = fs.inodes.adopt
     try:

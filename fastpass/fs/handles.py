@@ -30,6 +30,14 @@ worker opened.  Facts that shape the answer:
   worker closes its copy when it sees it (`sync`, at the top of each
   request), so copies in busy workers go at once and those in an idle
   worker when it next works.
+* A worker's own fd for a file it opened stays until the RELEASE.  Its copies
+  of other fhs, and its open directories, are a cache that gives way when
+  fds are short (the oldest first; `fastpass.fs.fds`), reopened by the next
+  request that needs one: a listing continues at its offset in a new open.
+* With --allow-other each slot is charged to the uid that opened it, and a
+  uid holding its share (`--max-open-per-user`, over all workers) is
+  refused with EMFILE (`fastpass.shm.shares`), so that one user's open
+  files leave fds and slots for the others.
 * Directory handles keep their READDIR state per worker: entries read but
   not sent, and the backing offset they start at.  Offsets are the
   backing's own cookies, so any worker continues any listing by seeking.
@@ -43,11 +51,13 @@ import struct
 from collections import deque
 
 from fastpass.fs import openflags
+from fastpass.fs.fds import FdBudget
 from fastpass.shm.counters import FOREIGN_FILES
 from fastpass.shm.region import (
     HANDLE_SHARDS,
     LOCK_HANDLE_RING,
     LOCK_HANDLES,
+    LOCK_SHARES,
     RING,
     U32,
     U64,
@@ -56,9 +66,11 @@ from fastpass.shm.region import (
     ring_push,
     ring_since,
 )
+from fastpass.shm.shares import Shares, ShareSpace
 
-# generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker, copied elsewhere
-SLOT = struct.Struct("<IIQIHH")
+# generation, kind, nodeid, open flags (| PASSTHROUGH_MARK), creating worker, copied elsewhere,
+# the opener's uid
+SLOT = struct.Struct("<IIQIHHI")
 SHARD = struct.Struct("<II")  # next fresh slot (shard-relative, from 0), free-stack depth
 RING_HEADER = U64  # release-ring sequence
 FREE, FILE, DIR = 0, 1, 2
@@ -68,6 +80,10 @@ PASSTHROUGH_MARK = 1 << 31  # kept with the open flags: the fh holds one of its 
 
 def _badf() -> OSError:
     return OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+
+def _fd_of(obj: int | DirHandle) -> int:
+    return obj if obj.__class__ is int else obj.fd  # type: ignore[return-value,union-attr]
 
 
 class DirHandle:
@@ -96,6 +112,7 @@ class HandleSpace:
         self.free = layout.take(U32.size * self.capacity)  # shard s's stack at s*per
         self.ring_header = layout.take(RING_HEADER.size)
         self.ring = layout.take(U64.size * RING)
+        self.users = ShareSpace(layout)
 
 
 class HandleTable:
@@ -103,7 +120,9 @@ class HandleTable:
     def format(space: HandleSpace, region: Region) -> None:
         """Nothing to write: a zeroed region is an empty table."""
 
-    def __init__(self, space: HandleSpace, region: Region, worker: int, misc: memoryview):
+    def __init__(self, space: HandleSpace, region: Region, worker: int, misc: memoryview, fds: FdBudget,
+                 share: int = 0):  # fmt: skip
+        """`share`: the fhs one uid may hold over all workers; 0: no limit."""
         self._worker = worker
         self._shard = worker % HANDLE_SHARDS
         self._misc = misc  # this worker's misc counters (FOREIGN_FILES)
@@ -111,6 +130,10 @@ class HandleTable:
         self._region = region
         self._map = region.map
         self._files: dict[int, int | DirHandle] = {}  # fh -> this worker's fd or DirHandle
+        self._cached: dict[int, None] = {}  # the fhs of _files it may give back (copies, directories), oldest first
+        self._fds = fds
+        fds.files, fds.copies, fds.shed_copies = self._files, self._cached, self._shed
+        self._users = Shares(space.users, region, LOCK_SHARES, share) if share else None
         self._seen = self._ring_seq()
 
     def _ring_seq(self) -> int:
@@ -122,20 +145,31 @@ class HandleTable:
         return sum(fresh - depth for fresh, depth in (SHARD.unpack_from(region.map, space.shards + 64 * s)
                                                       for s in range(HANDLE_SHARDS)))  # fmt: skip
 
-    def add(self, obj: int | DirHandle | None, nodeid: int, flags: int) -> int:
-        """Publish an open file or directory; returns its fh.  `obj`: this worker's fd or DirHandle,
-        None where it opens one when a request needs it."""
+    def add(self, obj: int | DirHandle | None, nodeid: int, flags: int, uid: int) -> int:
+        """Publish an open file or directory that `uid` opened; returns its fh.  `obj`: this
+        worker's fd or DirHandle, None where it opens one when a request needs it.  EMFILE
+        where this worker's fds or the uid's share are used up (the caller closes `obj`)."""
         kind = DIR if obj.__class__ is DirHandle else FILE
-        fh = self._take(self._shard, kind, nodeid, flags)
+        if kind == FILE and obj is not None:
+            self._fds.admit()
+        users = self._users
+        if users is not None and not users.charge(uid):
+            raise OSError(errno.EMFILE, f"uid {uid} holds its share of open files ({users.share})")
+        fh = self._take(self._shard, kind, nodeid, flags, uid)
         if not fh:  # its own shard is full
-            fh = next(filter(None, (self._take(s, kind, nodeid, flags) for s in range(HANDLE_SHARDS))), 0)
+            fh = next(filter(None, (self._take(s, kind, nodeid, flags, uid) for s in range(HANDLE_SHARDS))), 0)
             if not fh:
+                if users is not None:
+                    users.refund(uid)
                 raise OSError(errno.ENFILE, f"handle table full ({self._space.capacity} open files)")
         if obj is not None:
             self._files[fh] = obj
+            if kind == DIR:
+                self._cached[fh] = None
+            self._fds.trim()
         return fh
 
-    def _take(self, shard: int, kind: int, nodeid: int, flags: int) -> int:
+    def _take(self, shard: int, kind: int, nodeid: int, flags: int, uid: int) -> int:
         """The fh of a slot of `shard` now holding the new handle, or 0 when the shard is full."""
         space, region, m = self._space, self._region, self._map
         head = space.shards + 64 * shard
@@ -152,7 +186,7 @@ class HandleTable:
                 return 0
             off = space.slots + slot * SLOT.size
             (gen,) = U32.unpack_from(m, off)
-            SLOT.pack_into(m, off, gen, kind, nodeid, flags, self._worker, 0)
+            SLOT.pack_into(m, off, gen, kind, nodeid, flags, self._worker, 0, uid)
             SHARD.pack_into(m, head, fresh, depth)
             return gen << 32 | slot
         finally:
@@ -169,10 +203,10 @@ class HandleTable:
         lock = LOCK_HANDLES + (slot - 1) // space.per_shard
         self._region.lock(lock)  # against a release: it sees the mark, or we see the slot freed
         try:
-            gen, live_kind, nodeid, flags, creator, _copied = SLOT.unpack_from(self._map, off)
+            gen, live_kind, nodeid, flags, creator, _copied, uid = SLOT.unpack_from(self._map, off)
             if live_kind != kind or gen != fh >> 32:
                 raise _badf()
-            SLOT.pack_into(self._map, off, gen, live_kind, nodeid, flags, creator, 1)
+            SLOT.pack_into(self._map, off, gen, live_kind, nodeid, flags, creator, 1, uid)
         finally:
             self._region.unlock(lock)
         if creator != self._worker:
@@ -183,7 +217,20 @@ class HandleTable:
         return self._files.get(fh)
 
     def keep(self, fh: int, obj: int | DirHandle) -> None:
+        """Keep this worker's reopen of an fh (`slot`) for the next request on it."""
         self._files[fh] = obj
+        self._cached[fh] = None
+        self._fds.trim()
+
+    def _shed(self, n: int) -> int:
+        """Give back up to `n` of the oldest fds it may (closed once no request may use them)."""
+        cached, files, doom = self._cached, self._files, self._fds.doom
+        n = min(n, len(cached))
+        for _ in range(n):
+            fh = next(iter(cached))
+            del cached[fh]
+            doom(_fd_of(files.pop(fh)))
+        return n
 
     def release(self, fh: int) -> tuple[int, int]:
         """Free the fh for every worker and close this worker's copy; (nodeid, its open flags with
@@ -197,10 +244,10 @@ class HandleTable:
         head = space.shards + 64 * shard
         region.lock(LOCK_HANDLES + shard)
         try:
-            gen, kind, nodeid, flags, creator, copied = SLOT.unpack_from(m, off)
+            gen, kind, nodeid, flags, creator, copied, uid = SLOT.unpack_from(m, off)
             if kind == FREE or gen != fh >> 32:
                 raise _badf()
-            SLOT.pack_into(m, off, (gen + 1) & _MASK32, FREE, 0, 0, 0, 0)
+            SLOT.pack_into(m, off, (gen + 1) & _MASK32, FREE, 0, 0, 0, 0, 0)
             fresh, depth = SHARD.unpack_from(m, head)
             U32.pack_into(m, space.free + (shard * space.per_shard + depth) * U32.size, slot)
             SHARD.pack_into(m, head, fresh, depth + 1)
@@ -214,6 +261,8 @@ class HandleTable:
                     region.unlock(LOCK_HANDLE_RING)
         finally:
             region.unlock(LOCK_HANDLES + shard)
+        if self._users is not None:
+            self._users.refund(uid)
         self._close(fh)
         return nodeid, flags
 
@@ -224,7 +273,8 @@ class HandleTable:
     def _close(self, fh: int) -> None:
         obj = self._files.pop(fh, None)
         if obj is not None:
-            os.close(obj if obj.__class__ is int else obj.fd)
+            self._cached.pop(fh, None)
+            os.close(_fd_of(obj))
 
     def sync(self) -> None:
         """Close this worker's copies of fhs released elsewhere since the last call."""

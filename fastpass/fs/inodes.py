@@ -16,7 +16,7 @@ Facts that shape it:
   stays valid until the kernel forgets it.
 * Each worker keeps its own O_PATH fds, opened lazily from the handle
   (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) and kept in an LRU
-  bounded by RLIMIT_NOFILE.  A local fd pins the inode, so while this
+  that gives way to open files (`fastpass.fs.fds`).  A local fd pins the inode, so while this
   worker holds one, a lookup of the same (st_dev, st_ino) needs no handle
   comparison.  Without usable handles (not root, or a filesystem without
   export support) fds are pinned and never evicted, and one worker serves.
@@ -32,12 +32,12 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import resource
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
 from fastpass import _linux
+from fastpass.fs.fds import FLOOR, FdBudget
 from fastpass.kernel.abi import ROOT_ID
 from fastpass.shm.counters import FOREIGN_NODES
 from fastpass.shm.region import (
@@ -86,15 +86,6 @@ class Inode:
 
 def _stale() -> OSError:
     return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-
-
-def fd_budget() -> int:
-    """Raise the soft fd limit to the hard one; return how many O_PATH fds to keep cached."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return max(64, soft * 3 // 4)
 
 
 def handle_of(fd: int) -> tuple[bytes | None, int]:
@@ -180,13 +171,13 @@ class InodeTable:
         i = hash(key) & (space.index_size - 1)
         ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
 
-    def __init__(self, space: InodeSpace, region: Region, root_fd: int, fd_cache_size: int, worker: int,
+    def __init__(self, space: InodeSpace, region: Region, root_fd: int, fds: FdBudget, worker: int,
                  misc: memoryview) -> None:  # fmt: skip
         self._space = space
         self._region = region
         self._map = region.map
         self._mask = space.index_size - 1
-        self._capacity = fd_cache_size
+        self._fds = fds
         self._uid = os.geteuid()
         self._worker = worker
         self._misc = misc  # this worker's misc counters (FOREIGN_NODES)
@@ -198,6 +189,7 @@ class InodeTable:
         anchor = _anchor(f"/proc/self/fd/{root_fd}")
         self.reopen = handle is not None and anchor is not None and can_reopen(anchor, handle)
         self._mount_fds = {mount_id: anchor} if self.reopen else {}
+        fds.paths, fds.shed_paths, fds.paths_pinned = self._open, self._shed, not self.reopen
         self._seen = self._ring_seq()
         self.root = Inode(ROOT_ID, (st.st_dev, st.st_ino), handle, mount_id, root_fd)
         self._local[ROOT_ID] = self.root
@@ -336,9 +328,14 @@ class InodeTable:
     def _keep(self, inode: Inode) -> None:
         self._open[inode.nodeid] = inode
         self._local_keys[inode.key] = inode
-        if self.reopen and len(self._open) > self._capacity:
-            _, old = self._open.popitem(last=False)
-            self._close_local(old)
+        self._fds.trim()
+
+    def _shed(self, n: int) -> int:
+        """Close up to `n` of the least recently used fds, FLOOR staying; how many were closed."""
+        n = min(n, len(self._open) - FLOOR) if self.reopen else 0
+        for _ in range(n):
+            self._close_local(self._open.popitem(last=False)[1])
+        return max(n, 0)
 
     def _close_local(self, inode: Inode) -> None:
         if inode.fd >= 0:

@@ -9,7 +9,7 @@ from fastpass.shm.control import ControlSpace
 from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
 
-DEFAULT_MAX_HANDLES = 1 << 18  # 24 B a slot
+DEFAULT_MAX_HANDLES = 1 << 18  # 28 B a slot
 
 
 class SharedState:

@@ -17,7 +17,8 @@ Facts that shape it:
   which marks it consistent and goes on (as a record lock, dropped at
   death, did): a worker killed in a critical section cannot wedge the
   others.  Lock order: a handle shard's lock, then the handle ring's;
-  nobody holds the inode lock and a handle lock at once.
+  nobody holds the inode lock and a handle lock at once, and nobody takes
+  another lock while holding the per-uid counts' lock.
   A slot's passthrough fields and the attribute cache's slots have
   striped locks of their own; one may be taken under the inode lock, never
   the other way.
@@ -43,7 +44,8 @@ BACKING_STRIPES = 64
 LOCK_ATTRS = LOCK_BACKING + BACKING_STRIPES  # + cache slot % ATTR_STRIPES
 ATTR_STRIPES = 256
 LOCK_SUCCESSION = LOCK_ATTRS + ATTR_STRIPES  # who takes a dead supervisor's place (fastpass.shm.control)
-LOCKS = LOCK_SUCCESSION + 1
+LOCK_SHARES = LOCK_SUCCESSION + 1  # the per-uid counts (fastpass.shm.shares)
+LOCKS = LOCK_SHARES + 1
 _LOCK_SIZE = 64  # a pthread_mutex_t (40 bytes on x86-64) alone on its cache line
 
 _libc = ctypes.CDLL(None, use_errno=True)

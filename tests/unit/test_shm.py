@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import HandleSpace, HandleTable
 from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
@@ -26,7 +27,7 @@ def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable,
     region = Region(layout.size)
     root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
     InodeTable.format(space, region, root)
-    views = [InodeTable(space, region, os.open(tmp_path, os.O_PATH), 1000, w,
+    views = [InodeTable(space, region, os.open(tmp_path, os.O_PATH), FdBudget(1000), w,
                         WorkerCounters(counters, region, w).misc) for w in (0, 1)]  # fmt: skip
     return views[0], views[1], region
 
@@ -121,14 +122,14 @@ def _handle_tables() -> tuple[HandleTable, HandleTable]:
     counters = CounterSpace(layout)
     region = Region(layout.size)
     HandleTable.format(space, region)
-    a, b = (HandleTable(space, region, w, WorkerCounters(counters, region, w).misc) for w in (0, 1))
+    a, b = (HandleTable(space, region, w, WorkerCounters(counters, region, w).misc, FdBudget()) for w in (0, 1))
     return a, b
 
 
 def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
     a, b = _handle_tables()
     fd = os.open(tmp_path, os.O_RDONLY)
-    fh = a.add(fd, 5, os.O_RDONLY | os.O_CREAT | os.O_TRUNC)
+    fh = a.add(fd, 5, os.O_RDONLY | os.O_CREAT | os.O_TRUNC, 0)
     assert b.slot(fh, 1) == (5, os.O_RDONLY)  # kind FILE; flags less what the opener did already
     copy = os.open(tmp_path, os.O_RDONLY)
     b.keep(fh, copy)
@@ -140,7 +141,7 @@ def test_handles_are_shared_and_released_everywhere(tmp_path: Path) -> None:
         raise AssertionError("the released copy is still open")
     except OSError:
         pass
-    assert a.add(os.open(tmp_path, os.O_RDONLY), 6, 0) != fh  # same slot, new generation
+    assert a.add(os.open(tmp_path, os.O_RDONLY), 6, 0, 0) != fh  # same slot, new generation
 
 
 def test_handle_shards_and_the_ring(tmp_path: Path) -> None:
@@ -148,10 +149,10 @@ def test_handle_shards_and_the_ring(tmp_path: Path) -> None:
     release that another worker may hold a copy of goes into the ring."""
     a, b = _handle_tables()
     per = a._space.per_shard
-    mine = [a.add(os.open(tmp_path, os.O_RDONLY), 5, 0) for _ in range(per + 1)]
+    mine = [a.add(os.open(tmp_path, os.O_RDONLY), 5, 0, 0) for _ in range(per + 1)]
     shards = [((fh & 0xFFFFFFFF) - 1) // per for fh in mine]
     assert shards[:per] == [0] * per and shards[per] != 0  # a full shard spills over
-    assert ((b.add(os.open(tmp_path, os.O_RDONLY), 5, 0) & 0xFFFFFFFF) - 1) // per in (1, shards[per] + 1)
+    assert ((b.add(os.open(tmp_path, os.O_RDONLY), 5, 0, 0) & 0xFFFFFFFF) - 1) // per in (1, shards[per] + 1)
     seq = a._ring_seq()
     a.release(mine[0])  # the opener's own release of an fh nobody copied
     assert a._ring_seq() == seq
@@ -169,9 +170,9 @@ def test_a_full_handle_table_is_enfile(tmp_path: Path) -> None:
     a, _b = _handle_tables()
     fd = os.open(tmp_path, os.O_RDONLY)
     for _ in range(a._space.capacity):
-        a.add(fd, 5, 0)
+        a.add(fd, 5, 0, 0)
     with pytest.raises(OSError) as e:
-        a.add(fd, 5, 0)
+        a.add(fd, 5, 0, 0)
     assert e.value.errno == errno.ENFILE
 
 
@@ -191,13 +192,13 @@ def test_counters_and_percentiles() -> None:
 
 def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: Path) -> None:
     a, b = _handle_tables()
-    fh = a.add(os.open(tmp_path, os.O_RDONLY), 5, 0)
+    fh = a.add(os.open(tmp_path, os.O_RDONLY), 5, 0, 0)
     b.slot(fh, 1)
     copy = os.open(tmp_path, os.O_RDONLY)
     b.keep(fh, copy)
     a.release(fh)
     for _ in range(RING + 10):  # the ring wraps: b cannot read which fhs went
-        other = a.add(os.open(tmp_path, os.O_RDONLY), 6, 0)
+        other = a.add(os.open(tmp_path, os.O_RDONLY), 6, 0, 0)
         b.slot(other, 1)  # copied, so its release goes into the ring
         a.release(other)
     b.sync()
