@@ -102,6 +102,10 @@ def set_pdeathsig(sig: int) -> None:
     _call(_libc.prctl, PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
+def munmap(address: int, length: int) -> None:
+    _call(_libc.munmap, ctypes.c_void_p(address), ctypes.c_size_t(length))
+
+
 def set_name(name: str) -> None:
     """The process's name in ps, top and /proc/PID/comm (15 bytes at most)."""
     _call(_libc.prctl, PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)

@@ -33,6 +33,7 @@ waiting `fastpass mount` detaches the mount (`fastpass.startup`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib.util
 import logging
@@ -581,13 +582,14 @@ class Pool:
         try:
             if self.control.supervisor() is not None:
                 return  # another process was first
+            dead = self.control.recorded()
             middle = os.fork()
             if middle == 0:
                 code = 1
                 try:
                     successor = os.fork()
                     if successor == 0:
-                        self._take_over()
+                        self._take_over(dead)
                     self.control.record(successor)
                     code = 0
                 finally:
@@ -596,7 +598,7 @@ class Pool:
         finally:
             region.unlock(LOCK_SUCCESSION)
 
-    def _take_over(self) -> None:
+    def _take_over(self, dead: int) -> None:
         """In a successor: become the mount's supervisor, with this copy of the dead one's pool,
         the workers it left (adopted: watched by pidfd, not reaped) and new ones where they died;
         never returns."""
@@ -608,7 +610,7 @@ class Pool:
             _linux.set_pdeathsig(0)
             _linux.set_name(SUPERVISOR_NAME)
             os.setsid()
-            dead = self.record.pid
+            self._shed()
             self.record = msgspec.structs.replace(self.record, pid=os.getpid())
             state.write(self.record)
             systemd.notify(f"MAINPID={os.getpid()}")
@@ -631,6 +633,24 @@ class Pool:
         finally:
             logging.shutdown()
             os._exit(code)
+
+    def _shed(self) -> None:
+        """In a successor: let go of what it inherited from the worker that forked it and is not
+        the pool's: that worker's backing fds (an unlinked file's blocks), pidfds and above all its
+        io_uring, whose fd and mappings would keep the ring alive after that worker dies, and the
+        kernel then leaves requests handed to the ring's entries unanswered."""
+        keep = {0, 1, 2, self.session, self.root_fd, self.fan_fd, self.shared.region.fd, self._started,
+                *(f for s in self.seats.values() for f in (s.devfd, s.pool.fd, s.journal.fd)),
+                *(h.stream.fileno() for h in logging.getLogger().handlers if hasattr(h, "stream"))}  # fmt: skip
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(int(name))
+        with open("/proc/self/maps") as maps:
+            rings = [line.split()[0] for line in maps if line.rstrip().endswith("anon_inode:[io_uring]")]
+        for span in rings:
+            start, end = (int(x, 16) for x in span.split("-"))
+            _linux.munmap(start, end - start)
 
     def _watch(self, pid: int) -> None:
         """Call `reap` when the worker exits: its pidfd becomes readable (uvloop keeps SIGCHLD)."""

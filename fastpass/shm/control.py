@@ -51,6 +51,10 @@ class Control:
     def serving(self) -> int:
         return _FIELDS.unpack_from(self.map, self.offset)[2]
 
+    def recorded(self) -> int:
+        """The pid recorded last, alive or not."""
+        return _FIELDS.unpack_from(self.map, self.offset)[0]
+
     def supervisor(self) -> int | None:
         """The recorded supervisor's pid while it lives, else None."""
         pid, started, _ = _FIELDS.unpack_from(self.map, self.offset)
