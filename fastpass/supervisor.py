@@ -54,8 +54,9 @@ from fastpass.config import (
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
-from fastpass.fs.inodes import can_reopen, handle_of
+from fastpass.fs.inodes import MAX_SLOTS, can_reopen, handle_of
 from fastpass.fs.passthrough import Passthrough
+from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
@@ -115,8 +116,10 @@ def check(config: MountConfig) -> None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
     if config.passthrough == "on" and os.geteuid() != 0:
         raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
-    if config.max_inodes < 16:
-        raise StartError("--max-inodes must be at least 16")
+    if config.max_inodes and not 16 <= config.max_inodes <= MAX_SLOTS:
+        raise StartError(f"--max-inodes must be 0 (no bound) or from 16 to {MAX_SLOTS}")
+    if config.max_inodes_per_user < 0:
+        raise StartError("--max-inodes-per-user must be 0 (half of --max-inodes) or more")
     if not 1 <= config.workers <= WATCHER:
         raise StartError(f"--workers must be from 1 to {WATCHER}")
     if config.engine not in ENGINES:
@@ -272,6 +275,8 @@ def _serve(config: MountConfig, negotiated: Negotiated, session: int, root_fd: i
     os.close(session)
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
+    if negotiated.minor >= abi.NOTIFY_PRUNE_MINOR:
+        fs.inodes.prune = Pruner(devfd, fs.counters.misc)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
     if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):

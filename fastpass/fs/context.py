@@ -122,7 +122,12 @@ class Fs:
     def __init__(self, config: MountConfig, root_fd: int, shared: SharedState, worker: int = 0):
         self.config = config
         self.counters = WorkerCounters(shared.counters, shared.region, worker)
-        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget(), worker, self.counters.misc)
+        share = 0  # the most inodes one uid's lookups may bring into the table (0: no per-uid bound)
+        if config.allow_other:
+            share = config.max_inodes_per_user or shared.inodes.capacity // 2
+            if share >= shared.inodes.capacity:  # the table's own bound comes first
+                share = 0
+        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, fd_budget(), worker, self.counters.misc, share)
         self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc)
         self.entry_valid = split_time(config.entry_timeout)
         self.attr_valid = split_time(config.attr_timeout)

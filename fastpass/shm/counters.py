@@ -32,7 +32,8 @@ IO_NAMES = ("", "plain", "uring")
 TRANSPORT = 13  # where the worker's requests come from: one of TRANSPORT_NAMES' indices
 TRANSPORT_NAMES = ("", "dev", "uring")  # /dev/fuse alone; FUSE-over-io_uring entries too
 BACKING_REGISTERED, BACKING_CLOSED = 14, 15  # passthrough backing ids this process registered, closed
-MISC = 16
+PRUNED = 16  # nodeids this worker asked the kernel to forget (FUSE_NOTIFY_PRUNE)
+MISC = 17
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 
 
