@@ -75,6 +75,11 @@ def setfsuid(uid: int) -> int:
     return _libc.setfsuid(uid)
 
 
+def fsuid_now() -> int:
+    """The thread's fsuid: setfsuid to an id that is no uid changes nothing and returns it."""
+    return _libc.setfsuid(-1) & 0xFFFFFFFF
+
+
 def setfsgid(gid: int) -> int:
     return _libc.setfsgid(gid)
 

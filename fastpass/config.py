@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-DEFAULT_MAX_INODES = 1 << 20
+DEFAULT_MAX_INODES = 0  # no bound but the nodeid format's (2^32 - 2)
 DEFAULT_CACHE_SIZE = 1 << 16
 DEFAULT_TIMEOUT = 1.0  # s the kernel trusts what it has when nobody tells it of changes
 WATCHED_TIMEOUT = 60.0  # s it trusts them when every outside change is pushed to it
@@ -49,14 +49,21 @@ class MountConfig(msgspec.Struct, frozen=True):
     # Kernel passthrough of regular files' reads, writes and mmap: "auto" uses it
     # where the kernel offers it and we are root, "on" refuses to mount without it.
     passthrough: str = "auto"
-    # Inodes the kernel may know at once (184 bytes of shared memory each, touched
-    # as used); a lookup past it fails with ENFILE until the kernel forgets some.
+    # Inodes the kernel may know at once: the inode table's memory cap (200 bytes of shared
+    # memory each; the table grows by doubling as the kernel learns of more).  0: no bound
+    # but the nodeid format's (2^32 - 2).  Within 1/8 of it (at most 4096 inodes) fastpass
+    # asks the kernel to forget cold inodes (FUSE_NOTIFY_PRUNE, Linux 6.18); a lookup at it
+    # fails with ENFILE until the kernel has forgotten some.
     max_inodes: int = DEFAULT_MAX_INODES
     # With allow_other: the files and directories one uid may hold open at once, over all
     # workers; past it that uid's opens fail with EMFILE, so the server's fds and handle slots
     # stay for the others.  0: half of the smaller of the fd limit and the handle table
     # (`fastpass.supervisor` resolves it once the limit is raised).
     max_open_per_user: int = 0
+    # With allow_other: the inodes one uid's lookups may bring into the table (root's too); that
+    # uid's cold inodes are pruned near it, and its lookups of new inodes fail with ENFILE at
+    # it, so one user cannot fill the table for root and the others.  0: half of max_inodes.
+    max_inodes_per_user: int = 0
     # Filters around the operations, outermost first: each `NAME[:ARG=VALUE,...]` (a built-in)
     # or `MODULE:CLASS[:ARG=VALUE,...]`; see fastpass.filters.
     filters: tuple[str, ...] = ()

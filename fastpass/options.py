@@ -120,8 +120,11 @@ OPTIONS: tuple[Option, ...] = (
            "small writes gather in the page cache; the kernel keeps sizes and mtimes of the files it holds, so an "
            "outside change of a file's size shows once no program has it open; excludes --passthrough on (auto "
            "means off with it) and --filter"),
-    Option("max_inodes", "max_inodes", f"inodes the kernel may know at once (default {_D['max_inodes']})", int,
-           metavar="N"),
+    Option("max_inodes", "max_inodes", "inodes the kernel may know at once: the inode table's memory cap, 200 bytes "
+           "each as used; cold inodes are pruned near it (Linux 6.18) (default 0: no bound)", int, metavar="N"),
+    Option("max_inodes_per_user", "max_inodes_per_user", "with --allow-other: the inodes one user's lookups may "
+           "bring into the table; past it their lookups of new inodes fail with ENFILE (default: half of "
+           "--max-inodes)", int, metavar="N"),
     Option("max_open_per_user", "max_open_per_user", "with --allow-other: files and directories one user may "
            "hold open at once, over all workers; past it their opens fail with EMFILE (default: half of the smaller "
            "of the fd limit and the handle table)", int, metavar="N"),

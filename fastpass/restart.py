@@ -58,6 +58,7 @@ class Handover(msgspec.Struct):
     root_fd: int
     fan_fd: int
     region: int  # memfd
+    inodes: int  # memfd of the inode table's slots
     seats: list[SeatFds]
     workers: dict[int, int]  # pid -> index (the watcher's is WATCHER)
     restarts: int
@@ -68,7 +69,7 @@ def prepare(handover: Handover) -> tuple[list[str], list[int]] | str:
     resumes it and the fds it inherits, or why the new code refuses it (nothing changed then)."""
     fd = os.memfd_create("fastpass-handover", 0)  # inherited by the probe and across the exec
     os.write(fd, msgspec.json.encode(handover))
-    fds = [fd, handover.session, handover.root_fd, handover.region,
+    fds = [fd, handover.session, handover.root_fd, handover.region, handover.inodes,
            *(f for s in handover.seats for f in (s.devfd, s.buffers, s.journal)),
            *([handover.fan_fd] if handover.fan_fd >= 0 else [])]  # fmt: skip
     command = [sys.executable, "-m", "fastpass", "resume", handover.record.config.mountpoint, str(fd)]

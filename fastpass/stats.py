@@ -97,6 +97,8 @@ class Stats(msgspec.Struct):
     backing_ids: int = 0  # passthrough backing ids registered now, idle ones kept for the next open included
     backing_registrations: int = 0  # since the mount
     fd_limit: int = 0  # RLIMIT_NOFILE of the server's processes, as raised at start
+    inode_slots: int = 0  # slots the inode table has room for now, as it has grown (200 bytes each)
+    pruned: int = 0  # nodeids fastpass asked the kernel to forget (FUSE_NOTIFY_PRUNE), since the mount
 
 
 def _fds(pid: int) -> int:
@@ -135,7 +137,7 @@ def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pi
 
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
             record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int,
-            requests_per_queue: list[int]) -> Stats:  # fmt: skip
+            requests_per_queue: list[int], inode_slots: int = 0) -> Stats:  # fmt: skip
     """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
     workers = []
     op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
@@ -176,7 +178,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         options.render(record.config),
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
         requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
-        resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        resource.getrlimit(resource.RLIMIT_NOFILE)[0], inode_slots,
+        sum(b.misc[C.PRUNED] for b in blocks),
     )  # fmt: skip
 
 
@@ -189,7 +192,8 @@ def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: 
     handles = HandleTable.live(shared.handles, shared.region)
     watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
     return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
-                                       pids.get(C.WATCHER, 0), requests_per_queue))  # fmt: skip
+                                       pids.get(C.WATCHER, 0), requests_per_queue,
+                                       InodeTable.slots(shared.inodes, shared.region)))  # fmt: skip
 
 
 Restart = Callable[[], tuple[bytes, Callable[[], None] | None]]  # the answer, and what to do once it is sent
@@ -270,8 +274,8 @@ def render(stats: Stats) -> object:
     protocol = f"protocol 7.{n.minor}: {' '.join(n.flags)}" if n is not None else "protocol: libfuse's"
     head = Text(
         f"{stats.backing} on {stats.mountpoint}: {stats.engine} engine, supervisor {stats.supervisor_pid}, up "
-        f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes, "
-        f"{stats.open_handles} open handles\npassthrough "
+        f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes "
+        f"(table {stats.inode_slots:,} slots, {stats.pruned:,} pruned), {stats.open_handles} open handles\npassthrough "
         + (f"on ({stats.backing_ids:,} backing ids, {stats.backing_registrations:,} registered)" if stats.passthrough
            else "off")
         + ", writeback cache "

@@ -64,8 +64,9 @@ from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs
 from fastpass.fs.fds import raise_limit
-from fastpass.fs.inodes import can_reopen, handle_of
+from fastpass.fs.inodes import MAX_SLOTS, can_reopen, handle_of
 from fastpass.fs.passthrough import Passthrough
+from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
@@ -131,8 +132,10 @@ def check(config: MountConfig) -> None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
     if config.passthrough == "on" and os.geteuid() != 0:
         raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
-    if config.max_inodes < 16:
-        raise StartError("--max-inodes must be at least 16")
+    if config.max_inodes and not 16 <= config.max_inodes <= MAX_SLOTS:
+        raise StartError(f"--max-inodes must be 0 (no bound) or from 16 to {MAX_SLOTS}")
+    if config.max_inodes_per_user < 0:
+        raise StartError("--max-inodes-per-user must be 0 (half of --max-inodes) or more")
     if config.max_open_per_user < 0:
         raise StartError("--max-open-per-user must not be negative")
     if not 1 <= config.workers <= WATCHER:
@@ -285,6 +288,8 @@ def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int
     devfd = seat.devfd
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     fs = Fs(config, root_fd, shared, index)
+    if negotiated.minor >= abi.NOTIFY_PRUNE_MINOR:
+        fs.inodes.prune = Pruner(devfd, fs.counters.misc)
     if negotiated.has(abi.InitFlag.PASSTHROUGH):
         fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
     if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):
@@ -639,7 +644,8 @@ class Pool:
         the pool's: that worker's backing fds (an unlinked file's blocks), pidfds and above all its
         io_uring, whose fd and mappings would keep the ring alive after that worker dies, and the
         kernel then leaves requests handed to the ring's entries unanswered."""
-        keep = {0, 1, 2, self.session, self.root_fd, self.fan_fd, self.shared.region.fd, self._started,
+        keep = {0, 1, 2, self.session, self.root_fd, self.fan_fd, self.shared.region.fd, self.shared.inodes.fd,
+                self._started,
                 *(f for s in self.seats.values() for f in (s.devfd, s.pool.fd, s.journal.fd)),
                 *(h.stream.fileno() for h in logging.getLogger().handlers if hasattr(h, "stream"))}  # fmt: skip
         for name in os.listdir("/proc/self/fd"):
@@ -779,7 +785,7 @@ class Pool:
             return f"refused: {restart.REFUSED_ON_RINGS}\n".encode(), None
         prepared = restart.prepare(restart.Handover(
             restart.FORMAT, self.record, list(self.ours) if self.ours is not None else None, self.session,
-            self.root_fd, self.fan_fd, self.shared.region.fd,
+            self.root_fd, self.fan_fd, self.shared.region.fd, self.shared.inodes.fd,
             [restart.SeatFds(i, s.devfd, len(s.pool), s.journal.slots - len(s.pool), s.pool.fd, s.journal.fd)
              for i, s in sorted(self.seats.items())],
             dict(self.workers), self.restarts,
@@ -854,7 +860,7 @@ def resume(h: restart.Handover, mountpoint: str, check: bool) -> int:
         if (why := restart.refused(h, mountpoint)) is not None:
             raise ValueError(why)
         shared = SharedState(h.root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0,
-                             attach=h.region)  # fmt: skip
+                             attach=(h.region, h.inodes))  # fmt: skip
         filters = load.load_all(config.filters)
     except (ValueError, load.SpecError) as e:
         print(f"fastpass: restart refused: {e}", file=sys.stderr)

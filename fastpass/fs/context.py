@@ -125,7 +125,12 @@ class Fs:
         self.config = config
         self.counters = WorkerCounters(shared.counters, shared.region, worker)
         self.fds = FdBudget(io_depth=config.io_depth)
-        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, self.fds, worker, self.counters.misc)
+        share = 0  # the most inodes one uid's lookups may bring into the table (0: no per-uid bound)
+        if config.allow_other:
+            share = config.max_inodes_per_user or shared.inodes.capacity // 2
+            if share >= shared.inodes.capacity:  # the table's own bound comes first
+                share = 0
+        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, self.fds, worker, self.counters.misc, share)
         self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc, self.fds,
                                    config.max_open_per_user if config.allow_other else 0)  # fmt: skip
         self.entry_valid = split_time(config.entry_timeout)

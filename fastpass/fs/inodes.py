@@ -2,13 +2,35 @@
 
 Facts that shape it:
 
-* Any worker may receive any request, so the table lives in shared memory
-  (`fastpass.shm.region`): a slot per inode holding its (st_dev, st_ino),
-  its file handle (`name_to_handle_at`) and its lookup count, and a hash
-  index from (st_dev, st_ino) to slot.  A nodeid is `generation << 32 |
-  slot`: it names a slot without any search, and a slot reused after a
-  FORGET gets a new generation, so the kernel never confuses an old inode
-  with a new one.  The root is slot 1, generation 0: nodeid 1.
+* Any worker may receive any request, so the table lives in shared memory:
+  a slot per inode holding its (st_dev, st_ino), its file handle
+  (`name_to_handle_at`) and its lookup count, and a hash index from
+  (st_dev, st_ino) to slot.  A nodeid is `generation << 32 | slot`: it
+  names a slot without any search, and a slot reused after a FORGET gets a
+  new generation, so the kernel never confuses an old inode with a new one.
+  The root is slot 1, generation 0: nodeid 1.
+* The table has no size fixed before the fork: a tree walk would fill any
+  such size for every user of the mount.  The slots live in a memfd of their
+  own that grows by doubling (`fastpass.shm.growable`); slots never move, so
+  a worker that meets a slot past what it has mapped maps the file again
+  and goes on.  The index grows without moving anything either: its chains
+  are threaded through the slots (`next`), and its bucket heads are a field
+  of the slots too (bucket b's head lives in slot b's record, whatever slot
+  b holds), split one bucket at a time as the table fills (linear hashing:
+  buckets `h mod 2^k` below the split pointer become `h mod 2^(k+1)`), so
+  an insert costs one split at most and nothing is ever rehashed at once.
+  Freed slots form a list through `next` as well.
+* The bound is `--max-inodes` (a memory cap; by default the nodeid format's
+  own).  Before a lookup meets it, and before a uid meets its share under
+  allow_other, the table asks the kernel to forget cold inodes
+  (FUSE_NOTIFY_PRUNE, 7.45): from `batch` slots below the bound, every
+  batch/2 slots taken, it picks up to `batch` live slots that no lookup
+  has touched since the clock hand last passed them (CLOCK; a slot's first
+  lookup leaves it untouched, so a walk's inodes go first) and have no
+  passthrough open, and `prune` sends them from a thread of the worker
+  (`fastpass.fs.prune`).  The kernel drops those it can (no open file, no
+  cwd, no child dentry) and sends their FORGETs.  Only at the bound itself
+  is a lookup answered ENFILE, and only to the uid whose share is full.
 * A backing inode number can be reused once the inode is freed.  The file
   handle carries the inode's own generation on handle-capable filesystems,
   so a lookup that finds a known (st_dev, st_ino) with a different handle
@@ -16,21 +38,23 @@ Facts that shape it:
   stays valid until the kernel forgets it.
 * Each worker keeps its own O_PATH fds, opened lazily from the handle
   (`open_by_handle_at`, which needs CAP_DAC_READ_SEARCH) and kept in an LRU
-  that gives way to open files (`fastpass.fs.fds`).  A local fd pins the inode, so while this
-  worker holds one, a lookup of the same (st_dev, st_ino) needs no handle
-  comparison.  Without usable handles (not root, or a filesystem without
-  export support) fds are pinned and never evicted, and one worker serves.
-* Lookup counts change under the inode lock; slot contents are written
-  before the slot is published in the index and do not change while it is
-  live, so reading a slot by nodeid needs no lock.  When a count reaches
-  zero the nodeid goes into a ring of freed nodeids, from which every
-  worker closes its own fd for it (`sync`, at the top of each request).
+  that gives way to open files (`fastpass.fs.fds`); views without an fd are
+  dropped too, so a worker's memory follows its fds, not the table.  A local fd pins the
+  inode, so while this worker holds one, a lookup of the same
+  (st_dev, st_ino) needs no handle comparison.  Without usable handles (not
+  root, or a filesystem without export support) fds are pinned and never
+  evicted, and one worker serves.
+* Every use of the index and every change of a slot's count happens under
+  the inode lock; slot contents are written before the slot is published in
+  the index and do not change while it is live, so reading a slot by nodeid
+  needs no lock.  When a count reaches zero the nodeid goes into a ring of
+  freed nodeids, from which every worker closes its own fd for it (`sync`,
+  at the top of each request).
 """
 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import struct
 from collections import OrderedDict
@@ -39,7 +63,9 @@ from collections.abc import Callable
 from fastpass import _linux
 from fastpass.fs.fds import FLOOR, FdBudget
 from fastpass.kernel.abi import ROOT_ID
+from fastpass.shm import growable
 from fastpass.shm.counters import FOREIGN_NODES
+from fastpass.shm.growable import Growable
 from fastpass.shm.region import (
     BACKING_STRIPES,
     LOCK_BACKING,
@@ -54,20 +80,48 @@ from fastpass.shm.region import (
 )
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-# generation, live, nlookup, dev, ino, mount_id, handle length, creating worker,
-# passthrough backing id, passthrough opens, uid it was registered as, whether the id may stay
-# registered with no open (its file is read-only), handle
-SLOT = struct.Struct("<IIqQQiHHiiII128s")
-_BACKING_AT = 40  # offset of the passthrough fields in a slot
+# A slot, 200 bytes: generation, live, nlookup, dev, ino, next (index chain or free list), head (of
+# the index bucket numbered like this slot), passthrough backing id, passthrough opens, uid it was
+# registered as, whether the id may stay registered with no open (its file is read-only), mount
+# id, handle length, touched by a lookup since the clock hand passed, creating worker, share cell
+# of the uid that made it, handle.
+SLOT = struct.Struct("<IIqQQIIiiIIiBBHI4x128s")
+SLOT_SIZE = SLOT.size
+_IDENT = struct.Struct("<IIqQQI")  # generation .. next, at 0: written without the bucket head after it
+_REST = struct.Struct("<iiIIiBBHI4x128s")  # backing id .. handle, at _BACKING_AT
+_CHAIN = struct.Struct("<QQI")  # dev, ino, next, at _KEY_AT
+_GEN_LIVE = struct.Struct("<II")
+_COUNT = struct.Struct("<IIq")  # generation, live, nlookup
+_NLOOKUP = struct.Struct("<q")
+_KEY_AT, _NEXT_AT, _HEAD_AT, _BACKING_AT, _REF_AT, _CELL_AT = 16, 32, 36, 40, 61, 64
+_OPENS_AT = _BACKING_AT + 4
 _BACKING = struct.Struct("<iiII")
 _I32 = struct.Struct("<i")
 # Backing ids kept registered with no open, at most: each pins a kernel file, its dentry and the
 # backing inode (about 1.5 KiB), and a deleted file's blocks, until the kernel forgets the inode.
 IDLE_IDS = 16384
-ENTRY = struct.Struct("<QQII")  # dev, ino, slot, used
-HEADER = struct.Struct("<IIQ")  # next fresh slot, free-stack depth, freed-ring sequence
+# The table's header, in the region: slots the file holds, the index's level and split pointer, next
+# never-used slot, head of the free list, live slots (the root's included), the clock hand,
+# slots taken (or refused) since the last prune, freed-ring sequence.
+HEADER = struct.Struct("<IIIIIIIIQ")
+_EXTENT, _FRESH, _LIVE, _HAND, _SINCE, _SEQ = 0, 12, 20, 24, 28, 32  # offsets
+# A uid's share cell, in the region: used, uid, its live slots, slots it took (or was refused)
+# since its last prune.  Cells are claimed by probing from the uid's home and never emptied (a
+# cell whose count is 0 may be claimed again), so a probe ends at the first unused one.
+CELL = struct.Struct("<IIII")
+_CELL_COUNT = 8
+UIDS = 1024  # share cells; a uid that finds none free (1023 others with live slots) is not counted
+FIRST_SLOTS = 1024  # the table's first size (200 KiB); it doubles as it fills
+FIRST_BUCKETS = 256  # the index's first size, <= FIRST_SLOTS
+MAX_SLOTS = (1 << 32) - 2  # the nodeid's 32 bits of slot, less slot 0: the default bound
+MAX_PRUNE = 4096  # nodeids one prune asks the kernel to forget, at most
 _MASK32 = 0xFFFFFFFF
 _ROOT_SLOT = 1
+
+
+def prune_batch(bound: int) -> int:
+    """How far below a bound pruning starts, and how many nodeids one prune names."""
+    return max(4, min(bound // 8, MAX_PRUNE))
 
 
 class Inode:
@@ -114,50 +168,97 @@ def can_reopen(mount_fd: int, handle: bytes) -> bool:
 
 
 class InodeSpace:
-    """Where the table lives in the region: sized once by the supervisor, before the fork."""
+    """Where the table lives: its header, freed-ring and share cells laid out in the region, its
+    slots in a growing memfd of their own; made by the supervisor, before the fork."""
 
-    def __init__(self, layout: Layout, capacity: int):
-        self.capacity = capacity
-        self.index_size = 1 << (2 * capacity - 1).bit_length()  # load factor <= 1/2
+    def __init__(self, layout: Layout, capacity: int, attach: int | None = None):
+        """`attach`: the slots' memfd of a supervisor that handed over (`fastpass.restart`)."""
+        self.capacity = min(capacity, MAX_SLOTS) or MAX_SLOTS  # live inodes at most, root included; 0: no bound
         self.header = layout.take(HEADER.size)
-        self.slots = layout.take(SLOT.size * (capacity + 2))
-        self.free = layout.take(U32.size * capacity)
-        self.index = layout.take(ENTRY.size * self.index_size)
         self.ring = layout.take(U64.size * RING)
         self.kept = layout.take(U32.size * BACKING_STRIPES)  # ids that may stay idle, per lock stripe
+        self.cells = layout.take(CELL.size * UIDS)
+        self.fd = growable.create("fastpass-inodes", FIRST_SLOTS * SLOT_SIZE) if attach is None else attach
 
 
-def _probe(m: mmap.mmap, space: InodeSpace, key: tuple[int, int]) -> tuple[int, int]:
-    mask = space.index_size - 1
-    i = hash(key) & mask
-    while True:
-        dev, ino, slot, used = ENTRY.unpack_from(m, space.index + i * ENTRY.size)
-        if not used or (dev, ino) == key:
-            return i, slot if used else 0
-        i = (i + 1) & mask
+def _bucket(h: int, level: int, split: int) -> int:
+    """Linear hashing: h's bucket among FIRST_BUCKETS << level, plus `split` already split in two."""
+    low = FIRST_BUCKETS << level
+    b = h & (low - 1)
+    return h & ((low << 1) - 1) if b < split else b
 
 
-def nodeid_of(space: InodeSpace, region: Region, key: tuple[int, int], handle: bytes | None) -> int:
-    """The live nodeid of backing inode `key`, or 0 if the kernel does not know it.  With a
-    handle, a slot holding another handle (a reused inode number) does not count."""
-    region.lock(LOCK_INODES)
-    try:
-        _, slot = _probe(region.map, space, key)
-        if not slot:
+class SlotReader:
+    """One process's mapping of the table's slots, mapped again as far as the table has grown when
+    a slot past it is met, and the index walk.  The watcher reads with one; a worker's InodeTable
+    is one."""
+
+    def __init__(self, space: InodeSpace, region: Region):
+        self._space = space
+        self._region = region
+        self._rmap = region.map  # header, ring, kept counts, share cells
+        self._hdr = space.header
+        extent = U32.unpack_from(region.map, space.header + _EXTENT)[0]
+        self._file = Growable(space.fd, extent * SLOT_SIZE)
+        self._map = self._file.map  # the slots; taken again after each remap
+        self._mapped = extent  # slots mapped here
+
+    def _catch_up(self) -> tuple[int, ...]:
+        """Map every slot the table has now (another process may have grown it); returns the
+        header as it is."""
+        header = HEADER.unpack_from(self._rmap, self._hdr)
+        if header[0] != self._mapped:
+            self._file.remap(header[0] * SLOT_SIZE)
+            self._map = self._file.map
+            self._mapped = header[0]
+        return header
+
+    def _reach(self, slot: int) -> bool:
+        """Whether `slot` exists, mapping the table's new slots if it lies past this process's."""
+        if slot < self._mapped:
+            return True
+        self._catch_up()
+        return slot < self._mapped
+
+    def _find(self, key: tuple[int, int], level: int, split: int) -> tuple[int, int, int]:
+        """(bucket, previous slot in its chain or 0, slot) of `key`, slot 0 if absent, in the index
+        of that level and split (lock held)."""
+        bucket = _bucket(hash(key), level, split)
+        m = self._map
+        slot = U32.unpack_from(m, bucket * SLOT_SIZE + _HEAD_AT)[0]
+        prev = 0
+        dev, ino = key
+        while slot:
+            d, i, nxt = _CHAIN.unpack_from(m, slot * SLOT_SIZE + _KEY_AT)
+            if i == ino and d == dev:
+                return bucket, prev, slot
+            prev, slot = slot, nxt
+        return bucket, prev, 0
+
+    def nodeid_of(self, key: tuple[int, int], handle: bytes | None = None) -> int:
+        """The live nodeid of backing inode `key`, or 0 if the kernel does not know it.  With a
+        handle, a slot holding another handle (a reused inode number) does not count."""
+        region = self._region
+        region.lock(LOCK_INODES)
+        try:
+            header = self._catch_up()
+            slot = self._find(key, header[1], header[2])[2]
+            if not slot:
+                return 0
+            row = SLOT.unpack_from(self._map, slot * SLOT_SIZE)
+        finally:
+            region.unlock(LOCK_INODES)
+        gen, live, hlen, h = row[0], row[1], row[12], row[16]
+        if not live or (handle is not None and hlen and h[:hlen] != handle):
             return 0
-        gen, live, *_, hlen, _creator, _bid, _opens, _uid, _idle, h = SLOT.unpack_from(region.map, space.slots + slot * SLOT.size)
-    finally:
-        region.unlock(LOCK_INODES)
-    if not live or (handle is not None and hlen and h[:hlen] != handle):
-        return 0
-    return gen << 32 | slot
+        return gen << 32 | slot
 
 
 def _no_ids(backing_id: int) -> None:
     raise AssertionError(f"backing id {backing_id} without passthrough")
 
 
-class InodeTable:
+class InodeTable(SlotReader):
     @staticmethod
     def format(space: InodeSpace, region: Region, root_fd: int) -> None:
         """Write the empty table with its root; once, in the supervisor, before any worker starts."""
@@ -165,23 +266,32 @@ class InodeTable:
         handle, mount_id = handle_of(root_fd)
         h = handle or b""
         key = (st.st_dev, st.st_ino)
-        SLOT.pack_into(region.map, space.slots + _ROOT_SLOT * SLOT.size, 0, 1, 1 << 62, *key, mount_id, len(h), 0,
-                       0, 0, 0, 0, h)  # fmt: skip
-        HEADER.pack_into(region.map, space.header, _ROOT_SLOT + 1, 0, 0)
-        i = hash(key) & (space.index_size - 1)
-        ENTRY.pack_into(region.map, space.index + i * ENTRY.size, *key, _ROOT_SLOT, 1)
+        table = Growable(space.fd, FIRST_SLOTS * SLOT_SIZE)
+        try:
+            m = table.map
+            off = _ROOT_SLOT * SLOT_SIZE
+            _IDENT.pack_into(m, off, 0, 1, 1 << 62, *key, 0)
+            _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, 0, 0, h)
+            U32.pack_into(m, _bucket(hash(key), 0, 0) * SLOT_SIZE + _HEAD_AT, _ROOT_SLOT)
+        finally:
+            table.close()
+        batch = prune_batch(space.capacity)  # the first crossing prunes at once
+        HEADER.pack_into(region.map, space.header, FIRST_SLOTS, 0, 0, _ROOT_SLOT + 1, 0, 1, _ROOT_SLOT, batch, 0)
 
     def __init__(self, space: InodeSpace, region: Region, root_fd: int, fds: FdBudget, worker: int,
-                 misc: memoryview) -> None:  # fmt: skip
-        self._space = space
-        self._region = region
-        self._map = region.map
-        self._mask = space.index_size - 1
+                 misc: memoryview, share: int = 0) -> None:  # fmt: skip
+        """`share`: the most live slots one uid may have made (0: no per-uid bound)."""
+        super().__init__(space, region)
         self._fds = fds
         self._uid = os.geteuid()
         self._worker = worker
         self._misc = misc  # this worker's misc counters (FOREIGN_NODES)
+        self._batch = prune_batch(space.capacity)
+        self._mark = space.capacity - self._batch  # live slots from which the table prunes
+        self._share = share
+        self._share_batch = prune_batch(share)
         self._local: dict[int, Inode] = {}  # nodeid -> this worker's view
+        self._local_limit = fds.limit + 1024  # views kept before those without an fd are shed
         self._local_keys: dict[tuple[int, int], Inode] = {}
         self._open: OrderedDict[int, Inode] = OrderedDict()  # LRU of views holding an fd (not the root)
         st = os.fstat(root_fd)
@@ -195,100 +305,211 @@ class InodeTable:
         self._local[ROOT_ID] = self.root
         # closes a passthrough backing id (`fastpass.fs.passthrough` sets it where passthrough is on)
         self.unregister: Callable[[int], None] = _no_ids
+        # asks the kernel to forget these nodeids (`fastpass.fs.prune`, set where the kernel has
+        # FUSE_NOTIFY_PRUNE); None: nothing is pruned, a full table is ENFILE until the kernel forgets
+        self.prune: Callable[[list[int]], None] | None = None
 
     # --- shared slots and index (callers hold the inode lock where they mutate) -------
     def _read_slot(self, slot: int) -> tuple:
-        return SLOT.unpack_from(self._map, self._space.slots + slot * SLOT.size)
+        return SLOT.unpack_from(self._map, slot * SLOT_SIZE)
 
-    def _write_slot(self, slot: int, gen: int, live: int, nlookup: int, key: tuple[int, int], mount_id: int,
-                    handle: bytes | None) -> None:  # fmt: skip
+    def _hget(self, at: int) -> int:
+        return U32.unpack_from(self._rmap, self._hdr + at)[0]
+
+    def _hset(self, at: int, value: int) -> None:
+        U32.pack_into(self._rmap, self._hdr + at, value)
+
+    def _new_slot(self, bucket: int, key: tuple[int, int], mount_id: int, handle: bytes | None,
+                  cell: int) -> tuple[int, int]:  # fmt: skip
+        """(slot, generation) of a new live slot for `key` with one lookup, published at the head of
+        `bucket` (where `_find` did not find the key), the table grown if no slot is free, and one
+        bucket split if the index has fewer buckets than live slots."""
+        rmap, hdr = self._rmap, self._hdr
+        extent, level, split, fresh, free, live, hand, since, seq = HEADER.unpack_from(rmap, hdr)
+        if free:
+            slot = free
+            gen, _live, *_, free = _IDENT.unpack_from(self._map, slot * SLOT_SIZE)
+        else:
+            if fresh >= self._mapped:
+                extent = min(self._mapped * 2, self._space.capacity + 1)
+                self._file.grow(extent * SLOT_SIZE)
+                self._map = self._file.map
+                self._mapped = extent
+            slot, gen = fresh, 0
+            fresh += 1
+        m = self._map
+        off = slot * SLOT_SIZE
+        head = bucket * SLOT_SIZE + _HEAD_AT
         h = handle or b""
-        SLOT.pack_into(self._map, self._space.slots + slot * SLOT.size, gen, live, nlookup, key[0], key[1], mount_id,
-                       len(h), self._worker, 0, 0, 0, 0, h)  # fmt: skip
+        _IDENT.pack_into(m, off, gen, 1, 1, key[0], key[1], U32.unpack_from(m, head)[0])
+        _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, self._worker, cell, h)
+        U32.pack_into(m, head, slot)
+        live += 1
+        if live > (FIRST_BUCKETS << level) + split:
+            level, split = self._split(level, split)
+        HEADER.pack_into(rmap, hdr, extent, level, split, fresh, free, live, hand, since, seq)
+        return slot, gen
 
-    def _set_nlookup(self, slot: int, nlookup: int) -> None:
-        struct.pack_into("<q", self._map, self._space.slots + slot * SLOT.size + 8, nlookup)
+    def _split(self, level: int, split: int) -> tuple[int, int]:
+        """Split bucket `split` into itself and `split + FIRST_BUCKETS << level` by one more bit of
+        hash; returns the new (level, split).  The new bucket's head lives in that slot's record,
+        which exists: the buckets are never more than the live slots."""
+        low = FIRST_BUCKETS << level
+        mask = (low << 1) - 1
+        m = self._map
+        src = split * SLOT_SIZE + _HEAD_AT
+        slot = U32.unpack_from(m, src)[0]
+        stay = move = 0
+        while slot:
+            off = slot * SLOT_SIZE
+            dev, ino, nxt = _CHAIN.unpack_from(m, off + _KEY_AT)
+            if hash((dev, ino)) & mask == split:
+                U32.pack_into(m, off + _NEXT_AT, stay)
+                stay = slot
+            else:
+                U32.pack_into(m, off + _NEXT_AT, move)
+                move = slot
+            slot = nxt
+        U32.pack_into(m, src, stay)
+        U32.pack_into(m, (split + low) * SLOT_SIZE + _HEAD_AT, move)
+        split += 1
+        return (level + 1, 0) if split == low else (level, split)
 
-    def _entry_at(self, i: int) -> tuple:
-        return ENTRY.unpack_from(self._map, self._space.index + i * ENTRY.size)
-
-    def _put_entry(self, i: int, dev: int, ino: int, slot: int, used: int) -> None:
-        ENTRY.pack_into(self._map, self._space.index + i * ENTRY.size, dev, ino, slot, used)
-
-    def _find(self, key: tuple[int, int]) -> tuple[int, int]:
-        """(index position, slot) of `key`, slot 0 if absent (position is then the free cell)."""
-        return _probe(self._map, self._space, key)
-
-    def _insert(self, key: tuple[int, int], slot: int) -> None:
-        i, _ = self._find(key)
-        self._put_entry(i, key[0], key[1], slot, 1)
-
-    def _remove(self, i: int) -> None:
-        """Empty index cell `i`, shifting later entries of its probe run back (no tombstones)."""
-        mask = self._mask
-        self._put_entry(i, 0, 0, 0, 0)
-        j = i
-        while True:
-            j = (j + 1) & mask
-            dev, ino, slot, used = self._entry_at(j)
-            if not used:
-                return
-            home = hash((dev, ino)) & mask
-            if (i <= j and i < home <= j) or (i > j and (home > i or home <= j)):
-                continue  # still reachable from its home
-            self._put_entry(i, dev, ino, slot, 1)
-            self._put_entry(j, 0, 0, 0, 0)
-            i = j
+    def _unlink(self, bucket: int, prev: int, slot: int) -> None:
+        """Take `slot` out of its index chain (as `_find` placed it)."""
+        m = self._map
+        nxt = U32.unpack_from(m, slot * SLOT_SIZE + _NEXT_AT)[0]
+        U32.pack_into(m, prev * SLOT_SIZE + _NEXT_AT if prev else bucket * SLOT_SIZE + _HEAD_AT, nxt)
 
     def _ring_seq(self) -> int:
-        return HEADER.unpack_from(self._map, self._space.header)[2]
+        return U64.unpack_from(self._rmap, self._hdr + _SEQ)[0]
 
-    def _alloc(self) -> tuple[int, int]:
-        """A free slot and its generation."""
-        space = self._space
-        fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
-        if depth:
-            (slot,) = U32.unpack_from(self._map, space.free + (depth - 1) * U32.size)
-            HEADER.pack_into(self._map, space.header, fresh, depth - 1, seq)
-            return slot, self._read_slot(slot)[0]
-        if fresh > space.capacity:
-            raise OSError(errno.ENFILE, f"inode table full ({space.capacity} inodes)")
-        HEADER.pack_into(self._map, space.header, fresh + 1, depth, seq)
-        return fresh, 0
-
-    def _free(self, slot: int, gen: int, key: tuple[int, int]) -> None:
-        space = self._space
-        i, found = self._find(key)
+    def _free(self, slot: int, gen: int, key: tuple[int, int], cell: int) -> None:
+        """Unpublish a live slot, put it on the free list with its next generation, and tell the
+        other workers through the freed ring."""
+        m, rmap, hdr = self._map, self._rmap, self._hdr
+        extent, level, split, fresh, free, live, hand, since, seq = HEADER.unpack_from(rmap, hdr)
+        bucket, prev, found = self._find(key, level, split)
         if found == slot:
-            self._remove(i)
-        struct.pack_into("<II", self._map, space.slots + slot * SLOT.size, (gen + 1) & _MASK32, 0)
-        fresh, depth, seq = HEADER.unpack_from(self._map, space.header)
-        U32.pack_into(self._map, space.free + depth * U32.size, slot)
-        ring_push(self._region, space.ring, seq, gen << 32 | slot)
-        HEADER.pack_into(self._map, space.header, fresh, depth + 1, seq + 1)
+            self._unlink(bucket, prev, slot)
+        off = slot * SLOT_SIZE
+        _GEN_LIVE.pack_into(m, off, (gen + 1) & _MASK32, 0)
+        U32.pack_into(m, off + _NEXT_AT, free)
+        if cell:
+            at = self._space.cells + cell * CELL.size + _CELL_COUNT
+            U32.pack_into(rmap, at, U32.unpack_from(rmap, at)[0] - 1)
+        ring_push(self._region, self._space.ring, seq, gen << 32 | slot)
+        HEADER.pack_into(rmap, hdr, extent, level, split, fresh, slot, live - 1, hand, since, seq + 1)
+
+    # --- the bound, the uids' shares and pruning (lock held) ---------------------------
+    def _cell_of(self, uid: int) -> int:
+        """The share cell counting `uid`'s slots, claimed if it has none; 0 if no cell is free."""
+        base = self._space.cells
+        c = home = 1 + (uid * 0x9E3779B1 & _MASK32) % (UIDS - 1)
+        reuse = 0
+        while True:
+            used, owner, count, _since = CELL.unpack_from(self._rmap, base + c * CELL.size)
+            if not used:
+                break
+            if owner == uid:
+                return c
+            if not count and not reuse:
+                reuse = c
+            c = c + 1 if c + 1 < UIDS else 1
+            if c == home:
+                c = 0
+                break
+        c = reuse or c
+        if c:
+            CELL.pack_into(self._rmap, base + c * CELL.size, 1, uid, 0, self._share_batch)
+        return c
+
+    def _room(self, cell: int, victims: list[int]) -> str | None:
+        """Before a slot is taken: what is full (None: nothing), and in `victims` the cold
+        nodeids to prune if the table, or `cell`'s uid, is within a batch of its bound."""
+        full = None
+        live = self._hget(_LIVE)
+        bound = self._space.capacity
+        if live >= self._mark:
+            since = self._hget(_SINCE) + 1
+            if since >= self._batch // 2:
+                since = 0
+                victims += self._cold(self._batch, 0)
+            self._hset(_SINCE, since)
+            if live >= bound:
+                full = f"inode table full ({bound} inodes)"
+        if cell:
+            at = self._space.cells + cell * CELL.size
+            _used, uid, count, since = CELL.unpack_from(self._rmap, at)
+            share = self._share
+            if count >= share - self._share_batch:
+                since += 1
+                if since >= self._share_batch // 2:
+                    since = 0
+                    victims += self._cold(self._share_batch, cell)
+                U32.pack_into(self._rmap, at + 12, since)
+                if count >= share and full is None:
+                    full = f"uid {uid} has its share of the inode table ({share} inodes)"
+        return full
+
+    def _cold(self, n: int, cell: int) -> list[int]:
+        """Up to `n` nodeids to prune, of `cell`'s uid if given: live slots with no passthrough
+        open that no lookup touched since the clock hand last passed them (the hand clears the
+        mark as it goes).  At most 4n slots are looked at, so a prune holds the lock briefly."""
+        if self.prune is None:
+            return []
+        m = self._map
+        fresh = self._hget(_FRESH)
+        hand = self._hget(_HAND)
+        found: list[int] = []
+        for _ in range(min(4 * n, fresh - 2)):
+            hand = hand + 1 if hand + 1 < fresh else 2
+            off = hand * SLOT_SIZE
+            gen, live = _GEN_LIVE.unpack_from(m, off)
+            if not live or (cell and U32.unpack_from(m, off + _CELL_AT)[0] != cell):
+                continue
+            if m[off + _REF_AT]:
+                m[off + _REF_AT] = 0
+            elif _I32.unpack_from(m, off + _OPENS_AT)[0] <= 0:
+                found.append(gen << 32 | hand)
+                if len(found) == n:
+                    break
+        self._hset(_HAND, hand)
+        return found
 
     # --- what the operations use ----------------------------------------------------------
     @staticmethod
     def live(space: InodeSpace, region: Region) -> int:
         """Entries in use, read from the shared header (for stats)."""
-        fresh, depth, _ = HEADER.unpack_from(region.map, space.header)
-        return fresh - 1 - depth
+        return U32.unpack_from(region.map, space.header + _LIVE)[0]
+
+    @staticmethod
+    def slots(space: InodeSpace, region: Region) -> int:
+        """Slots the table has room for now (SLOT_SIZE bytes of shared memory each, for stats)."""
+        return U32.unpack_from(region.map, space.header + _EXTENT)[0]
 
     def get(self, nodeid: int) -> Inode:
         inode = self._local.get(nodeid)
         if inode is not None:
             return inode
         slot = nodeid & _MASK32
-        if not 1 < slot <= self._space.capacity:
+        if slot <= _ROOT_SLOT or not self._reach(slot):
             raise _stale()
-        gen, live, _n, dev, ino, mount_id, hlen, creator, *_passthrough, handle = self._read_slot(slot)
+        gen, live, _n, dev, ino, *_, mount_id, hlen, _ref, creator, _cell, handle = self._read_slot(slot)
         if not live or gen != nodeid >> 32:
             raise _stale()
         if creator != self._worker:
             self._misc[FOREIGN_NODES] += 1
+        if len(self._local) >= self._local_limit:
+            self._shed_views()
         inode = Inode(nodeid, (dev, ino), handle[:hlen] if hlen else None, mount_id, -1)
         self._local[nodeid] = inode
         return inode
+
+    def _shed_views(self) -> None:
+        """Drop the views that hold no fd (a later `get` makes them again from the slot)."""
+        self._local = {n: v for n, v in self._local.items() if v.fd >= 0}
+        self._local_limit = max(2 * len(self._local), self._fds.limit + 1024)
 
     def fd(self, inode: Inode) -> int:
         """The inode's O_PATH fd in this worker, opened from its handle if need be."""
@@ -331,10 +552,13 @@ class InodeTable:
         self._fds.trim()
 
     def _shed(self, n: int) -> int:
-        """Close up to `n` of the least recently used fds, FLOOR staying; how many were closed."""
+        """Close up to `n` of the least recently used fds, FLOOR staying, and drop their views (a
+        later `get` makes them again from the slot); how many were closed."""
         n = min(n, len(self._open) - FLOOR) if self.reopen else 0
         for _ in range(n):
-            self._close_local(self._open.popitem(last=False)[1])
+            old = self._open.popitem(last=False)[1]
+            self._close_local(old)
+            self._local.pop(old.nodeid, None)
         return max(n, 0)
 
     def _close_local(self, inode: Inode) -> None:
@@ -358,7 +582,9 @@ class InodeTable:
             return
         freed = ring_since(self._region, self._space.ring, self._seen, seq)
         if freed is None:  # fell behind the ring: check every view
-            freed = [n for n in self._local if n != ROOT_ID and self._read_slot(n & _MASK32)[:2] != (n >> 32, 1)]
+            m = self._map
+            freed = [n for n in self._local if n != ROOT_ID and _GEN_LIVE.unpack_from(m, (n & _MASK32) * SLOT_SIZE)
+                     != (n >> 32, 1)]  # fmt: skip
         for nodeid in freed:
             self._drop(nodeid)
         self._seen = seq
@@ -397,42 +623,61 @@ class InodeTable:
             raise
 
     def _count(self, inode: Inode, n: int) -> bool:
-        """Add `n` lookups to a live inode; False if its slot was freed meanwhile."""
+        """Add `n` lookups to a live inode, marking it touched for the clock; False if its slot was
+        freed meanwhile."""
         if inode.nodeid == ROOT_ID:
             return True
-        slot = inode.nodeid & _MASK32
+        off = (inode.nodeid & _MASK32) * SLOT_SIZE
+        m = self._map
         region = self._region
         region.lock(LOCK_INODES)
         try:
-            gen, live, nlookup = self._read_slot(slot)[:3]
+            gen, live, nlookup = _COUNT.unpack_from(m, off)
             if not live or gen != inode.generation:
                 return False
-            self._set_nlookup(slot, nlookup + n)
+            _NLOOKUP.pack_into(m, off + 8, nlookup + n)
+            m[off + _REF_AT] = 1
             return True
         finally:
             region.unlock(LOCK_INODES)
 
     def add(self, fd: int, st: os.stat_result) -> Inode:
-        """Take ownership of an O_PATH fd for a backing inode; counts one lookup."""
+        """Take ownership of an O_PATH fd for a backing inode; counts one lookup.  A new slot is
+        charged to the uid this thread acts as (with shares), and may start a prune."""
         key = (st.st_dev, st.st_ino)
         handle, mount_id = handle_of(fd)
+        uid = _linux.fsuid_now() if self._share else 0
+        victims: list[int] = []
         region = self._region
         region.lock(LOCK_INODES)
         try:
-            i, slot = self._find(key)
+            header = self._catch_up()
+            bucket, prev, slot = self._find(key, header[1], header[2])
             if slot:
-                gen, _live, nlookup, *_ = row = self._read_slot(slot)
-                if handle is None or handle == row[12][: row[6]]:
-                    self._set_nlookup(slot, nlookup + 1)
+                off = slot * SLOT_SIZE
+                row = self._read_slot(slot)
+                if handle is None or handle == row[16][: row[12]]:
+                    _NLOOKUP.pack_into(self._map, off + 8, row[2] + 1)
+                    self._map[off + _REF_AT] = 1
+                    gen = row[0]
                 else:  # a reused inode number: the name gets a new slot
-                    self._remove(i)
+                    self._unlink(bucket, prev, slot)
                     slot = 0
             if not slot:
-                slot, gen = self._alloc()
-                self._write_slot(slot, gen, 1, 1, key, mount_id, handle)
-                self._insert(key, slot)
+                cell = 0
+                if self._share or header[5] >= self._mark:  # live: near the bound
+                    cell = self._cell_of(uid) if self._share else 0
+                    full = self._room(cell, victims)
+                    if full is not None:
+                        raise OSError(errno.ENFILE, full)
+                slot, gen = self._new_slot(bucket, key, mount_id, handle, cell)
+                if cell:
+                    at = self._space.cells + cell * CELL.size + _CELL_COUNT
+                    U32.pack_into(self._rmap, at, U32.unpack_from(self._rmap, at)[0] + 1)
         finally:
             region.unlock(LOCK_INODES)
+            if victims:
+                self.prune(victims)  # type: ignore[misc]
         nodeid = gen << 32 | slot
         inode = self._local.get(nodeid)
         if inode is None:
@@ -444,18 +689,15 @@ class InodeTable:
             os.close(fd)
         return inode
 
-    def nodeid_of(self, key: tuple[int, int]) -> int:
-        """The live nodeid of backing inode `key`, or 0."""
-        return nodeid_of(self._space, self._region, key, None)
-
     def in_passthrough(self, nodeid: int) -> bool:
         """Whether the inode has a passthrough open: the kernel then changes its data and size itself."""
-        at = self._space.slots + (nodeid & _MASK32) * SLOT.size + _BACKING_AT + 4
-        return _I32.unpack_from(self._map, at)[0] > 0
+        slot = nodeid & _MASK32
+        return self._reach(slot) and _I32.unpack_from(self._map, slot * SLOT_SIZE + _OPENS_AT)[0] > 0
 
     def _backing_at(self, slot: int) -> tuple[int, int]:
-        """(offset of slot's passthrough fields, the lock of its stripe)."""
-        return self._space.slots + slot * SLOT.size + _BACKING_AT, LOCK_BACKING + slot % BACKING_STRIPES
+        """(offset of slot's passthrough fields, the lock of its stripe), the slot mapped here."""
+        self._reach(slot)
+        return slot * SLOT_SIZE + _BACKING_AT, LOCK_BACKING + slot % BACKING_STRIPES
 
     def attach_backing(self, inode: Inode, uid: int, read_only: bool, register: Callable[[], int]) -> tuple[int, bool]:
         """The inode's passthrough backing id for one more open, registering one if it has none.
@@ -537,28 +779,32 @@ class InodeTable:
         """Count `n` more ids that may stay idle in `slot`'s stripe (its lock held); False if
         that would pass the stripe's share of IDLE_IDS."""
         at = self._space.kept + slot % BACKING_STRIPES * U32.size
-        (kept,) = U32.unpack_from(self._map, at)
+        (kept,) = U32.unpack_from(self._rmap, at)
         if n > 0 and kept >= IDLE_IDS // BACKING_STRIPES:
             return False
-        U32.pack_into(self._map, at, kept + n)
+        U32.pack_into(self._rmap, at, kept + n)
         return True
 
     def forget(self, nodeid: int, nlookup: int) -> None:
         if nodeid == ROOT_ID:
             return
         slot = nodeid & _MASK32
-        if not 1 < slot <= self._space.capacity:
+        if slot <= _ROOT_SLOT:
             return
         region = self._region
         region.lock(LOCK_INODES)
         try:
-            gen, live, count, dev, ino = self._read_slot(slot)[:5]
+            self._catch_up()
+            if slot >= self._mapped:
+                return
+            row = self._read_slot(slot)
+            gen, live, count = row[:3]
             if not live or gen != nodeid >> 32:
                 return
             if count > nlookup:
-                self._set_nlookup(slot, count - nlookup)
+                _NLOOKUP.pack_into(self._map, slot * SLOT_SIZE + 8, count - nlookup)
                 return
-            self._free(slot, gen, (dev, ino))
+            self._free(slot, gen, (row[3], row[4]), row[15])
             off, lock = self._backing_at(slot)
             if _I32.unpack_from(self._map, off)[0] > 0:  # idle: the kernel released every open before it forgot
                 region.lock(lock)

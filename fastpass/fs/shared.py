@@ -14,16 +14,16 @@ DEFAULT_MAX_HANDLES = 1 << 18  # 28 B a slot
 
 class SharedState:
     def __init__(self, root_fd: int, max_inodes: int, cache_size: int = 0, max_handles: int = DEFAULT_MAX_HANDLES,
-                 attach: int | None = None):  # fmt: skip
-        """`attach`: the region memfd of a supervisor that handed over (`fastpass.restart`), whose
-        tables live on as they are; else a new region, formatted."""
+                 attach: tuple[int, int] | None = None):  # fmt: skip
+        """`attach`: the memfds of the region and of the inode slots of a supervisor that handed
+        over (`fastpass.restart`), whose tables live on as they are; else new ones, formatted."""
         layout = Layout()
-        self.inodes = InodeSpace(layout, max_inodes)
+        self.inodes = InodeSpace(layout, max_inodes, None if attach is None else attach[1])
         self.handles = HandleSpace(layout, max_handles)
         self.attrs = AttrSpace(layout, cache_size)
         self.counters = CounterSpace(layout)
         self.control = ControlSpace(layout)
-        self.region = Region(layout.size, attach=attach)
+        self.region = Region(layout.size, attach=None if attach is None else attach[0])
         if attach is not None:
             return
         InodeTable.format(self.inodes, self.region, root_fd)

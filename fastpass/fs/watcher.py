@@ -53,7 +53,7 @@ from typing import Protocol
 
 from fastpass import _linux
 from fastpass.fs.attrcache import AttrCache
-from fastpass.fs.inodes import InodeSpace, nodeid_of
+from fastpass.fs.inodes import InodeSpace, SlotReader
 from fastpass.kernel import encode
 from fastpass.shm.counters import INVALIDATIONS
 from fastpass.shm.region import Region
@@ -190,8 +190,7 @@ class Watcher:
         self.fan_fd = fan_fd
         self.kernel = kernel
         self.mount_fd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.inodes = inodes
-        self.region = region
+        self.inodes = SlotReader(inodes, region)
         self.cache = cache
         self.own = own
         self.counters = counters
@@ -214,7 +213,7 @@ class Watcher:
             if len(self._keys) > 65536:
                 self._keys.clear()
             self._keys[handle] = key
-        return nodeid_of(self.inodes, self.region, key, handle)
+        return self.inodes.nodeid_of(key, handle)
 
     def _notify(self, send: Callable[..., None], *args: object) -> None:
         try:

@@ -198,6 +198,8 @@ NAME_OFFSET_DIRENTPLUS = ENTRY_OUT_SIZE + DIRENT.size  # 152
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino, off, len
 NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent, namelen, flags
 NOTIFY_DELETE_OUT = struct.Struct("<QQII")  # parent, child, namelen, padding
+NOTIFY_PRUNE_OUT = struct.Struct("<IIQ")  # count, padding, spare; count u64 nodeids follow (7.45, Linux 6.18)
+NOTIFY_PRUNE_MINOR = 45  # the protocol minor that has FUSE_NOTIFY_PRUNE
 
 
 class NotifyCode(enum.IntEnum):

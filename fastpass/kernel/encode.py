@@ -8,6 +8,7 @@ to floats.
 from __future__ import annotations
 
 import os
+import struct
 
 from fastpass.kernel import abi
 
@@ -95,3 +96,10 @@ def inval_entry(parent: int, name: bytes) -> bytes:
 def delete(parent: int, child: int, name: bytes) -> bytes:
     """`name` in `parent`, which was `child`, is gone: the kernel drops the dentry and unlinks the inode."""
     return notification(abi.NotifyCode.DELETE, abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0) + name + b"\0")
+
+
+def prune(nodeids: list[int]) -> bytes:
+    """Ask the kernel to drop these inodes where nothing uses them (their dentries with them): it
+    sends a FORGET for each it drops (7.45)."""
+    n = len(nodeids)
+    return notification(abi.NotifyCode.PRUNE, abi.NOTIFY_PRUNE_OUT.pack(n, 0, 0) + struct.pack(f"<{n}Q", *nodeids))

@@ -33,7 +33,8 @@ TRANSPORT = 13  # where the worker's requests come from: one of TRANSPORT_NAMES'
 TRANSPORT_NAMES = ("", "dev", "uring")  # /dev/fuse alone; FUSE-over-io_uring entries too
 BACKING_REGISTERED, BACKING_CLOSED = 14, 15  # passthrough backing ids this process registered, closed
 REPLAYED = 16  # requests a dead predecessor had read, answered by this worker (and its successors)
-MISC = 17
+PRUNED = 17  # nodeids this worker asked the kernel to forget (FUSE_NOTIFY_PRUNE)
+MISC = 18
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 
 

@@ -94,7 +94,7 @@ def test_a_hand_over_of_another_format_is_refused(tmp_path: Path, capsys: pytest
     with fastpass_mount(tmp_path, *PIDS) as m:
         record = state.read(str(m.mnt))
         assert record is not None
-        h = restart.Handover(restart.FORMAT + 1, record, None, -1, -1, -1, -1, [], {}, 0)
+        h = restart.Handover(restart.FORMAT + 1, record, None, -1, -1, -1, -1, -1, [], {}, 0)
         assert resume(h, str(m.mnt), check=True) == 1
         assert f"state format {restart.FORMAT + 1}" in capsys.readouterr().err
         assert server_pid(m.mnt) == m.pid and stats(m.mnt)["restarts"] == 0

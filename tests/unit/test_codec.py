@@ -397,6 +397,13 @@ def test_open_out() -> None:
     assert len(encode.open_out(1, 0, -1)) == 16  # backing_id is signed
 
 
+def test_prune_notification() -> None:
+    """FUSE_NOTIFY_PRUNE (7.45): fuse_out_header{len, error = notify code 9, unique 0}, then
+    fuse_notify_prune_out{count, padding, spare}, then count u64 nodeids."""
+    raw = encode.prune([2, 3 << 32 | 7])
+    assert raw == p("IiQ", 48, 9, 0) + p("IIQ", 2, 0, 0) + p("QQ", 2, 3 << 32 | 7)
+
+
 def test_statfs_out(tmp_path: Path) -> None:
     sv = os.statvfs(tmp_path)
     raw = encode.statfs_out(sv)

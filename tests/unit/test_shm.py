@@ -1,4 +1,5 @@
-"""The shared tables without a mount: index probing, generations, rings, and locks a dead process held."""
+"""The shared tables without a mount: generations, rings, and locks a dead process held (the inode
+table's growth, index and pruning: test_inodes.py)."""
 
 from __future__ import annotations
 
@@ -6,30 +7,30 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import HandleSpace, HandleTable
-from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.fs.inodes import InodeTable
 from fastpass.shm.counters import CounterSpace, WorkerCounters, percentile
 from fastpass.shm.region import BACKING_STRIPES, HANDLE_SHARDS, LOCK_INODES, RING, U32, Layout, Region
+from tests.tables import close_all, inode_space, inode_table
+
+
+@pytest.fixture(autouse=True)
+def _close_tables() -> Iterator[None]:
+    yield
+    close_all()
 
 
 def _tables(tmp_path: Path, capacity: int = 64) -> tuple[InodeTable, InodeTable, Region]:
     """Two workers' views (0 and 1) of one small inode table over `tmp_path`."""
-    layout = Layout()
-    space = InodeSpace(layout, capacity)
-    counters = CounterSpace(layout)
-    region = Region(layout.size)
-    root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
-    InodeTable.format(space, region, root)
-    views = [InodeTable(space, region, os.open(tmp_path, os.O_PATH), FdBudget(1000), w,
-                        WorkerCounters(counters, region, w).misc) for w in (0, 1)]  # fmt: skip
-    return views[0], views[1], region
+    space, counters, region = inode_space(tmp_path, capacity)
+    return (inode_table(tmp_path, space, counters, region, 0, fds=1000),
+            inode_table(tmp_path, space, counters, region, 1, fds=1000), region)  # fmt: skip
 
 
 def test_a_nodeid_from_one_worker_resolves_in_another(tmp_path: Path) -> None:
@@ -73,28 +74,6 @@ def test_a_reused_inode_number_gets_a_new_nodeid(tmp_path: Path) -> None:
                 assert new.nodeid != old.nodeid and new.handle != old.handle
                 return
     raise AssertionError("the backing never reused the inode number")  # pragma: no cover
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=200))
-def test_index_matches_a_dict_through_inserts_and_removals(tmp_path_factory, ops) -> None:
-    """Linear probing with backward-shift removal, on a tiny index so runs collide and wrap."""
-    a, _b, _ = _tables(tmp_path_factory.mktemp("idx"), capacity=24)
-    model: dict[tuple[int, int], int] = {}
-    slot = 100
-    for add, n in ops:
-        key = (7, n * 64)  # many keys share a home cell
-        if add and key not in model and len(model) < 24:
-            slot += 1
-            a._insert(key, slot)
-            model[key] = slot
-        elif not add and key in model:
-            i, found = a._find(key)
-            assert found == model.pop(key)
-            a._remove(i)
-        for k, v in model.items():
-            assert a._find(k)[1] == v
-        assert a._find((7, 99999))[1] == 0
 
 
 def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
@@ -246,4 +225,4 @@ def test_kept_backing_ids_are_reused_bounded_and_closed_by_forget(tmp_path: Path
 
     a.forget(r.nodeid, 1)
     assert closed == [1, 3, 4, 2]  # the kept one goes with the inode, and its stripe's count with it
-    assert U32.unpack_from(a._map, a._space.kept + (r.nodeid & 0xFFFFFFFF) % BACKING_STRIPES * 4)[0] == 0
+    assert U32.unpack_from(a._rmap, a._space.kept + (r.nodeid & 0xFFFFFFFF) % BACKING_STRIPES * 4)[0] == 0
