@@ -392,7 +392,6 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
     """
     try:
         check(config)
-        config = _fd_limit(config)
         config, no_rings = _rings(config)  # before the filters, whose fork hooks are for workers
         try:
             filters = load.load_all(config.filters)  # once, here: the workers inherit them
@@ -402,7 +401,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
         if config.engine == "pyfuse3":
             from fastpass import pyfuse3_engine  # an optional extra: imported only when asked for
 
-            config, fan_fd = _coherence(config)
+            config, fan_fd = _coherence(_fd_limit(config))
             return pyfuse3_engine.run(config, ready, mounted, fan_fd, root_fd, _shared(root_fd, config), filters)
         with transport.offered(config.transport):
             try:
@@ -457,6 +456,7 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     # has an entry (fuse_block_alloc, since 6.14): agree it only where the workers will register.
     negotiated = _answer_init(session, config, rings=config.transport != "dev" and no_rings is None)
     log.info("mounted %s on %s (protocol 7.%d)", config.backing, config.mountpoint, negotiated.minor)
+    config = _fd_limit(config)  # here, not before: a start that fails earlier has nothing to say of it
     if os.geteuid() == 0:
         mount.set_readahead(config.mountpoint, negotiated.max_write // 1024)
     config, fan_fd = _coherence(config)
