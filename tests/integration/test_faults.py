@@ -51,7 +51,7 @@ def _fio(directory: Path, seconds: float, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["fio", "--name=verified", f"--directory={directory}", "--rw=randrw", "--bs=4k", "--size=8M",
          "--numjobs=4", "--verify=crc32c", "--verify_backlog=64", "--verify_fatal=1", f"--runtime={seconds:.0f}",
-         "--time_based", "--group_reporting", "--output-format=json", *options],
+         "--time_based", "--group_reporting", "--output-format=json", "--verify_state_save=0", *options],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
