@@ -94,6 +94,10 @@ def test_killed_workers_cost_clients_nothing(tmp_path: Path, mode: str, interval
         assert fio.returncode == 0 or uring, fio_err  # with errors let through, fio's status counts them
         assert "verify" not in fio_err and "bad" not in fio_err, fio_err
         job = json.loads(fio_out[fio_out.index("{") :])["jobs"][0]
+        print(f"{mode}, a kill every {interval} s for {SECONDS:.0f} s: {kills} kills, {after['restarts']} restarts, "
+              f"{sum(w['replayed'] for w in after['workers'])} requests replayed; clients: "
+              f"{sum(r['rounds'] for r in results)} rounds, errors {[r['errors'] for r in results]}; fio: "
+              f"{(job['read']['io_bytes'] + job['write']['io_bytes']) >> 20} MiB, {job.get('total_err', 0)} errors")
         assert job["error"] in ((0, errno.ECANCELED) if uring else (0,)), job  # the first I/O error
         assert job["read"]["io_bytes"] > 0 and job["write"]["io_bytes"] > 0, job
 
