@@ -47,6 +47,21 @@ MODES = {
 }
 
 
+def _ended(procs: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once it has ended.  One that has not within `timeout` is
+    killed, every one of them is waited for, and the test fails."""
+    outs, late = [], []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            outs.append(proc.communicate())
+            late.append(proc.args)
+    assert not late, f"still running {timeout:g} s after the end: {late}"
+    return outs
+
+
 def _fio(directory: Path, seconds: float, *options: str) -> subprocess.Popen:
     return subprocess.Popen(
         ["fio", "--name=verified", f"--directory={directory}", "--rw=randrw", "--bs=4k", "--size=8M",
@@ -81,8 +96,8 @@ def test_killed_workers_cost_clients_nothing(tmp_path: Path, mode: str, interval
                     pass
         finally:
             stop.touch()
-            outs = [c.communicate(timeout=60)[0] for c in clients]
-            fio_out, fio_err = fio.communicate(timeout=60 + SECONDS)
+            *ends, (fio_out, fio_err) = _ended([*clients, fio], 60 + SECONDS)
+            outs = [out for out, _ in ends]
         after = stats(m.mnt)
         results = [json.loads(out) for out in outs]
         assert kills >= max(1, int(SECONDS / interval) - 2), kills
@@ -138,8 +153,8 @@ def test_killed_supervisors_cost_clients_nothing(tmp_path: Path, mode: str) -> N
             assert wait_for(lambda: _whole(m.mnt), 20)
         finally:
             stop.touch()
-            outs = [c.communicate(timeout=60)[0] for c in clients]
-            _, fio_err = fio.communicate(timeout=60 + SECONDS)
+            *ends, (_, fio_err) = _ended([*clients, fio], 60 + SECONDS)
+            outs = [out for out, _ in ends]
         results = [json.loads(out) for out in outs]
         assert server_pid(m.mnt) == second
         seen = {errno.errorcode[int(e)] for r in results for e in r["errors"]}

@@ -20,7 +20,7 @@ import pytest
 from fastpass import restart, state
 from fastpass.supervisor import resume
 from tests.conftest import fastpass_mount, is_mounted, run_fastpass, server_pid, wait_for
-from tests.integration.test_faults import CHURN, SECONDS, _fio
+from tests.integration.test_faults import CHURN, SECONDS, _ended, _fio
 from tests.integration.test_passthrough import stats
 from tests.integration.test_transport import _needs_uring
 
@@ -67,8 +67,8 @@ def test_restart_under_load_costs_clients_nothing(tmp_path: Path) -> None:
                 assert r.returncode == 0, r.stderr
         finally:
             stop.touch()
-            outs = [c.communicate(timeout=60)[0] for c in clients]
-            _, fio_err = fio.communicate(timeout=60 + SECONDS)
+            *ends, (_, fio_err) = _ended([*clients, fio], 60 + SECONDS)
+            outs = [out for out, _ in ends]
         results = [json.loads(out) for out in outs]
         assert [r["errors"] for r in results] == [{}, {}], results
         assert [r["mismatches"] for r in results] == [0, 0] and all(r["rounds"] > 0 for r in results), results
