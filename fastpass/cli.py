@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from fastpass import options, restart, startup, state, stats, supervisor, systemd
 from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, SUBTYPE, TRANSPORTS, MountConfig
@@ -76,14 +77,7 @@ def _daemonize(config: MountConfig) -> int:
             os.dup2(null, fd)
         _setup_logging(config.debug, config.log or os.devnull)
         report = startup.Report(w)
-        code = 1
-        try:
-            code = supervisor.run(config, report.ready, report.mounted)
-        except BaseException:
-            logging.getLogger("fastpass").exception("supervisor failed")
-        finally:
-            logging.shutdown()
-            os._exit(code)
+        os._exit(_logged("supervisor", lambda: supervisor.run(config, report.ready, report.mounted)))
     os.close(w)
     if config.log:
         _setup_logging(config.debug, config.log)  # should the server die unheard, its log says so
@@ -150,12 +144,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
     handover = restart.read(args.fd)
     config = handover.record.config
     if not args.check:
-        _setup_logging(config.debug, config.log or os.devnull)
+        _setup_logging(config.debug, config.log)  # stderr without --log: the terminal of a -f mount, else /dev/null
+    return _logged("the resumed supervisor", lambda: supervisor.resume(handover, args.mountpoint, args.check))
+
+
+def _logged(who: str, body: Callable[[], int]) -> int:
+    """body()'s exit code; 1, with the traceback in the log, if it raised anything."""
     code = 1
     try:
-        code = supervisor.resume(handover, args.mountpoint, args.check)
+        code = body()
     except BaseException:
-        logging.getLogger("fastpass").exception("the resumed supervisor failed")
+        logging.getLogger("fastpass").exception("%s failed", who)
     finally:
         logging.shutdown()
     return code
