@@ -198,13 +198,9 @@ class Worker:
         if self.journal.tries(slot, unique) >= MAX_REPLAYS and state != "done":
             log.error("request %d (opcode %d) was being served by %d workers that died: answered EIO", unique,
                       opcode, MAX_REPLAYS + 1)  # fmt: skip
-            if route is not None and route.reply:
-                self._reply(slot, unique, -errno.EIO)
-            else:
-                self.journal.answered[slot] = unique
-            return _INLINE
-        if route is not None and (state == "done" or (state == "started" and not route.reply)):
-            if route.reply:  # ENOENT if the kernel had it already: then it is answered all the same
+            state, error, body = "done", -errno.EIO, None
+        if state == "done" or (state == "started" and route is not None and not route.reply):
+            if route is not None and route.reply:  # ENOENT if the kernel had it already: answered all the same
                 self._reply(slot, unique, error, body)
             else:  # a FORGET begun or done: applying it again could forget what another lookup counted
                 self.journal.answered[slot] = unique
