@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from fastpass.kernel.init import MAX_WRITE
 from fastpass.shm.counters import WorkerCounters
 
 _clock = time.monotonic_ns
+_NOW = (0, 0)  # a timeout (s, ns) that has passed as soon as it is given
 
 
 class Request:
@@ -210,6 +212,8 @@ class Fs:
         cache, entry_valid, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
             cache.put(inode.nodeid, t0, attr)
+        if self.writeback_fd is not None and self.inodes.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
+            entry_valid = _NOW  # open, and changed outside: each walk asks until a lookup retires it
         return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)
 
     def lookup_entry(self, parent_nodeid: int, name: bytes) -> bytes:

@@ -83,6 +83,8 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
         if backing_id:
             fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
         raise
+    if fs.writeback_fd is not None:
+        fs.inodes.opened(inode.nodeid, 1)  # the kernel may keep an outdated size while it is open
     passed = backing_id and not open_flags & FopenFlag.DIRECT_IO
     fs.counters.misc[OPENS_PASSTHROUGH if passed else OPENS_USERSPACE] += 1
     return encode.open_out(fh, open_flags, backing_id)
@@ -322,6 +324,8 @@ def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_
         elif fs.cache is not None:
             fs.cache.read(nodeid)
         fs.passthrough.release(nodeid)
+    elif fs.writeback_fd is not None:
+        fs.inodes.opened(nodeid, -1)
 
 
 def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:

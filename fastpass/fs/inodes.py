@@ -44,6 +44,15 @@ Facts that shape it:
   (st_dev, st_ino) needs no handle comparison.  Without usable handles (not
   root, or a filesystem without export support) fds are pinned and never
   evicted, and one worker serves.
+* Under the writeback cache the kernel keeps a regular file's size and times
+  for as long as it holds the inode (fastpass.fs.watcher), and it may still
+  hold one nothing uses: the RELEASE it sent at the last close holds it until
+  answered, and a LOOKUP answered meanwhile finds it again.  So the watcher
+  marks a file changed outside (`outdate`), and a lookup of a marked regular
+  file that no open holds (`opened` counts them) retires its slot: out of
+  the index, and the name gets a new slot, which the kernel makes a new
+  inode of, with the backing's size.  A marked file still open keeps its
+  slot, and its entries are valid for no time, so each walk asks again.
 * Every use of the index and every change of a slot's count happens under
   the inode lock; slot contents are written before the slot is published in
   the index and do not change while it is live, so reading a slot by nodeid
@@ -56,6 +65,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -81,19 +91,21 @@ from fastpass.shm.region import (
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # A slot, 200 bytes: generation, live, nlookup, dev, ino, next (index chain or free list), head (of
-# the index bucket numbered like this slot), passthrough backing id, passthrough opens, uid it was
+# the index bucket numbered like this slot), passthrough backing id, opens (passthrough opens where
+# passthrough is on; every open file under the writeback cache, which excludes it), uid it was
 # registered as, whether the id may stay registered with no open (its file is read-only), mount
 # id, handle length, touched by a lookup since the clock hand passed, creating worker, share cell
-# of the uid that made it, handle.
-SLOT = struct.Struct("<IIqQQIIiiIIiBBHI4x128s")
+# of the uid that made it, changed outside (the writeback cache), retired (out of the index while
+# live), handle.
+SLOT = struct.Struct("<IIqQQIIiiIIiBBHIBB2x128s")
 SLOT_SIZE = SLOT.size
 _IDENT = struct.Struct("<IIqQQI")  # generation .. next, at 0: written without the bucket head after it
-_REST = struct.Struct("<iiIIiBBHI4x128s")  # backing id .. handle, at _BACKING_AT
+_REST = struct.Struct("<iiIIiBBHIBB2x128s")  # backing id .. handle, at _BACKING_AT
 _CHAIN = struct.Struct("<QQI")  # dev, ino, next, at _KEY_AT
 _GEN_LIVE = struct.Struct("<II")
 _COUNT = struct.Struct("<IIq")  # generation, live, nlookup
 _NLOOKUP = struct.Struct("<q")
-_KEY_AT, _NEXT_AT, _HEAD_AT, _BACKING_AT, _REF_AT, _CELL_AT = 16, 32, 36, 40, 61, 64
+_KEY_AT, _NEXT_AT, _HEAD_AT, _BACKING_AT, _REF_AT, _CELL_AT, _OUTDATED_AT, _RETIRED_AT = 16, 32, 36, 40, 61, 64, 68, 69
 _OPENS_AT = _BACKING_AT + 4
 _BACKING = struct.Struct("<iiII")
 _I32 = struct.Struct("<i")
@@ -190,8 +202,8 @@ def _bucket(h: int, level: int, split: int) -> int:
 
 class SlotReader:
     """One process's mapping of the table's slots, mapped again as far as the table has grown when
-    a slot past it is met, and the index walk.  The watcher reads with one; a worker's InodeTable
-    is one."""
+    a slot past it is met, and the index walk.  The watcher reads with one (and marks files changed
+    outside); a worker's InodeTable is one."""
 
     def __init__(self, space: InodeSpace, region: Region):
         self._space = space
@@ -248,10 +260,18 @@ class SlotReader:
             row = SLOT.unpack_from(self._map, slot * SLOT_SIZE)
         finally:
             region.unlock(LOCK_INODES)
-        gen, live, hlen, h = row[0], row[1], row[12], row[16]
+        gen, live, hlen, h = row[0], row[1], row[12], row[18]
         if not live or (handle is not None and hlen and h[:hlen] != handle):
             return 0
         return gen << 32 | slot
+
+    def outdate(self, nodeid: int) -> None:
+        """Mark a live inode changed outside, so that the kernel's next lookup of it, once no open
+        holds it, makes a new inode (the writeback cache; see the module's comment).  A slot freed
+        and taken again since `nodeid_of` is marked too: its next lookup then retires it for nothing."""
+        slot = nodeid & _MASK32
+        if slot != _ROOT_SLOT and self._reach(slot):
+            self._map[slot * SLOT_SIZE + _OUTDATED_AT] = 1
 
 
 def _no_ids(backing_id: int) -> None:
@@ -271,7 +291,7 @@ class InodeTable(SlotReader):
             m = table.map
             off = _ROOT_SLOT * SLOT_SIZE
             _IDENT.pack_into(m, off, 0, 1, 1 << 62, *key, 0)
-            _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, 0, 0, h)
+            _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, 0, 0, 0, 0, h)
             U32.pack_into(m, _bucket(hash(key), 0, 0) * SLOT_SIZE + _HEAD_AT, _ROOT_SLOT)
         finally:
             table.close()
@@ -342,7 +362,7 @@ class InodeTable(SlotReader):
         head = bucket * SLOT_SIZE + _HEAD_AT
         h = handle or b""
         _IDENT.pack_into(m, off, gen, 1, 1, key[0], key[1], U32.unpack_from(m, head)[0])
-        _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, self._worker, cell, h)
+        _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, self._worker, cell, 0, 0, h)
         U32.pack_into(m, head, slot)
         live += 1
         if live > (FIRST_BUCKETS << level) + split:
@@ -495,7 +515,7 @@ class InodeTable(SlotReader):
         slot = nodeid & _MASK32
         if slot <= _ROOT_SLOT or not self._reach(slot):
             raise _stale()
-        gen, live, _n, dev, ino, *_, mount_id, hlen, _ref, creator, _cell, handle = self._read_slot(slot)
+        gen, live, _n, dev, ino, *_, mount_id, hlen, _ref, creator, _cell, _outdated, _retired, handle = self._read_slot(slot)
         if not live or gen != nodeid >> 32:
             raise _stale()
         if creator != self._worker:
@@ -624,7 +644,7 @@ class InodeTable(SlotReader):
 
     def _count(self, inode: Inode, n: int) -> bool:
         """Add `n` lookups to a live inode, marking it touched for the clock; False if its slot was
-        freed meanwhile."""
+        freed or retired meanwhile, or a lookup is to retire it (`add` then decides)."""
         if inode.nodeid == ROOT_ID:
             return True
         off = (inode.nodeid & _MASK32) * SLOT_SIZE
@@ -633,7 +653,7 @@ class InodeTable(SlotReader):
         region.lock(LOCK_INODES)
         try:
             gen, live, nlookup = _COUNT.unpack_from(m, off)
-            if not live or gen != inode.generation:
+            if not live or gen != inode.generation or m[off + _RETIRED_AT] or self._retires(off):
                 return False
             _NLOOKUP.pack_into(m, off + 8, nlookup + n)
             m[off + _REF_AT] = 1
@@ -656,13 +676,20 @@ class InodeTable(SlotReader):
             if slot:
                 off = slot * SLOT_SIZE
                 row = self._read_slot(slot)
-                if handle is None or handle == row[16][: row[12]]:
+                if handle is not None and handle != row[18][: row[12]]:  # a reused inode number
+                    self._unlink(bucket, prev, slot)  # the name gets a new slot
+                    slot = 0
+                elif self._retires(off):
+                    if stat.S_ISREG(st.st_mode):
+                        self._unlink(bucket, prev, slot)
+                        self._map[off + _RETIRED_AT] = 1
+                        slot = 0
+                    else:  # the kernel keeps no size or times but a regular file's
+                        self._map[off + _OUTDATED_AT] = 0
+                if slot:
                     _NLOOKUP.pack_into(self._map, off + 8, row[2] + 1)
                     self._map[off + _REF_AT] = 1
                     gen = row[0]
-                else:  # a reused inode number: the name gets a new slot
-                    self._unlink(bucket, prev, slot)
-                    slot = 0
             if not slot:
                 cell = 0
                 if self._share or header[5] >= self._mark:  # live: near the bound
@@ -688,6 +715,28 @@ class InodeTable(SlotReader):
         else:
             os.close(fd)
         return inode
+
+    def _retires(self, off: int) -> bool:
+        """Whether a lookup is to retire the slot at `off`: changed outside and held by no open."""
+        m = self._map
+        return m[off + _OUTDATED_AT] != 0 and _I32.unpack_from(m, off + _OPENS_AT)[0] <= 0
+
+    def outdated(self, nodeid: int) -> bool:
+        """Whether the inode was changed outside while the kernel may keep its size and times."""
+        return self._map[(nodeid & _MASK32) * SLOT_SIZE + _OUTDATED_AT] != 0
+
+    def opened(self, nodeid: int, n: int) -> None:
+        """Count `n` more (or fewer) open files of the inode (the writeback cache; passthrough counts
+        its own opens in the same field).  Never below 0, whatever a worker that died mid-request
+        left."""
+        off, lock = self._backing_at(nodeid & _MASK32)
+        m = self._map
+        region = self._region
+        region.lock(lock)
+        try:
+            _I32.pack_into(m, off + 4, max(0, _I32.unpack_from(m, off + 4)[0] + n))
+        finally:
+            region.unlock(lock)
 
     def in_passthrough(self, nodeid: int) -> bool:
         """Whether the inode has a passthrough open: the kernel then changes its data and size itself."""

@@ -35,7 +35,10 @@ GETATTR or an invalidation says (fs/fuse/inode.c, fuse_get_cache_mask: Linux
 values, so for each outside change of a non-directory the watcher also
 invalidates the name the event came with (`evict`): an inode that nothing
 holds open, mapped or by another cached name is then dropped by the kernel,
-and the next lookup makes it afresh.  While something holds it, its size and
+and the next lookup makes it afresh.  The kernel may still hold an inode
+nothing uses (a last RELEASE not yet answered), so it is also marked
+(`SlotReader.outdate`): its next lookup once no open holds it gives the name
+a new nodeid (fastpass.fs.inodes).  While something holds it, its size and
 times stay the kernel's; its data still follows (the pages are dropped).
 """
 
@@ -99,6 +102,7 @@ class Changes:
     def __init__(self) -> None:
         self.inodes: dict[int, bool] = {}  # nodeid -> data changed too
         self.entries: dict[tuple[int, bytes], int] = {}  # (parent, name) -> removed child nodeid or 0
+        self.outdated: list[int] = []  # non-directories whose kernel inode may keep old sizes (`evict`)
         self.overflow = False
 
 
@@ -157,6 +161,7 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
         if nodeid:
             changes.inodes[nodeid] = changes.inodes.get(nodeid, False) or bool(mask & _DATA)
             if evict and place is not None and (parent := resolve(place[0])):
+                changes.outdated.append(nodeid)
                 changes.entries.setdefault((parent, place[1]), 0)
 
 
@@ -228,6 +233,8 @@ class Watcher:
         kernel = self.kernel
         if changes.overflow:
             log.warning("fanotify queue overflowed: changes made meanwhile show within the kernel timeouts")
+        for nodeid in changes.outdated:
+            self.inodes.outdate(nodeid)  # before the kernel looks it up again
         for nodeid, data in changes.inodes.items():
             if cache is not None:
                 cache.changed(nodeid)  # before the kernel asks again

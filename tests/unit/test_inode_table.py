@@ -98,6 +98,33 @@ def test_forget_frees_every_slot_and_they_come_back(tmp_path: Path) -> None:
     assert all(n >> 32 == 1 for n in again)  # each with a new generation
 
 
+def test_a_file_changed_outside_gets_a_new_nodeid_once_no_open_holds_it(tmp_path: Path) -> None:
+    """The writeback cache's rule (the module's comment): a marked regular file keeps its nodeid while
+    an open holds it, on every worker; the first lookup after its last release retires the slot,
+    which stays live for the kernel's old inode until its FORGET; a directory's mark is dropped."""
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    space, counters, region = inode_space(tmp_path, 0)
+    a = inode_table(tmp_path, space, counters, region, 0)
+    b = inode_table(tmp_path, space, counters, region, 1)
+    old = a.lookup(a.root, b"f")[0].nodeid
+    a.opened(old, 1)
+    SlotReader(space, region).outdate(old)
+    assert a.outdated(old)
+    assert a.lookup(a.root, b"f")[0].nodeid == old and b.lookup(b.root, b"f")[0].nodeid == old
+    a.opened(old, -1)
+    new = b.lookup(b.root, b"f")[0].nodeid
+    assert new != old and not a.outdated(new)
+    assert a.lookup(a.root, b"f")[0].nodeid == new  # a's fd for the old slot does not bring it back
+    assert SlotReader(space, region).nodeid_of(a.get(new).key) == new
+    assert InodeTable.live(space, region) == 3
+    a.forget(old, 3)
+    assert InodeTable.live(space, region) == 2 and b.lookup(b.root, b"f")[0].nodeid == new
+    d = a.lookup(a.root, b"d")[0].nodeid
+    SlotReader(space, region).outdate(d)
+    assert a.lookup(a.root, b"d")[0].nodeid == d and not a.outdated(d)
+
+
 def _index_against_a_dict(tmp: Path, ops: list[tuple[int, int]]) -> int:
     """Synthetic keys through the table's own insert and free (kind 0: free, else insert);
     every key must then be found in its slot.  Returns the table's size in slots."""
