@@ -96,9 +96,10 @@ class AttrCache:
                 return
             if nid and nid != nodeid:
                 self._misc[CACHE_EVICTIONS] += 1
-            _SEQ.pack_into(m, off, seq + 1)
+            seq |= 1  # odd while written; one left odd by a worker that died here ends even again
+            _SEQ.pack_into(m, off, seq)
             m[off + _ATTR_AT : off + _ATTR_AT + ATTR.size] = attr
-            HEAD.pack_into(m, off, seq + 2, nodeid, t0, t0)  # nothing older may follow
+            HEAD.pack_into(m, off, seq + 1, nodeid, t0, t0)  # nothing older may follow
         finally:
             self._region.unlock(lock)
 

@@ -81,6 +81,7 @@ from fastpass.shm.region import (
     LOCK_BACKING,
     LOCK_INODES,
     RING,
+    SLOTS,
     U32,
     U64,
     Layout,
@@ -214,6 +215,7 @@ class SlotReader:
         self._file = Growable(space.fd, extent * SLOT_SIZE)
         self._map = self._file.map  # the slots; taken again after each remap
         self._mapped = extent  # slots mapped here
+        region.targets[SLOTS] = self._reaching  # where a dead section's writes are undone (region.py)
 
     def _catch_up(self) -> tuple[int, ...]:
         """Map every slot the table has now (another process may have grown it); returns the
@@ -224,6 +226,11 @@ class SlotReader:
             self._map = self._file.map
             self._mapped = header[0]
         return header
+
+    def _reaching(self, end: int) -> Growable:
+        """The slots' mapping, mapped at least up to byte `end`."""
+        self._reach((end - 1) // SLOT_SIZE)
+        return self._map  # type: ignore[return-value]
 
     def _reach(self, slot: int) -> bool:
         """Whether `slot` exists, mapping the table's new slots if it lies past this process's."""
@@ -330,6 +337,14 @@ class InodeTable(SlotReader):
         self.prune: Callable[[list[int]], None] | None = None
 
     # --- shared slots and index (callers hold the inode lock where they mutate) -------
+    def _save(self, off: int, n: int) -> None:
+        """Log `n` bytes of the slots before this section overwrites them (undone if it dies)."""
+        self._region.save(LOCK_INODES, SLOTS, self._map, off, n)  # type: ignore[arg-type]
+
+    def _save_r(self, off: int, n: int) -> None:
+        """Log `n` bytes of the region (header, share cells, freed ring) before they are overwritten."""
+        self._region.save(LOCK_INODES, 0, self._rmap, off, n)  # type: ignore[arg-type]
+
     def _read_slot(self, slot: int) -> tuple:
         return SLOT.unpack_from(self._map, slot * SLOT_SIZE)
 
@@ -361,6 +376,9 @@ class InodeTable(SlotReader):
         off = slot * SLOT_SIZE
         head = bucket * SLOT_SIZE + _HEAD_AT
         h = handle or b""
+        self._save_r(hdr, HEADER.size)
+        self._save(off, SLOT_SIZE)
+        self._save(head, U32.size)
         _IDENT.pack_into(m, off, gen, 1, 1, key[0], key[1], U32.unpack_from(m, head)[0])
         _REST.pack_into(m, off + _BACKING_AT, 0, 0, 0, 0, mount_id, len(h), 0, self._worker, cell, 0, 0, h)
         U32.pack_into(m, head, slot)
@@ -383,6 +401,7 @@ class InodeTable(SlotReader):
         while slot:
             off = slot * SLOT_SIZE
             dev, ino, nxt = _CHAIN.unpack_from(m, off + _KEY_AT)
+            self._save(off + _NEXT_AT, U32.size)
             if hash((dev, ino)) & mask == split:
                 U32.pack_into(m, off + _NEXT_AT, stay)
                 stay = slot
@@ -390,6 +409,8 @@ class InodeTable(SlotReader):
                 U32.pack_into(m, off + _NEXT_AT, move)
                 move = slot
             slot = nxt
+        self._save(src, U32.size)
+        self._save((split + low) * SLOT_SIZE + _HEAD_AT, U32.size)
         U32.pack_into(m, src, stay)
         U32.pack_into(m, (split + low) * SLOT_SIZE + _HEAD_AT, move)
         split += 1
@@ -399,7 +420,9 @@ class InodeTable(SlotReader):
         """Take `slot` out of its index chain (as `_find` placed it)."""
         m = self._map
         nxt = U32.unpack_from(m, slot * SLOT_SIZE + _NEXT_AT)[0]
-        U32.pack_into(m, prev * SLOT_SIZE + _NEXT_AT if prev else bucket * SLOT_SIZE + _HEAD_AT, nxt)
+        at = prev * SLOT_SIZE + _NEXT_AT if prev else bucket * SLOT_SIZE + _HEAD_AT
+        self._save(at, U32.size)
+        U32.pack_into(m, at, nxt)
 
     def _ring_seq(self) -> int:
         return U64.unpack_from(self._rmap, self._hdr + _SEQ)[0]
@@ -413,11 +436,15 @@ class InodeTable(SlotReader):
         if found == slot:
             self._unlink(bucket, prev, slot)
         off = slot * SLOT_SIZE
+        self._save_r(hdr, HEADER.size)
+        self._save(off, _NEXT_AT + U32.size)
         _GEN_LIVE.pack_into(m, off, (gen + 1) & _MASK32, 0)
         U32.pack_into(m, off + _NEXT_AT, free)
         if cell:
             at = self._space.cells + cell * CELL.size + _CELL_COUNT
+            self._save_r(at, U32.size)
             U32.pack_into(rmap, at, U32.unpack_from(rmap, at)[0] - 1)
+        self._save_r(self._space.ring + (seq % RING) * U64.size, U64.size)
         ring_push(self._region, self._space.ring, seq, gen << 32 | slot)
         HEADER.pack_into(rmap, hdr, extent, level, split, fresh, slot, live - 1, hand, since, seq + 1)
 
@@ -680,6 +707,7 @@ class InodeTable(SlotReader):
                     self._unlink(bucket, prev, slot)  # the name gets a new slot
                     slot = 0
                 elif self._retires(off):
+                    self._save(off + _OUTDATED_AT, 2)
                     if stat.S_ISREG(st.st_mode):
                         self._unlink(bucket, prev, slot)
                         self._map[off + _RETIRED_AT] = 1
@@ -700,6 +728,7 @@ class InodeTable(SlotReader):
                 slot, gen = self._new_slot(bucket, key, mount_id, handle, cell)
                 if cell:
                     at = self._space.cells + cell * CELL.size + _CELL_COUNT
+                    self._save_r(at, U32.size)
                     U32.pack_into(self._rmap, at, U32.unpack_from(self._rmap, at)[0] + 1)
         finally:
             region.unlock(LOCK_INODES)

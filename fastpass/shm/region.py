@@ -22,6 +22,19 @@ Facts that shape it:
   A slot's passthrough fields and the attribute cache's slots have
   striped locks of their own; one may be taken under the inode lock, never
   the other way.
+* Marking a dead holder's lock consistent does not make its tables so: a
+  worker killed between two writes of the inode table (a slot published
+  but not yet counted as taken, a bucket split half done) leaves an index
+  that hands one slot to two inodes.  So the locks whose sections make
+  several dependent writes (`LOGGED`: the inode table's) keep an undo log:
+  before each such write the section saves the bytes it overwrites
+  (`save`), and unlock empties the log.  The next locker, told EOWNERDEAD,
+  writes the saved bytes back, last first, which puts the tables as they
+  were before the dead section began; the dead worker's request is then
+  replayed from its journal (fastpass.shm.journal) like any other.  A
+  section that makes one write (a lookup count) saves nothing.  Tables
+  outside the region (the inode slots' own memfd) are written back through
+  the `targets` each process registers.
 * Readers that only need a consistent slot (a nodeid's handle, an fh's
   owner) read without locks: those fields are written before the slot is
   published and never change while it is live.
@@ -31,9 +44,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import struct
+from collections.abc import Callable
 
 LOCK_INODES = 0
 LOCK_HANDLE_RING = 1  # the ring of released fhs that other workers hold copies of
@@ -47,7 +62,13 @@ LOCK_SUCCESSION = LOCK_ATTRS + ATTR_STRIPES  # who takes a dead supervisor's pla
 LOCK_SHARES = LOCK_SUCCESSION + 1  # the per-uid counts (fastpass.shm.shares)
 LOCKS = LOCK_SHARES + 1
 _LOCK_SIZE = 64  # a pthread_mutex_t (40 bytes on x86-64) alone on its cache line
+LOGGED = LOCK_INODES + 1  # the locks 0..LOGGED-1 keep an undo log
+UNDO_SIZE = 64 * 1024  # bytes of one lock's log (sparse: a page is used once a section writes there)
+_UNDO_HEAD = 8  # the log's bytes in use (u32), whether it spilled (u32), then the entries
+SLOTS = 1  # the undo target of the inode slots' memfd (fastpass.fs.inodes); 0 is the region
+_UNDO_ENTRY = struct.Struct("<BxHIQ")  # target, length, pad, offset; the saved bytes follow, to 8 bytes
 
+log = logging.getLogger("fastpass.region")
 _libc = ctypes.CDLL(None, use_errno=True)
 _mutex_lock, _mutex_unlock = _libc.pthread_mutex_lock, _libc.pthread_mutex_unlock
 _mutex_lock.argtypes = _mutex_unlock.argtypes = [ctypes.c_void_p]
@@ -72,7 +93,8 @@ class Region:
         """A new region of `size` bytes of tables, or with `attach`, the memfd of one a supervisor
         handed over (`fastpass.restart`): the same bytes and locks, sized alike."""
         at = (size + _LOCK_SIZE - 1) & ~(_LOCK_SIZE - 1)
-        total = at + locks * _LOCK_SIZE
+        self._logs = at + locks * _LOCK_SIZE
+        total = self._logs + min(locks, LOGGED) * UNDO_SIZE
         if attach is not None:
             if os.fstat(attach).st_size != total:
                 raise ValueError(f"the region handed over has {os.fstat(attach).st_size} bytes, this layout {total}")
@@ -85,6 +107,9 @@ class Region:
         self._base = ctypes.c_char.from_buffer(self.map)  # pins the mapping while the addresses are used
         first = ctypes.addressof(self._base) + at
         self._mutexes = [first + i * _LOCK_SIZE for i in range(locks)]
+        self._saved = [0] * min(locks, LOGGED)  # bytes this process has in each lock's log
+        # target number -> its writable mapping here, reaching at least an end offset (0: the region)
+        self.targets: dict[int, Callable[[int], mmap.mmap]] = {0: lambda off: self.map}
         if attach is not None:
             return  # the locks are made, and may be held by the workers serving on
         attr = ctypes.create_string_buffer(16)  # pthread_mutexattr_t
@@ -98,16 +123,57 @@ class Region:
         mutex = self._mutexes[which]
         err = _mutex_lock(mutex)
         if err:
-            _recover(mutex, err)
+            self._recover(which, err)
 
     def unlock(self, which: int) -> None:
+        if which < LOGGED and self._saved[which]:
+            U64.pack_into(self.map, self._logs + which * UNDO_SIZE, 0)  # used, and spilled
+            self._saved[which] = 0
         _mutex_unlock(self._mutexes[which])
 
+    def save(self, which: int, target: int, buf: mmap.mmap, off: int, n: int) -> None:
+        """Log the `n` bytes at `off` of `target` (mapped here as `buf`) before the section holding
+        lock `which` overwrites them."""
+        m = self.map
+        base = self._logs + which * UNDO_SIZE
+        used = self._saved[which]
+        at = base + _UNDO_HEAD + used
+        end = used + _UNDO_ENTRY.size + ((n + 7) & ~7)
+        if _UNDO_HEAD + end > UNDO_SIZE:  # the section goes on unguarded: said if it dies
+            U32.pack_into(m, base + 4, 1)
+            return
+        _UNDO_ENTRY.pack_into(m, at, target, n, 0, off)
+        at += _UNDO_ENTRY.size
+        m[at : at + n] = buf[off : off + n]
+        U32.pack_into(m, base, end)  # counted once whole: a log cut short holds nothing half-saved
+        self._saved[which] = end
 
-
-def _recover(mutex: int, err: int) -> None:
-    """pthread_mutex_lock gave `err`: EOWNERDEAD (its holder died; we hold it now) is taken over."""
-    _check(err if err != errno.EOWNERDEAD else _libc.pthread_mutex_consistent(ctypes.c_void_p(mutex)))
+    def _recover(self, which: int, err: int) -> None:
+        """pthread_mutex_lock gave `err`: EOWNERDEAD (its holder died; we hold it now) is taken
+        over, and what the dead section wrote is undone."""
+        mutex = self._mutexes[which]
+        _check(err if err != errno.EOWNERDEAD else _libc.pthread_mutex_consistent(ctypes.c_void_p(mutex)))
+        if which >= LOGGED:
+            return
+        m = self.map
+        base = self._logs + which * UNDO_SIZE
+        used = U32.unpack_from(m, base)[0]
+        entries = []
+        at = base + _UNDO_HEAD
+        while at < base + _UNDO_HEAD + used:
+            target, n, _, off = _UNDO_ENTRY.unpack_from(m, at)
+            at += _UNDO_ENTRY.size
+            entries.append((target, off, bytes(m[at : at + n])))
+            at += (n + 7) & ~7
+        for target, off, data in reversed(entries):
+            buf = self.targets[target](off + len(data))
+            buf[off : off + len(data)] = data
+        if U32.unpack_from(m, base + 4)[0]:
+            log.error("a process died inside lock %d's section after its undo log was full: the tables it "
+                      "guards may be inconsistent", which)  # fmt: skip
+        U64.pack_into(m, base, 0)
+        if entries:
+            log.warning("a process died inside lock %d's section: %d writes undone", which, len(entries))
 
 def _check(err: int) -> None:
     if err:

@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastpass.fs import inodes
 from fastpass.fs.inodes import FIRST_SLOTS, SLOT_SIZE, UIDS, InodeTable, SlotReader, prune_batch
 from fastpass.shm.region import LOCK_INODES
 from tests.tables import close_all, inode_space, inode_table
@@ -123,6 +125,57 @@ def test_a_file_changed_outside_gets_a_new_nodeid_once_no_open_holds_it(tmp_path
     d = a.lookup(a.root, b"d")[0].nodeid
     SlotReader(space, region).outdate(d)
     assert a.lookup(a.root, b"d")[0].nodeid == d and not a.outdated(d)
+
+
+class _DiesAtHeader:
+    """HEADER, except that writing it kills the process: a worker SIGKILLed inside the inode lock,
+    its slot published and its bucket head written, the table's header not yet."""
+
+    def __init__(self, real: struct.Struct):
+        self.real, self.size = real, real.size
+
+    def unpack_from(self, *args: object) -> tuple:
+        return self.real.unpack_from(*args)
+
+    def pack_into(self, *args: object) -> None:
+        os._exit(0)
+
+
+def test_a_worker_dead_inside_the_inode_lock_leaves_the_table_as_before(tmp_path: Path, monkeypatch,
+                                                                         caplog) -> None:  # fmt: skip
+    """The next locker undoes the dead section's writes (region.py's undo log): the slot it took is
+    free again, and two names the table then meets get two slots, each found under its own key."""
+    names = _files(tmp_path, 3)
+    space, counters, region = inode_space(tmp_path, 0)
+    a = inode_table(tmp_path, space, counters, region, 0)
+    first = a.lookup(a.root, names[0])[0]
+    for i in range(1000):  # enough that the bucket the dead section wrote holds others
+        (tmp_path / f"g{i}").touch()
+    many = [a.lookup(a.root, f"g{i}".encode())[0] for i in range(1000)]
+
+    def dies() -> None:
+        monkeypatch.setattr(inodes, "HEADER", _DiesAtHeader(inodes.HEADER))
+        b = inode_table(tmp_path, space, counters, region, 1)
+        b.lookup(b.root, names[1])
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            dies()
+        finally:
+            os._exit(1)
+    wait_child(pid, time.monotonic() + 30, "child")
+    second = a.lookup(a.root, names[2])[0]  # takes the lock the child died holding
+    third = a.lookup(a.root, names[1])[0]
+    assert "writes undone" in caplog.text
+    assert len({first.nodeid, second.nodeid, third.nodeid}) == 3
+    reader = SlotReader(space, region)
+    for inode in (first, second, third, *many):
+        assert reader.nodeid_of(inode.key) == inode.nodeid
+    assert InodeTable.live(space, region) == 1004
+    for inode in (first, second, third, *many):
+        a.forget(inode.nodeid, 1)
+    assert InodeTable.live(space, region) == 1
 
 
 def _index_against_a_dict(tmp: Path, ops: list[tuple[int, int]]) -> int:
