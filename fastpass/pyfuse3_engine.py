@@ -154,7 +154,12 @@ class Numbers:
 
 
 def entry_attributes(e: Entry, numbers: Numbers) -> pyfuse3.EntryAttributes:
-    """An entry the kernel is to hold (one lookup), under the number it will know it by."""
+    """An entry the kernel is to hold (one lookup), under the number it will know it by; for a
+    negative entry (nodeid 0: `Fs.absent`), st_ino 0 and its timeout, which libfuse sends as such."""
+    if not e.nodeid:
+        negative = pyfuse3.EntryAttributes()
+        negative.entry_timeout = e.entry_valid + e.entry_valid_nsec / _NS
+        return negative
     return _attributes(numbers.show(e.nodeid, e.attr.ino), e.nodeid >> 32, e.entry_valid + e.entry_valid_nsec / _NS,
                        e.attr_valid + e.attr_valid_nsec / _NS, e.attr)  # fmt: skip
 

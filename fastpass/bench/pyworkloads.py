@@ -407,8 +407,8 @@ class OutOfBand(Workload):
     is the latency of one change, not of a burst.  A change not shown within
     OOB_DEADLINE counts as OOB_DEADLINE and fails the run.
 
-    Creates show at once everywhere: fastpass answers a missing name with
-    ENOENT, which the kernel does not cache.
+    A create too: the name's look-up left the kernel a negative entry
+    (`Fs.absent`), kept until the watcher drops it or its timeout ends.
     """
 
     def run(self, directory: str, backing: str, load: Load) -> Measurement:

@@ -271,6 +271,7 @@ def install(fs: Fs, routes: list[Route | None], filters: list[object]) -> list[R
             # A filtered op runs its wrapped handler inline, never in halves on the ring.
             out[op] = route._replace(handler=_wrap(op, route.handler, chain, where), submit=None, done=None)
             fs.filter_flush |= op == O.FLUSH
+            fs.filter_lookup |= op == O.LOOKUP
     data = [f for f in filters if touched(f) & DATA]
     if data:
 

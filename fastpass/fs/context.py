@@ -164,6 +164,8 @@ class Fs:
         self.filter_data: Callable[[Request, int, int], bool] | None = None
         # Whether a filter hooks FLUSH: then every close sends one (no FOPEN_NOFLUSH); set by the stack.
         self.filter_flush = False
+        # Whether a filter hooks LOOKUP: then a missing name is never kept by the kernel (`absent`).
+        self.filter_lookup = False
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here
@@ -221,6 +223,22 @@ class Fs:
         t0 = _clock()
         inode, st = inodes.lookup(inodes.get(parent_nodeid), name)
         return self.entry(inode, st, t0)
+
+    def absent(self, parent_nodeid: int) -> bytes | None:
+        """The LOOKUP reply for a name missing from a directory: a negative entry (nodeid 0), which
+        the kernel keeps as a negative dentry and answers later probes from, or None for ENOENT.
+
+        It is kept as long as a name found there would be (the parent's entry timeout, by its
+        device), so it is exactly as coherent: where the watcher sees the directory, its create
+        or move-in event drops the dentry (FUSE_NOTIFY_INVAL_ENTRY finds negative ones too);
+        elsewhere the name shows within the timeout; with a timeout of 0 nothing is kept.  Not
+        where a filter hooks LOOKUP: what it answers may change with the caller or its state.
+        """
+        if self.filter_lookup:
+            return None
+        dev = self.inodes.get(parent_nodeid).key[0]
+        entry_valid = (self.home if dev == self.home_dev else self.away)[1]
+        return encode.negative_entry(entry_valid) if entry_valid != (0, 0) else None
 
     def attr(self, nodeid: int, st: os.stat_result, t0: int) -> bytes:
         """fuse_attr_out for a backing stat begun at `t0`, kept in the cache."""

@@ -17,7 +17,14 @@ from fastpass.kernel import abi
 
 
 def lookup(fs: Fs, req: Request, name: bytes) -> bytes:
-    return fs.lookup_entry(req.nodeid, name)
+    """The kernel's LOOKUP: a missing name may be answered with a negative entry (`Fs.absent`)."""
+    try:
+        return fs.lookup_entry(req.nodeid, name)
+    except FileNotFoundError:
+        negative = fs.absent(req.nodeid)
+        if negative is None:
+            raise
+        return negative
 
 
 def forget(fs: Fs, req: Request, nlookup: int) -> None:

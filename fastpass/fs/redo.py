@@ -19,7 +19,6 @@ import os
 import struct
 from collections.abc import Callable
 
-from fastpass.fs import namespace
 from fastpass.fs.context import Fs, Request
 from fastpass.kernel.abi import Opcode as O
 
@@ -29,12 +28,12 @@ _nodeid = struct.Struct("<Q").unpack_from  # fuse_entry_out.nodeid
 
 def _entry(name_at: int) -> Callable[[Handler, Fs, Request, tuple], object]:
     """The made name's entry, as the first run answered it."""
-    return lambda handler, fs, req, args: namespace.lookup(fs, req, args[name_at])
+    return lambda handler, fs, req, args: fs.lookup_entry(req.nodeid, args[name_at])
 
 
 def _linked(handler: Handler, fs: Fs, req: Request, args: tuple) -> object:
     oldnodeid, newname = args
-    entry = namespace.lookup(fs, req, newname)
+    entry = fs.lookup_entry(req.nodeid, newname)
     if _nodeid(entry)[0] != oldnodeid:  # the name is another inode's: not our link
         fs.inodes.forget(_nodeid(entry)[0], 1)
         raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))

@@ -94,7 +94,9 @@ def test_unfiltered_routes_keep_the_bare_handler() -> None:
     from fastpass.fs.table import build
 
     routes = build()
-    wrapped = stack.install(SimpleNamespace(filter_data=None, filter_flush=False), routes, [load.load("hide:pattern=x")])  # type: ignore[arg-type]
+    fs = SimpleNamespace(filter_data=None, filter_flush=False, filter_lookup=False)
+    wrapped = stack.install(fs, routes, [load.load("hide:pattern=x")])  # type: ignore[arg-type]
+    assert fs.filter_lookup  # so a missing name is not kept by the kernel (Fs.absent)
     for op, route in enumerate(routes):
         if route is None:
             continue

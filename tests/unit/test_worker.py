@@ -107,8 +107,17 @@ def test_unsupported_and_unknown_opcodes_are_enosys(channel, opcode: int) -> Non
 
 def test_backing_errno_passes_through(channel) -> None:
     call, _ = channel
-    assert call(Opcode.LOOKUP, b"missing\0")[0] == -errno.ENOENT
+    assert call(Opcode.LOOKUP, b"x" * 300 + b"\0")[0] == -errno.ENAMETOOLONG
     assert call(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0), nodeid=12345)[0] == -errno.ESTALE
+
+
+def test_a_missing_name_is_a_negative_entry_for_the_entry_timeout(channel) -> None:
+    """nodeid 0 with entry_valid: the kernel keeps the name as missing (1 s: this mount is unwatched)."""
+    call, _ = channel
+    error, entry = call(Opcode.LOOKUP, b"missing\0")
+    assert error == 0 and len(entry) == abi.ENTRY_OUT_SIZE
+    nodeid, _generation, entry_valid, _attr_valid, entry_valid_nsec, _ = abi.ENTRY_OUT_HEAD.unpack_from(entry)
+    assert (nodeid, entry_valid, entry_valid_nsec) == (0, 1, 0)
 
 
 @pytest.mark.parametrize("channel", ["plain"], indirect=True)  # the ring worker's routes are in a child
