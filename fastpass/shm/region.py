@@ -166,8 +166,11 @@ class Region:
             entries.append((target, off, bytes(m[at : at + n])))
             at += (n + 7) & ~7
         for target, off, data in reversed(entries):
-            buf = self.targets[target](off + len(data))
-            buf[off : off + len(data)] = data
+            reach = self.targets.get(target)
+            if reach is None:  # a process that maps no such table (none takes these locks)
+                log.error("lock %d: a dead section's write to table %d is not undone here", which, target)
+                continue
+            reach(off + len(data))[off : off + len(data)] = data
         if U32.unpack_from(m, base + 4)[0]:
             log.error("a process died inside lock %d's section after its undo log was full: the tables it "
                       "guards may be inconsistent", which)  # fmt: skip
