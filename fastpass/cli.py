@@ -255,6 +255,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return _finish(record, args.json, [w.name for w in record.workloads if not w.ok])
 
 
+def _print_piped(text: str) -> None:
+    """Print to a stdout that a reader may close early (`| head`): what it did not read is dropped,
+    as other command-line tools do, instead of a BrokenPipeError."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -262,7 +271,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         record = stats.fetch(mnt)
         if args.json:  # no rich: JSON works wherever the server's own modules import
-            print(msgspec.json.format(msgspec.json.encode(record)).decode())
+            _print_piped(msgspec.json.format(msgspec.json.encode(record)).decode())
         elif args.watch is None:
             from rich.console import Console
 
@@ -288,8 +297,19 @@ def _clients_argument(parser: argparse.ArgumentParser) -> None:
                              f"its own files (default: one per CPU, {os.cpu_count() or 1})")  # fmt: skip
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml holds it), or why there is none."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fastpass")
+    except metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
+    p.add_argument("--version", action="version", version=f"fastpass {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mirror BACKING at MOUNTPOINT",

@@ -263,6 +263,10 @@ def uptime(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def render(stats: Stats) -> object:
     """A rich renderable of the record (tables of workers, operations and errors)."""
     from rich.box import SIMPLE_HEAD
@@ -274,7 +278,8 @@ def render(stats: Stats) -> object:
     protocol = f"protocol 7.{n.minor}: {' '.join(n.flags)}" if n is not None else "protocol: libfuse's"
     head = Text(
         f"{stats.backing} on {stats.mountpoint}: {stats.engine} engine, supervisor {stats.supervisor_pid}, up "
-        f"{uptime(stats.uptime_s)}, {len(stats.workers)} workers, {stats.restarts} restarts, {stats.inodes} inodes "
+        f"{uptime(stats.uptime_s)}, {_count(len(stats.workers), 'worker')}, {_count(stats.restarts, 'restart')}, "
+        f"{_count(stats.inodes, 'inode')} "
         f"(table {stats.inode_slots:,} slots, {stats.pruned:,} pruned), {stats.open_handles} open handles\npassthrough "
         + (f"on ({stats.backing_ids:,} backing ids, {stats.backing_registrations:,} registered)" if stats.passthrough
            else "off")

@@ -66,14 +66,17 @@ class WorkerCounters:
 
 
 def percentile(histogram: list[int], q: float) -> float:
-    """The q-quantile (0..1) of a power-of-two histogram, in ns, at the upper edge of its bucket."""
+    """The q-quantile (0..1) of a power-of-two histogram, in ns: bucket b holds the times of b bits,
+    [2^(b-1), 2^b), and the quantile is placed within its bucket as if that bucket's times were
+    spread evenly (the upper edge alone read as twice the mean where every time is alike)."""
     total = sum(histogram)
     if not total:
         return 0.0
     rank = q * total
     seen = 0
     for bucket, n in enumerate(histogram):
+        if n and seen + n >= rank:
+            low = (1 << bucket) >> 1
+            return low + (low or 1) * (rank - seen) / n
         seen += n
-        if seen >= rank:
-            return float(1 << bucket)
     return float(1 << (len(histogram) - 1))

@@ -16,12 +16,14 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import MNT_DETACH, MS_BIND, fastpass_mount, is_mounted, mounts_under, run_fastpass, server_pid
+from conftest import FASTPASS, MNT_DETACH, MS_BIND, fastpass_mount, is_mounted, mounts_under, run_fastpass, server_pid
 
 from tests.users import run_cli_as
 
@@ -386,3 +388,22 @@ def _proc_state(pid: int) -> str | None:
             return f.read().rpartition(")")[2].split()[0]
     except FileNotFoundError:
         return None
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib import metadata
+
+    r = run_fastpass("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fastpass {metadata.version('fastpass')}", r
+
+
+def test_stats_output_read_in_part(tmp_path: Path) -> None:
+    """`stats --json | head` ends quietly as other tools do; the table counts in words that agree."""
+    with fastpass_mount(tmp_path, "--workers", "1") as m:
+        cmd = " ".join(shlex.quote(a) for a in (*FASTPASS, "stats", str(m.mnt), "--json"))
+        # `true` exits without reading, long before the stats arrive: the write meets a closed pipe
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", f"{cmd} | true"], capture_output=True, text=True,
+                           timeout=60, check=False)  # fmt: skip
+        assert r.stderr == "" and r.returncode == 0, r
+        table = run_fastpass("stats", str(m.mnt), env={**os.environ, "COLUMNS": "300"}).stdout
+        assert ", 1 worker, 0 restarts, " in table, table

@@ -165,8 +165,10 @@ def test_counters_and_percentiles() -> None:
     c.record(3, 500, -2)
     assert c.ops[3 * 43] == 5 and c.ops[3 * 43 + 1] == 1 and c.errnos[2] == 1
     hist = c.ops[3 * 43 + 3 : 3 * 43 + 43].tolist()
-    assert percentile(hist, 0.5) == 2048.0  # 2000 ns falls in [1024, 2048)
-    assert percentile(hist, 0.99) == float(1 << 20)
+    assert percentile(hist, 0.5) == 1536.0  # the middle one of five, 2000 ns, alone in [1024, 2048)
+    assert percentile(hist, 0.99) == pytest.approx((1 << 19) * 1.95)  # 1 ms, alone in [2^19, 2^20) ns
+    assert percentile([0] * 7 + [100], 0.5) == 96.0  # a hundred alike in [64, 128): mid-bucket, not 128
+    assert percentile([0] * 8, 0.5) == 0.0
 
 
 def test_a_worker_far_behind_the_release_ring_still_closes_its_copies(tmp_path: Path) -> None:
