@@ -171,6 +171,12 @@ def _unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit(128 + signo))
 
 
+def _interrupted() -> int:
+    """Ctrl-C in bench or tune: the `finally` blocks on the way out unmounted what it had mounted."""
+    print("fastpass: interrupted; every mount it made is gone", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, report, runner
     from fastpass.bench.suites import SUITES
@@ -197,6 +203,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                 mount_args, variants, step)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
+    except KeyboardInterrupt:
+        return _interrupted()
     progress.table(record)
     if args.report:
         with open(args.report, "w") as f:
@@ -244,6 +252,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                               clients=args.clients)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
+    except KeyboardInterrupt:
+        return _interrupted()
     tune.table(record)
     on = f" on {record.path}" if len(paths) > 1 else ""
     print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest within "

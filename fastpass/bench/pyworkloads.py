@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import stat
 import statistics
 import time
@@ -45,6 +46,7 @@ def _in_clients(load: Load, work: Callable[[int, float], tuple[int, str]]) -> Me
     """
     go_r, go_w = os.pipe()
     children = []  # (pid, read end of the pipe the child reports on)
+    reported = False
     try:
         for client in range(load.clients):
             r, w = os.pipe()
@@ -60,12 +62,15 @@ def _in_clients(load: Load, work: Callable[[int, float], tuple[int, str]]) -> Me
         start = time.monotonic()
         reports = [_read_report(client, r) for client, (_, r) in enumerate(children)]
         elapsed = time.monotonic() - start
+        reported = True
     finally:
-        if go_w >= 0:  # an error while forking: the clients forked so far start, finish and are reaped
+        if go_w >= 0:  # an error while forking: the clients forked so far are ended and reaped below
             os.close(go_w)
         os.close(go_r)
         for pid, r in children:  # after an error too: no child outlives the run (or the mount)
             os.close(r)
+            if not reported:  # interrupted (Ctrl-C, SIGTERM) or failed: the clients' work is not wanted
+                os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
     ops = sum(n for n, _ in reports)
     problems = [p for _, p in reports if p]

@@ -218,9 +218,9 @@ def check(backing: str | None, names: list[str], repeat: int, clients: int, vari
         raise BenchError(f"--variant {', '.join(twice)} given twice")
     if backing is not None and not os.path.isdir(backing):
         raise BenchError(f"backing directory {backing} does not exist")
-    cold = [n for n in names if WORKLOADS[n].cold]
-    if cold and os.geteuid() != 0:
-        raise BenchError(f"cold-cache workloads ({', '.join(cold)}) drop the page cache and need root")
+    if os.geteuid() != 0:
+        raise BenchError("bench and tune need root: each run is compared with a bind mount of the backing, "
+                         "and mount(2) makes one only as root")  # fmt: skip
     if any(isinstance(WORKLOADS[n], FioWorkload) for n in names) and shutil.which("fio") is None:
         raise BenchError("fio not found: install it (apt-get install fio)")
 

@@ -13,16 +13,18 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import stat
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import Mounted, mounts_under, run_fastpass, server_pid, stop
+from conftest import FASTPASS, Mounted, mounts_under, run_fastpass, server_pid, stop, wait_for
 from test_cli import NOBODY, assert_refused
 
 # Imported here, not only by the CLI: the child forked as nobody cannot read /root's site-packages.
@@ -315,8 +317,9 @@ def test_bad_arguments_are_refused(tmp_path, args, message):
     assert_no_mounts_left(tmp_path, before)
 
 
-def test_cold_workload_needs_root(world_dir, monkeypatch):
-    """As nobody, refused before the bench creates or mounts anything.
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_needs_root(world_dir, monkeypatch, command):
+    """As nobody, refused in one line before it creates or mounts anything (a bind mount needs root).
 
     The forked child inherits tempfile's directory: one nobody may write in, so
     a mountpoint made there before the check would be ours to see (and not
@@ -333,11 +336,35 @@ def test_cold_workload_needs_root(world_dir, monkeypatch):
 
     backings, mounts = nobodys_backings(), mount_points()
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    code, out, err = run_cli_as(NOBODY, NOBODY, [], "bench", "--workloads", "seqread,randread-cold", env=env)
-    assert_refused(code, out, err, "randread-cold", "root")
+    code, out, err = run_cli_as(NOBODY, NOBODY, [], command, "--workloads", "seqread", env=env)
+    assert_refused(code, out, err, "need root", "bind mount")
     assert list(tmp.iterdir()) == []
     assert nobodys_backings() == backings
     assert_no_mounts_left(world_dir, mounts)
+
+
+def test_ctrl_c_ends_in_one_line_and_unmounts(tmp_path):
+    """SIGINT while a workload runs: one line of its own on stderr, status 130, no mount or directory left."""
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    before = mount_points()
+    here = str(Path(fastpass.__file__).resolve().parent.parent)
+    proc = subprocess.Popen([*FASTPASS, "bench", "--workloads", "metadata", "--seconds", "120"], cwd="/", text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": here})  # fmt: skip
+    try:
+        assert wait_for(lambda: len({p for p in mount_points() - before if p.startswith(f"{tmpdir}/")}) >= 2, 60)
+        time.sleep(1)  # into the workload
+        proc.send_signal(signal.SIGINT)  # to the bench alone, as `kill -INT` would: its clients are its to end
+        _out, err = proc.communicate(timeout=60)  # the workload would take 120 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.splitlines()  # the progress bar's line, then one line of its own
+    assert proc.returncode == 130 and lines[-1] == "fastpass: interrupted; every mount it made is gone", err
+    assert "Traceback" not in err and len(lines) <= 2, err
+    assert_no_mounts_left(tmp_path, before)
 
 
 def test_engines_in_one_run(tmp_path):
