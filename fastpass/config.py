@@ -110,6 +110,14 @@ class MountConfig(msgspec.Struct, frozen=True):
     nosuid: bool = True
     nodev: bool = True
     noexec: bool = False
+    # The VFS's atime and sync flags, as mount(8) names them (its filesystem-independent options):
+    # how the kernel updates the access times it keeps (the backing updates its own as it is read),
+    # and whether writes and directory changes are synchronous.
+    atime: str = "relatime"
+    nodiratime: bool = False
+    lazytime: bool = False
+    sync: bool = False
+    dirsync: bool = False
     # The source and type mountinfo shows: `fsname` (default: the backing path) and fuse.`subtype`.
     fsname: str = ""
     subtype: str = SUBTYPE
@@ -125,6 +133,11 @@ class MountConfig(msgspec.Struct, frozen=True):
             "nosuid" if self.nosuid else "suid",
             "nodev" if self.nodev else "dev",
             "noexec" if self.noexec else "exec",
+            self.atime,
+            *(["nodiratime"] if self.nodiratime else []),
+            *(["lazytime"] if self.lazytime else []),
+            *(["sync"] if self.sync else []),
+            *(["dirsync"] if self.dirsync else []),
             *(["allow_other"] if self.allow_other else []),
             *(["default_permissions"] if self.default_permissions else []),
         ]

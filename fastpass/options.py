@@ -6,7 +6,8 @@ the ones mount(8) and FUSE define (`ro`, `nosuid`, `fsname=`...) are `-o` only, 
 mount(8) spells them, so that an fstab line and `mount -t fuse.fastpass` pass them through
 mount.fuse3 unchanged.  Options apply in command-line order and a later one wins, as with
 mount(8).  An `-o` list is split at commas; a comma inside a value is written `\\,` (libfuse's
-escape).  `x-*` and `X-*` items are mount(8)'s notes for other programs: ignored.  Anything else
+escape).  `x-*` and `X-*` items are mount(8)'s notes for other programs, and `defaults` says
+nothing (MOUNT8_ONLY): ignored.  Anything else
 unknown or malformed is refused with a line that names it (`OptionError`).
 
 A value not given takes MountConfig's default, except four that follow from others (`config`):
@@ -145,12 +146,28 @@ OPTIONS: tuple[Option, ...] = (
            long=False),
     Option("noexec", "noexec", "nothing executes from the mount", long=False),
     Option("exec", "noexec", "files may execute (default)", const=False, long=False),
+    Option("noatime", "atime", "the kernel updates no access times (mount(8)'s atime options; the backing "
+           "keeps its own as it is read)", const="noatime", long=False),
+    Option("relatime", "atime", "access times updated when older than the modification (default)",
+           const="relatime", long=False),
+    Option("atime", "atime", "the kernel's default: relatime", const="relatime", long=False),
+    Option("strictatime", "atime", "access times updated on every access", const="strictatime", long=False),
+    Option("nodiratime", "nodiratime", "no access times for directories", long=False),
+    Option("diratime", "nodiratime", "directories' access times as files' (default)", const=False, long=False),
+    Option("lazytime", "lazytime", "times kept in memory, written out lazily", long=False),
+    Option("nolazytime", "lazytime", "times written out at once (default)", const=False, long=False),
+    Option("sync", "sync", "writes are synchronous (O_SYNC on every open)", long=False),
+    Option("async", "sync", "writes are asynchronous (default)", const=False, long=False),
+    Option("dirsync", "dirsync", "directory changes are synchronous", long=False),
     Option("fsname", "fsname", "the source mountinfo shows (default: the backing path)", text, metavar="NAME",
            long=False),
     Option("subtype", "subtype", f"the type mountinfo shows is fuse.NAME (default {_D['subtype']})", subtype_name,
            metavar="NAME", long=False),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
+# fstab's `defaults`: the default options, so nothing to fastpass.  mount.fuse3 takes out the other
+# options that are mount(8)'s alone (noauto, nofail, _netdev, user...): given here, they are mistakes.
+MOUNT8_ONLY = frozenset({"defaults"})
 
 
 class _Given(argparse.Action):
@@ -190,7 +207,7 @@ def parse(listing: str) -> list[tuple[Option, Any]]:
     found = []
     for item in split(listing):
         name, eq, raw = item.partition("=")
-        if name.startswith(("x-", "X-")):
+        if name.startswith(("x-", "X-")) or name in MOUNT8_ONLY:
             continue
         option = BY_NAME.get(name)
         if option is None:

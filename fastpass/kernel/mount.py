@@ -24,7 +24,10 @@ DEVICE = "/dev/fuse"
 # mount(2) flags by the names mount(8) and fusermount3 give them; every other option goes in mount(2)'s
 # data string.  The positive forms ("rw", "suid"...) set nothing: to fusermount3 they say so explicitly.
 FLAGS = {"ro": _linux.MS_RDONLY, "rw": 0, "nosuid": _linux.MS_NOSUID, "suid": 0, "nodev": _linux.MS_NODEV, "dev": 0,
-         "noexec": _linux.MS_NOEXEC, "exec": 0}  # fmt: skip
+         "noexec": _linux.MS_NOEXEC, "exec": 0, "noatime": _linux.MS_NOATIME, "relatime": _linux.MS_RELATIME,
+         "strictatime": _linux.MS_STRICTATIME, "nodiratime": _linux.MS_NODIRATIME, "diratime": 0,
+         "lazytime": _linux.MS_LAZYTIME, "nolazytime": 0, "sync": _linux.MS_SYNCHRONOUS, "async": 0,
+         "dirsync": _linux.MS_DIRSYNC}  # fmt: skip
 
 
 class MountError(Exception):

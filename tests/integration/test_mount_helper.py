@@ -44,6 +44,12 @@ def _mount_options(mnt: Path) -> set[str]:
         return next(set(line.split()[5].split(",")) for line in f if line.split()[4] == str(mnt))
 
 
+def _super_options(mnt: Path) -> set[str]:
+    """The superblock's options mountinfo shows after its separator (rw, sync, dirsync, user_id=...)."""
+    with open("/proc/self/mountinfo") as f:
+        return next(set(line.split(" - ")[1].split()[2].split(",")) for line in f if line.split()[4] == str(mnt))
+
+
 def _umount_ends_server(m: Mounted, env: dict[str, str], *umount: str) -> None:
     """`umount MNT` (or the command given) unmounts, and the server exits on its own and removes its record."""
     r = _run(*(umount or ("umount", str(m.mnt))), env=env)
@@ -134,6 +140,29 @@ def test_readme_fstab_line(tmp_path, helper_env):
             assert entry is not None and (entry.fstype, entry.source) == ("fuse.fastpass", str(backing)), command
             assert (mnt / "f").read_text() == "served"
             _umount_ends_server(m, helper_env)
+    finally:
+        m.pid = m.pid or server_pid(mnt)
+        stop(m)
+    check_log(m)
+
+
+def test_fstab_atime_and_sync_options(tmp_path, helper_env):
+    """An fstab line with mount(8)'s filesystem-independent options (`defaults,noatime,nofail`, and the
+    rest of the atime and sync family) mounts with `mount -a -T`, and mountinfo shows their flags."""
+    backing, mnt, log = _dirs(tmp_path)
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{backing} {mnt} fuse.fastpass defaults,noatime,nodiratime,sync,dirsync,nofail,workers=1,"
+                     f"log={log} 0 0\n")  # fmt: skip
+    m = Mounted("native", backing, mnt, log)
+    try:
+        r = _run("mount", "-a", "-T", str(fstab), env=helper_env)
+        assert r.returncode == 0, r.stderr
+        m.pid = server_pid(mnt)
+        assert {"noatime", "nodiratime"} <= _mount_options(mnt)
+        assert {"sync", "dirsync"} <= _super_options(mnt)  # the superblock's flags, not the mount's
+        (mnt / "new").write_text("written")
+        assert (backing / "new").read_text() == "written"
+        _umount_ends_server(m, helper_env)
     finally:
         m.pid = m.pid or server_pid(mnt)
         stop(m)

@@ -65,6 +65,9 @@ def test_every_option_sets_a_config_field_and_names_are_unique() -> None:
         (["-o", "x-systemd.automount,X-mount.mkdir,,cache=off,"], {"cache": "off"}),
         (["-o", "fsname=mirror of b,subtype=fastpass.test"], {"fsname": "mirror of b", "subtype": "fastpass.test"}),
         (["--allow-other", "-o", "no_default_permissions"], {"allow_other": True, "default_permissions": False}),
+        (["-o", "defaults,noatime,nodiratime,lazytime,sync,dirsync"],
+         {"atime": "noatime", "nodiratime": True, "lazytime": True, "sync": True, "dirsync": True}),
+        (["-o", "strictatime,atime,diratime,nodiratime,async"], {"atime": "relatime", "nodiratime": True, "sync": False}),
     ],
 )
 def test_options_apply_in_order(given: list[str], expected: dict) -> None:
@@ -128,3 +131,19 @@ def test_render_mounts_the_same_again(argv: list[str]) -> None:
 def test_problem_without_mounting(args: list[str], problem: str | None) -> None:
     """The bench's variant check: the same table, with no CLI import."""
     assert options.problem(args) == problem
+
+
+def test_mount8_flags_reach_mount2() -> None:
+    """mount(8)'s filesystem-independent options become mount(2) flags, as for any filesystem."""
+    from fastpass import _linux
+    from fastpass.kernel.mount import FLAGS
+
+    c = options.config("/b", "/m", _fields("-o", "noatime,nodiratime,lazytime,sync,dirsync"))
+    names = c.mount_options()
+    assert {"noatime", "nodiratime", "lazytime", "sync", "dirsync"} <= set(names)
+    flags = 0
+    for name in names:
+        flags |= FLAGS.get(name, 0)
+    assert flags & _linux.MS_NOATIME and flags & _linux.MS_NODIRATIME and flags & _linux.MS_LAZYTIME
+    assert flags & _linux.MS_SYNCHRONOUS and flags & _linux.MS_DIRSYNC
+    assert "relatime" in options.config("/b", "/m", {}).mount_options()
