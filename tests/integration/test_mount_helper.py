@@ -13,10 +13,12 @@ down by the fixtures' own means whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,18 @@ def _super_options(mnt: Path) -> set[str]:
         return next(set(line.split(" - ")[1].split()[2].split(",")) for line in f if line.split()[4] == str(mnt))
 
 
+@contextlib.contextmanager
+def _served(backing: Path, mnt: Path, log: Path) -> Iterator[Mounted]:
+    """A mount that the test makes through mount(8) (setting `pid`); stopped and its log checked after."""
+    m = Mounted("native", backing, mnt, log)
+    try:
+        yield m
+    finally:
+        m.pid = m.pid or server_pid(mnt)
+        stop(m)
+    check_log(m)
+
+
 def _umount_ends_server(m: Mounted, env: dict[str, str], *umount: str) -> None:
     """`umount MNT` (or the command given) unmounts, and the server exits on its own and removes its record."""
     r = _run(*(umount or ("umount", str(m.mnt))), env=env)
@@ -61,8 +75,7 @@ def _umount_ends_server(m: Mounted, env: dict[str, str], *umount: str) -> None:
 
 def test_mount_t(tmp_path, helper_env):
     backing, mnt, log = _dirs(tmp_path)
-    m = Mounted("native", backing, mnt, log)
-    try:
+    with _served(backing, mnt, log) as m:
         r = _run("mount", "-t", "fuse.fastpass", str(backing), str(mnt), "-o", f"workers=2,cache=auto,log={log}",
                  env=helper_env)  # fmt: skip
         assert r.returncode == 0, f"{r.stderr}\nlog:\n{log.read_text() if log.exists() else ''}"
@@ -79,10 +92,6 @@ def test_mount_t(tmp_path, helper_env):
         assert (config.nosuid, config.nodev) == (False, False)
         assert not {"nosuid", "nodev"} & _mount_options(mnt)
         _umount_ends_server(m, helper_env)
-    finally:
-        m.pid = m.pid or server_pid(mnt)
-        stop(m)
-    check_log(m)
 
 
 def test_mount_t_standard_options(tmp_path, helper_env):
@@ -130,8 +139,7 @@ def test_readme_fstab_line(tmp_path, helper_env):
     source, point, fstype, opts, *_ = line.split()
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{source} {point} {fstype} {opts},log={log} 0 0\n")
-    m = Mounted("native", backing, mnt, log)
-    try:
+    with _served(backing, mnt, log) as m:
         for command in (["mount", "-a", "-T", str(fstab)], ["mount", "-T", str(fstab), str(mnt)]):
             r = _run(*command, env=helper_env)
             assert r.returncode == 0, f"{' '.join(command)}: {r.stderr}"
@@ -140,10 +148,6 @@ def test_readme_fstab_line(tmp_path, helper_env):
             assert entry is not None and (entry.fstype, entry.source) == ("fuse.fastpass", str(backing)), command
             assert (mnt / "f").read_text() == "served"
             _umount_ends_server(m, helper_env)
-    finally:
-        m.pid = m.pid or server_pid(mnt)
-        stop(m)
-    check_log(m)
 
 
 def test_fstab_atime_and_sync_options(tmp_path, helper_env):
@@ -153,8 +157,7 @@ def test_fstab_atime_and_sync_options(tmp_path, helper_env):
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{backing} {mnt} fuse.fastpass defaults,noatime,nodiratime,sync,dirsync,nofail,workers=1,"
                      f"log={log} 0 0\n")  # fmt: skip
-    m = Mounted("native", backing, mnt, log)
-    try:
+    with _served(backing, mnt, log) as m:
         r = _run("mount", "-a", "-T", str(fstab), env=helper_env)
         assert r.returncode == 0, r.stderr
         m.pid = server_pid(mnt)
@@ -163,10 +166,6 @@ def test_fstab_atime_and_sync_options(tmp_path, helper_env):
         (mnt / "new").write_text("written")
         assert (backing / "new").read_text() == "written"
         _umount_ends_server(m, helper_env)
-    finally:
-        m.pid = m.pid or server_pid(mnt)
-        stop(m)
-    check_log(m)
 
 
 @pytest.mark.parametrize(
