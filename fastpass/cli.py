@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -21,12 +22,35 @@ def _fail(message: str) -> int:
     return 1
 
 
+SYSLOG = "/dev/log"  # where syslog (or the journal) takes messages, where one runs
+
+
 def _setup_logging(debug: bool, path: str | None) -> None:
-    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    """Log to `path`; without one to stderr, unless stderr goes nowhere (a server in the background):
+    then to syslog, as other daemons do, where it runs (else nowhere)."""
+    if path:
+        handler: logging.Handler = logging.FileHandler(path)
+    elif not _stderr_discarded():
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        try:
+            handler = logging.handlers.SysLogHandler(SYSLOG, logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter("fastpass[%(process)d]: %(levelname)s %(name)s: %(message)s"))
+        except OSError:  # no syslog here
+            handler = logging.NullHandler()
+    if not isinstance(handler, logging.handlers.SysLogHandler):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _stderr_discarded() -> bool:
+    """Whether stderr is /dev/null (a daemon's, or a resumed background supervisor's)."""
+    try:
+        return os.path.samestat(os.fstat(2), os.stat(os.devnull))
+    except OSError:
+        return True
 
 
 def _user_modules() -> None:
@@ -75,7 +99,7 @@ def _daemonize(config: MountConfig) -> int:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        _setup_logging(config.debug, config.log or os.devnull)
+        _setup_logging(config.debug, config.log)  # syslog without --log
         report = startup.Report(w)
         os._exit(_logged("supervisor", lambda: supervisor.run(config, report.ready, report.mounted)))
     os.close(w)
@@ -144,7 +168,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     handover = restart.read(args.fd)
     config = handover.record.config
     if not args.check:
-        _setup_logging(config.debug, config.log)  # stderr without --log: the terminal of a -f mount, else /dev/null
+        _setup_logging(config.debug, config.log)  # without --log: a -f mount's terminal, else syslog
     return _logged("the resumed supervisor", lambda: supervisor.resume(handover, args.mountpoint, args.check))
 
 

@@ -133,7 +133,7 @@ class MountConfig(msgspec.Struct, frozen=True):
             "nosuid" if self.nosuid else "suid",
             "nodev" if self.nodev else "dev",
             "noexec" if self.noexec else "exec",
-            self.atime,
+            *([self.atime] if self.atime != "relatime" else []),  # the kernel's default; fusermount3 knows no name for it
             *(["nodiratime"] if self.nodiratime else []),
             *(["lazytime"] if self.lazytime else []),
             *(["sync"] if self.sync else []),

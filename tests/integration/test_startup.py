@@ -13,9 +13,11 @@ how to clear it, and `fastpass unmount` clears it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from test_lifecycle import alive, children, probe
 from test_multiuser import GID, UID, dev_fuse_for_users, user1000  # noqa: F401 - fixtures
 
 from fastpass import state
+from fastpass.cli import SYSLOG
 from tests.users import run_cli_as
 
 FILTERS = "tests.startup_filters"
@@ -169,3 +172,32 @@ def test_dead_mountpoint_is_named_and_unmount_clears_it(tmp_path):
         (m.backing / "f").write_text("again")
         assert (m.mnt / "f").read_text() == "again"
     assert not is_mounted(m.mnt)
+
+
+# --- where a background server's log goes without --log ---------------------------------------
+def test_background_mount_without_log_logs_to_syslog(tmp_path):
+    """Like other daemons: its messages reach syslog's socket, /dev/log, tagged fastpass[PID]."""
+    if os.path.exists(SYSLOG):
+        pytest.skip(f"{SYSLOG} belongs to this machine's syslog: its messages would go there, not to this test")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind(SYSLOG)
+        listener.settimeout(30)
+        (tmp_path / "b").mkdir()
+        (tmp_path / "m").mkdir()
+        r = run_fastpass("mount", str(tmp_path / "b"), str(tmp_path / "m"), "--workers", "1")
+        assert r.returncode == 0, r.stderr
+        try:
+            pid = state.read(str(tmp_path / "m")).pid
+            message = b""
+            while b"mounted" not in message:
+                message = listener.recv(65536)
+            text = message.decode()
+            assert f"fastpass[{pid}]: INFO fastpass: mounted {tmp_path / 'b'} on {tmp_path / 'm'}" in text, text
+            assert text.startswith(f"<{8 * 3 + 6}>"), text  # facility daemon, severity info
+        finally:
+            assert run_fastpass("unmount", str(tmp_path / "m")).returncode == 0
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(SYSLOG)
