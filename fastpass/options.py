@@ -10,10 +10,11 @@ escape).  `x-*` and `X-*` items are mount(8)'s notes for other programs, and `de
 nothing (MOUNT8_ONLY): ignored.  Anything else
 unknown or malformed is refused with a line that names it (`OptionError`).
 
-A value not given takes MountConfig's default, except four that follow from others (`config`):
+A value not given takes MountConfig's default, except five that follow from others (`config`):
 `workers` (one per CPU as root with the native engine, else 1), `io` (uring with the native
-engine, plain with pyfuse3), `transport` (auto with the native engine, dev with pyfuse3) and
-`default_permissions` (on with `allow_other`); and `passthrough` auto means off with pyfuse3 and with
+engine, plain with pyfuse3), `io_depth` (fewer where RLIMIT_MEMLOCK holds fewer, not as root),
+`transport` (auto with the native engine, dev with pyfuse3) and `default_permissions` (on with
+`allow_other`); and `passthrough` auto means off with pyfuse3 and with
 `writeback_cache`.
 """
 
@@ -22,13 +23,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, TRANSPORTS, MountConfig
+from fastpass.config import CACHE_MODES, DEFAULT_IO_DEPTH, ENGINES, IO_PATHS, PASSTHROUGH_MODES, TRANSPORTS, MountConfig
 from fastpass.kernel.mount import escape, split
 
 
@@ -88,7 +90,7 @@ OPTIONS: tuple[Option, ...] = (
            "where the kernel refuses io_uring); plain: one blocking request at a time (default: uring with the "
            "native engine, plain with pyfuse3)", str, choices=IO_PATHS),
     Option("io_depth", "io_depth", "with --io uring: requests in flight per worker, 1 MiB of buffer each "
-           f"(default {_D['io_depth']})", int, metavar="N"),
+           f"(default {_D['io_depth']}; not as root, fewer if RLIMIT_MEMLOCK holds fewer)", int, metavar="N"),
     Option("transport", "transport", "where requests come from: uring: FUSE-over-io_uring entries on each worker's "
            "ring (Linux 6.14+; as root it turns the fuse module's enable_uring on while the mount starts, as a normal "
            "user it needs it on); auto: uring where the kernel offers it (enable_uring already on), /dev/fuse "
@@ -237,12 +239,22 @@ def default_workers(engine: str) -> int:
     return (os.cpu_count() or 1) if os.geteuid() == 0 and engine == "native" else 1
 
 
+def default_io_depth(euid: int, memlock: int) -> int:
+    """DEFAULT_IO_DEPTH, or for a user without CAP_IPC_LOCK as many 1 MiB buffers as RLIMIT_MEMLOCK
+    (soft, `memlock` bytes) lets io_uring register, a MiB left for anything else pinned: the default
+    8 MiB of Debian and Ubuntu would otherwise refuse the registration of 8 (said in the log)."""
+    if euid == 0 or memlock == resource.RLIM_INFINITY:
+        return DEFAULT_IO_DEPTH
+    return max(1, min(DEFAULT_IO_DEPTH, memlock // (1 << 20) - 1))
+
+
 def config(backing: str, mountpoint: str, fields: dict[str, Any]) -> MountConfig:
     """The MountConfig of `fastpass mount BACKING MOUNTPOINT` with these option fields (`collect`)."""
     fields = dict(fields)
     engine = fields.get("engine", _D["engine"])
     fields.setdefault("workers", default_workers(engine))
     fields.setdefault("io", "plain" if engine == "pyfuse3" else "uring")
+    fields.setdefault("io_depth", default_io_depth(os.geteuid(), resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]))
     fields.setdefault("transport", "dev" if engine == "pyfuse3" else "auto")
     fields.setdefault("default_permissions", fields.get("allow_other", False))
     if (engine == "pyfuse3" or fields.get("writeback_cache")) and fields.get("passthrough", _D["passthrough"]) == "auto":

@@ -373,6 +373,7 @@ def test_user_mount_with_fusermount(world_dir, user1000, dev_fuse_for_users):
         assert not record.exists(), "the state record outlived the mount"
         text = log.read_text()
         assert "Traceback" not in text and " ERROR " not in text, text
+        assert "not registered" not in text, text  # the default io depth fits the user's RLIMIT_MEMLOCK
     finally:
         _clear_user_mount(mnt, pid)
 

@@ -4,6 +4,8 @@ take is refused with a line that names it.  No mount: the integration tests moun
 
 from __future__ import annotations
 
+import resource
+
 import msgspec
 import pytest
 
@@ -147,3 +149,11 @@ def test_mount8_flags_reach_mount2() -> None:
     assert flags & _linux.MS_NOATIME and flags & _linux.MS_NODIRATIME and flags & _linux.MS_LAZYTIME
     assert flags & _linux.MS_SYNCHRONOUS and flags & _linux.MS_DIRSYNC
     assert not {"noatime", "relatime", "strictatime"} & set(options.config("/b", "/m", {}).mount_options())
+
+
+@pytest.mark.parametrize(("euid", "memlock", "depth"), [
+    (0, 8 << 20, 8), (1000, 8 << 20, 7), (1000, 64 << 20, 8), (1000, 1 << 20, 1), (1000, 64 << 10, 1),
+    (1000, resource.RLIM_INFINITY, 8),
+])  # fmt: skip
+def test_default_io_depth_fits_the_memlock_limit(euid: int, memlock: int, depth: int) -> None:
+    assert options.default_io_depth(euid, memlock) == depth
