@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastpass import options, restart, startup, state, stats, supervisor, systemd
 from fastpass.config import CACHE_MODES, ENGINES, IO_PATHS, PASSTHROUGH_MODES, SUBTYPE, TRANSPORTS, MountConfig
@@ -67,6 +68,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         config = options.config(args.backing, args.mountpoint, options.collect(args.given))
     except options.OptionError as e:
         return _fail(str(e))
+    if os.geteuid() != 0 and not (config.nosuid and config.nodev):
+        print("fastpass: warning: suid and dev take effect only as root (fusermount3 mounts a user's filesystem "
+              "nosuid,nodev): mounting nosuid,nodev", file=sys.stderr)  # fmt: skip
+        import msgspec
+
+        config = msgspec.structs.replace(config, nosuid=True, nodev=True)
     _user_modules()
     try:
         supervisor.check(config)
@@ -341,6 +348,15 @@ def _version() -> str:
         return "(not installed: run from a source tree)"
 
 
+class _Debug(argparse.Action):
+    """`-d`, as libfuse's filesystems take it: in the foreground, logging every request and reply."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        namespace.foreground = True
+        namespace.given = [*getattr(namespace, "given", []), ("debug", True)]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastpass", description="Multiprocess passthrough FUSE file server.")
     p.add_argument("--version", action="version", version=f"fastpass {_version()}")
@@ -354,6 +370,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("-f", "--foreground", action="store_true",
                    help="stay attached; log to stderr; tell systemd when serving ($NOTIFY_SOCKET)")  # fmt: skip
     options.add_arguments(m)
+    m.add_argument("-d", dest="given", action=_Debug, nargs=0, default=argparse.SUPPRESS,
+                   help="libfuse's debug flag: --foreground --debug")  # fmt: skip
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", help="unmount a fastpass mount (lazily if busy)")

@@ -402,8 +402,8 @@ def test_user_mount_refused_on_foreign_mountpoint(world_dir, user1000, dev_fuse_
 
 def test_user_mount_with_o_options(world_dir, user1000, dev_fuse_for_users):
     """`fastpass SOURCE MOUNTPOINT -o OPTIONS` as a user, as mount.fuse3 runs it: the options reach the
-    mount through fusermount3 (which adds nosuid,nodev itself), a bad one is refused with nothing
-    mounted, and `umount MNT` by the user ends the server."""
+    mount through fusermount3 (which adds nosuid,nodev itself: suid and dev given are said to have no
+    effect), a bad one is refused with nothing mounted, and `umount MNT` by the user ends the server."""
     backing, mnt, runtime, env, log = _user_dirs(world_dir)
     pid = None
     try:
@@ -411,9 +411,10 @@ def test_user_mount_with_o_options(world_dir, user1000, dev_fuse_for_users):
         assert (code, err.splitlines()) == (1, ["fastpass: error: unknown mount option 'bogus'"])
         assert not is_mounted(mnt)
 
-        opts = f"ro,noexec,fsname=users\\,data,workers=1,cache=auto,log={log}"
+        opts = f"ro,noexec,suid,dev,fsname=users\\,data,workers=1,cache=auto,log={log}"
         code, _out, err = run_cli_as(UID, GID, [], str(backing), str(mnt), "-o", opts, env=env)
         assert code == 0, f"{err}\nlog:\n{log.read_text() if log.exists() else ''}"
+        assert err.startswith("fastpass: warning: suid and dev take effect only as root"), err  # not dropped unsaid
         pid = msgspec.json.decode(_state_path(runtime, mnt).read_bytes())["pid"]
         with open("/proc/self/mountinfo") as f:
             fields = next(line.split() for line in f if line.split()[4] == str(mnt))

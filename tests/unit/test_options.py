@@ -157,3 +157,11 @@ def test_mount8_flags_reach_mount2() -> None:
 ])  # fmt: skip
 def test_default_io_depth_fits_the_memlock_limit(euid: int, memlock: int, depth: int) -> None:
     assert options.default_io_depth(euid, memlock) == depth
+
+
+def test_dash_d_is_libfuses_debug_flag() -> None:
+    """`-d`: in the foreground with every request logged, as for libfuse's filesystems."""
+    from fastpass.cli import parser
+
+    args = parser().parse_args(["mount", "/b", "/m", "-d"])
+    assert args.foreground and options.config("/b", "/m", options.collect(args.given)).debug
