@@ -316,7 +316,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         elif args.watch is None:
             from rich.console import Console
 
-            Console().print(stats.render(record))
+            Console().print(stats.render(record), crop=False)  # the options line runs on, to be pasted
         else:
             from rich.live import Live
 

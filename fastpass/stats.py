@@ -289,10 +289,11 @@ def render(stats: Stats) -> object:
            if stats.transport == "uring" else "/dev/fuse")
         + f"; {protocol}"
         + (f"\nfilters (outermost first): {' | '.join(stats.filters)}" if stats.filters else "")
-        + f"\noptions: {stats.options}"
-        + f"\nfile descriptors: up to {stats.fd_limit:,} per process; held by the workers: "
-        + ", ".join(f"{w.fds:,}" for w in stats.workers)
     )
+    # One line whatever the terminal's width, so that it can be pasted as it is
+    options_line = Text(f"options: {stats.options}", no_wrap=True, overflow="ignore")
+    fds = Text(f"file descriptors: up to {stats.fd_limit:,} per process; held by the workers: "
+               + ", ".join(f"{w.fds:,}" for w in stats.workers))  # fmt: skip
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)
     # ring calls / the most requests in flight at once; opens in kernel passthrough / served here;
@@ -318,7 +319,7 @@ def render(stats: Stats) -> object:
         + (f"; {c.size:,} entries, hit rate {c.hit_rate:.1%} ({c.hits:,} hits, {c.misses:,} misses), "
            f"{c.evictions:,} evictions, {c.invalidations:,} invalidations sent" if c.mode == "auto" else "")
     )  # fmt: skip
-    parts: list = [head, cache, workers, ops]
+    parts: list = [head, options_line, fds, cache, workers, ops]
     if stats.errors:
         errors = Table(title="errors by errno")
         errors.add_column("errno")

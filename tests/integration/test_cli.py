@@ -407,3 +407,11 @@ def test_stats_output_read_in_part(tmp_path: Path) -> None:
         assert r.stderr == "" and r.returncode == 0, r
         table = run_fastpass("stats", str(m.mnt), env={**os.environ, "COLUMNS": "300"}).stdout
         assert ", 1 worker, 0 restarts, " in table, table
+
+
+def test_stats_options_line_is_one_line_at_any_width(tmp_path: Path) -> None:
+    """The `-o` list `stats` shows can be pasted: one line even on a 40-column terminal."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--cache-size", "4096") as m:
+        table = run_fastpass("stats", str(m.mnt), env={**os.environ, "COLUMNS": "40"}).stdout
+        lines = [line for line in table.splitlines() if line.startswith("options: ")]
+        assert len(lines) == 1 and "cache_size=4096" in lines[0] and len(lines[0]) > 40, table
