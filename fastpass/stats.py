@@ -24,6 +24,7 @@ from fastpass.fs.inodes import InodeTable
 from fastpass.fs.shared import SharedState
 from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.kernel.init import Negotiated
+from fastpass.kernel.mount import fuse_owner
 from fastpass.shm import counters as C
 
 SCHEMA = 1
@@ -249,8 +250,17 @@ def ask(mountpoint: str, command: bytes, timeout: float = 5.0) -> bytes:
             while chunk := s.recv(1 << 16):
                 chunks.append(chunk)
     except OSError as e:
-        raise StatsUnavailable(f"no fastpass server answers for {mountpoint} ({e.strerror or e})") from None
+        raise StatsUnavailable(_why_unanswered(mountpoint, e)) from None
     return b"".join(chunks)
+
+
+def _why_unanswered(mountpoint: str, e: OSError) -> str:
+    """Why no server answered at `mountpoint`'s socket: most often, a mount that another user's
+    fastpass serves (its socket lives in that user's runtime directory, out of reach)."""
+    owner = fuse_owner(mountpoint)
+    if owner is not None and owner != os.geteuid():
+        return f"{mountpoint} is served by the fastpass of uid {owner}: only that user can ask it"
+    return f"no fastpass server answers for {mountpoint} ({e.strerror or e})"
 
 
 def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:

@@ -61,6 +61,19 @@ def mount_entry(path: str) -> MountEntry | None:
     return found
 
 
+def fuse_owner(path: str) -> int | None:
+    """The user_id= of the FUSE mount whose root is `path` (the topmost if stacked): the uid whose
+    server it is; None if no FUSE mount is there."""
+    real = os.fsencode(path)
+    owner = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.rstrip(b"\n").partition(b" - ")
+            if _unescape(left.split(b" ")[4]) == real and right.startswith(b"fuse"):
+                owner = next((int(o[8:]) for o in right.split(b" ")[2].split(b",") if o.startswith(b"user_id=")), None)
+    return owner
+
+
 def fstype_of(path: str) -> str:
     """The filesystem type of the mount holding `path` (absolute, resolved), from mountinfo."""
     real = os.fsencode(path)

@@ -434,3 +434,12 @@ def test_user_mount_with_o_options(world_dir, user1000, dev_fuse_for_users):
         assert "Traceback" not in text and " ERROR " not in text, text
     finally:
         _clear_user_mount(mnt, pid)
+
+
+def test_stats_of_another_users_mount_says_whose(tmp_path, user1000):
+    """A user asking about root's mount is told whose server it is, not "no such file"."""
+    with fastpass_mount(tmp_path, "--workers", "1") as m:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "XDG_RUNTIME_DIR": str(tmp_path)}
+        code, _out, err = run_cli_as(UID, GID, [], "stats", str(m.mnt), env=env)
+        assert code == 1 and err.splitlines() == [
+            f"fastpass: error: {m.mnt} is served by the fastpass of uid 0: only that user can ask it"], err
