@@ -348,6 +348,18 @@ def _version() -> str:
         return "(not installed: run from a source tree)"
 
 
+class _WithDefaults(argparse.HelpFormatter):
+    """Every option's default in its help (bench and tune: what a run measured depends on them all)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (argparse.SUPPRESS, False) or not action.option_strings:
+            return text
+        if action.default is None:
+            return f"{text} (default: the mount's own)" if "fastpass mount" in text else text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class _Debug(argparse.Action):
     """`-d`, as libfuse's filesystems take it: in the foreground, logging every request and reply."""
 
@@ -399,9 +411,11 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", type=float, nargs="?", const=1.0, metavar="S", help="refresh every S seconds")
     st.set_defaults(func=cmd_stats)
 
-    b = sub.add_parser("bench", help="benchmark fastpass against a bind mount of the same directory")
+    b = sub.add_parser("bench", help="benchmark fastpass against a bind mount of the same directory",
+                       formatter_class=_WithDefaults)
     b.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
-    b.add_argument("--suite", choices=["quick", "full"], default="quick")
+    b.add_argument("--suite", choices=["quick", "full"], default="quick",
+                   help="which workloads: quick (the main ones) or full (every one)")
     b.add_argument("--workloads", help="comma-separated workload names instead of a suite")
     b.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation")
     b.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
@@ -432,7 +446,7 @@ def parser() -> argparse.ArgumentParser:
                    help="passed to the fastpass mount (a variant adds its own: --variant 'audit=--filter audit')")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("tune", help="measure which --workers count suits this machine")
+    t = sub.add_parser("tune", help="measure which --workers count suits this machine", formatter_class=_WithDefaults)
     t.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
     t.add_argument("--workloads", help="comma-separated workload names (default: the tune suite)")
     t.add_argument("--max-workers", type=int, metavar="N",

@@ -4,6 +4,7 @@ take is refused with a line that names it.  No mount: the integration tests moun
 
 from __future__ import annotations
 
+import argparse
 import resource
 
 import msgspec
@@ -165,3 +166,15 @@ def test_dash_d_is_libfuses_debug_flag() -> None:
 
     args = parser().parse_args(["mount", "/b", "/m", "-d"])
     assert args.foreground and options.config("/b", "/m", options.collect(args.given)).debug
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_bench_and_tune_help_shows_every_default(command: str) -> None:
+    """What a run measured depends on every option: `--help` gives each one's default."""
+    from fastpass.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    text = " ".join(sub.format_help().split())
+    for action in sub._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert f"(default: {action.default})" in text or "default:" in (action.help or ""), action.dest
