@@ -459,6 +459,9 @@ class Notifier:
         if shown:
             pyfuse3.invalidate_entry(shown, name, deleted=self.numbers.shown_as(child) if child else 0)
 
+    def forget_names(self) -> None:
+        """libfuse 3 has no call for FUSE_NOTIFY_INC_EPOCH: names follow their timeouts."""
+
 
 def _options(config: MountConfig) -> set[str]:
     return {f"fsname={escape(config.source())}", f"subtype={config.subtype}", *config.mount_options()}

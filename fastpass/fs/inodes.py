@@ -272,6 +272,17 @@ class SlotReader:
             return 0
         return gen << 32 | slot
 
+    def live(self) -> list[int]:
+        """Every nodeid the kernel may hold now (a snapshot: the watcher's overflow drops them all)."""
+        fresh = self._catch_up()[3]
+        m = self._map
+        found = []
+        for slot in range(_ROOT_SLOT, fresh):
+            gen, live = _GEN_LIVE.unpack_from(m, slot * SLOT_SIZE)
+            if live:
+                found.append(gen << 32 | slot)
+        return found
+
     def outdate(self, nodeid: int) -> None:
         """Mark a live inode changed outside, so that the kernel's next lookup of it, once no open
         holds it, makes a new inode (the writeback cache; see the module's comment).  A slot freed

@@ -176,6 +176,8 @@ class Kernel(Protocol):
 
     def inval_entry(self, parent: int, name: bytes, child: int) -> None: ...
 
+    def forget_names(self) -> None: ...
+
 
 class Device:
     """Notifications written on a device fd of the connection."""
@@ -188,6 +190,17 @@ class Device:
 
     def inval_entry(self, parent: int, name: bytes, child: int) -> None:
         os.write(self.devfd, encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
+
+    def forget_names(self) -> None:
+        """Every name the kernel holds is looked up again at its next use (FUSE_NOTIFY_INC_EPOCH,
+        7.44); a kernel without it refuses the code (EINVAL), and its names follow their timeouts."""
+        try:
+            os.write(self.devfd, encode.inc_epoch())
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.warning("the kernel cannot be told to look every name up again (no FUSE_NOTIFY_INC_EPOCH): "
+                        "names changed meanwhile show within the entry timeout")  # fmt: skip
 
 
 class Watcher:
@@ -235,8 +248,15 @@ class Watcher:
     def apply(self, changes: Changes) -> None:
         cache = self.cache
         kernel = self.kernel
-        if changes.overflow:
-            log.warning("fanotify queue overflowed: changes made meanwhile show within the kernel timeouts")
+        if changes.overflow:  # changes were lost: whatever the kernel keeps may be stale
+            log.warning("fanotify queue overflowed: every attribute, page and name the kernel keeps is dropped")
+            for nodeid in self.inodes.live():
+                if self.evict:
+                    self.inodes.outdate(nodeid)  # the kernel keeps a size until it makes a new inode
+                if cache is not None:
+                    cache.changed(nodeid)
+                self._notify(kernel.inval_inode, nodeid, True)
+            kernel.forget_names()
         for nodeid in changes.outdated:
             self.inodes.outdate(nodeid)  # before the kernel looks it up again
         for nodeid, data in changes.inodes.items():

@@ -98,6 +98,12 @@ def delete(parent: int, child: int, name: bytes) -> bytes:
     return notification(abi.NotifyCode.DELETE, abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0) + name + b"\0")
 
 
+def inc_epoch() -> bytes:
+    """Make every dentry the kernel holds fail its next revalidation, so each name is looked up
+    again (7.44)."""
+    return notification(abi.NotifyCode.INC_EPOCH, b"")
+
+
 def prune(nodeids: list[int]) -> bytes:
     """Ask the kernel to drop these inodes where nothing uses them (their dentries with them): it
     sends a FORGET for each it drops (7.45)."""
