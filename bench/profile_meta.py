@@ -18,9 +18,10 @@ same loop on each worker count:
    dispatch, journal, stats, reply, handler, shared-table locks, attribute
    cache, encode) and each syscall by the opcode that made it.
 
-Each sampler's fractions are scaled to the CPU time /proc gave for its own
-pass (samplers overcount what waits for a CPU and slow what they sample; the
-fractions are what they are good for).  Then the same loop runs directly on
+Each sampler's fractions are scaled to the CPU time /proc gave for the pass
+without a sampler (samplers slow what they sample, and py-spy sees a thread in
+a syscall far more often than it is there: the fractions are what they are
+good for, perf's for the kernel, py-spy's for Python).  Then the same loop runs directly on
 the backing directory: what the backing syscalls alone cost.
 
     python3 bench/profile_meta.py [--rounds 5000] [--workers 1 2] [--clients 1] [--json FILE] [-- MOUNT_OPTION...]
@@ -172,15 +173,20 @@ def started(procs: list[subprocess.Popen]) -> Iterator[list[subprocess.Popen]]:
                 p.wait()
 
 
-def run_clients(top: str, clients: int, rounds: int) -> tuple[float, float, float]:
-    """Run the loop from `clients` processes under `top`; wall seconds, client user and system µs."""
+def run_clients(top: str, clients: int, rounds: int, uid: int | None = None) -> tuple[float, float, float]:
+    """Run the loop from `clients` processes under `top` (as `uid`, root if None); wall seconds,
+    client user and system µs."""
     dirs = []
     for i in range(clients):
         d = os.path.join(top, f"c{i}")
         os.makedirs(d, exist_ok=True)
+        if uid is not None:
+            os.chown(d, uid, uid)
         dirs.append(d)
+    python = sys.executable if uid is None else "/usr/bin/python3"  # one another user may run
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-c", CLIENT, d, str(rounds)], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([python, "-c", CLIENT, d, str(rounds)], stdout=subprocess.PIPE, text=True,
+                              user=uid, group=uid, extra_groups=[] if uid is not None else None)
              for d in dirs]  # fmt: skip
     with started(procs):
         outs = [p.communicate()[0] for p in procs]
@@ -192,7 +198,7 @@ def run_clients(top: str, clients: int, rounds: int) -> tuple[float, float, floa
     return wall, user, system
 
 
-def measured(m: Mount, clients: int, rounds: int, samplers: tuple[list[str], ...] = ()) -> dict:
+def measured(m: Mount, clients: int, rounds: int, uid: int | None, samplers: tuple[list[str], ...] = ()) -> dict:
     """One pass of the loop on `m` while `samplers` (commands that stop on SIGINT) run: CPU of each
     server role and of the clients, µs per round; the request counts and handler time by opcode."""
     pids = m.pids()
@@ -205,7 +211,7 @@ def measured(m: Mount, clients: int, rounds: int, samplers: tuple[list[str], ...
     if procs:
         time.sleep(1.0)  # let them attach
     with started(procs):
-        wall, cu, cs = run_clients(m.mnt, clients, rounds)
+        wall, cu, cs = run_clients(m.mnt, clients, rounds, uid)
         after = {role: [cpu_us(p) for p in ps] for role, ps in pids.items()}
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -275,8 +281,6 @@ def classify(stack: str) -> tuple[str, str, str, str]:
     sample with native leaves."""
     frames = _frames(stack)
     leaf_func, leaf_file, _ = frames[-1]
-    if frames[0][1].startswith("libc"):  # unwound upside down: a call into libc, the kernel's as py-spy saw it
-        leaf_func, leaf_file = frames[0][:2]
     syscall = ""
     if leaf_file.startswith("libc") and not leaf_func.startswith(_LIBC_USER):
         syscall = "?" if leaf_func.startswith("0x") else leaf_func.removeprefix("__libc_").removesuffix("64")
@@ -321,12 +325,12 @@ def pyspy_profile(path: str) -> collections.Counter:
     return samples
 
 
-def backing_alone(top: str, clients: int, rounds: int, runs: int = 3) -> list[dict]:
+def backing_alone(top: str, clients: int, rounds: int, uid: int | None, runs: int = 3) -> list[dict]:
     """The loop on a plain directory, `runs` times (the backing's own cost varies with the load
     others put on the disk): rounds/s and the clients' CPU per round of each run."""
     out = []
     for i in range(runs):
-        wall, u, s = run_clients(os.path.join(top, f"alone-{i}"), clients, rounds)
+        wall, u, s = run_clients(os.path.join(top, f"alone-{i}"), clients, rounds, uid)
         total = rounds * clients
         out.append({"rate": total / wall, "cpu": (u / total, s / total)})
     return out
@@ -336,13 +340,13 @@ def profile(top: str, workers: int, args: argparse.Namespace) -> dict:
     m = Mount(top, workers, args.mount_options)
     try:
         m.start()
-        run_clients(m.mnt, 1, 300)  # warm: the first requests fill tables and caches
-        result: dict = {"workers": workers, "options": m.options, "plain": measured(m, args.clients, args.rounds)}
+        run_clients(m.mnt, args.clients, 300, args.client_uid)  # warm: the first requests fill tables and caches
+        result: dict = {"workers": workers, "options": m.options, "plain": measured(m, args.clients, args.rounds, args.client_uid)}
         wpids = ",".join(str(p) for p in m.pids()["workers"])
         if shutil.which("perf") and not args.no_perf:
             data = os.path.join(top, f"perf-{workers}.data")
             cmd = ["perf", "record", "-q", "-F", str(args.rate), "-g", "-p", wpids, "-o", data]
-            result["perf_pass"] = measured(m, args.clients, args.rounds, (cmd,))
+            result["perf_pass"] = measured(m, args.clients, args.rounds, args.client_uid, (cmd,))
             kernel, user = perf_profile(data)
             result["perf"] = {"kernel": dict(kernel), "user": dict(user)}
         if shutil.which("py-spy") and not args.no_py_spy:
@@ -350,7 +354,7 @@ def profile(top: str, workers: int, args: argparse.Namespace) -> dict:
             raws = [os.path.join(top, f"pyspy-{workers}-{pid}.txt") for pid in m.pids()["workers"]]
             cmds = tuple(["py-spy", "record", "--native", "-r", str(args.rate), "-p", str(pid), "-f", "raw", "-o", raw]
                          for pid, raw in zip(m.pids()["workers"], raws, strict=True))  # one pid a sampler
-            result["pyspy_pass"] = measured(m, args.clients, args.rounds, cmds)
+            result["pyspy_pass"] = measured(m, args.clients, args.rounds, args.client_uid, cmds)
             for raw in raws:
                 if os.path.exists(raw):
                     samples += pyspy_profile(raw)
@@ -398,9 +402,9 @@ def _opcode(handler: str) -> str:
 def breakdown(result: dict) -> list[str]:
     """µs per request by opcode and part: perf's system time of the workers by syscall (each
     backing syscall split between the opcodes that made it as py-spy saw them), py-spy's Python
-    samples scaled to the workers' user time; each from its own pass, /proc's figures."""
+    samples scaled to the workers' user time, both times from the pass without a sampler."""
     ops = result["plain"]["ops"]
-    k, _ = result["perf"]["kernel"], result["perf"]["user"]
+    k, libs = result["perf"]["kernel"], result["perf"]["user"]
     ks = sum(k.values()) or 1
     user, system = result["plain"]["cpu"]["workers"]  # the pass without a sampler
     sys_us = {name: system * n / ks for name, n in k.items()}
@@ -460,7 +464,11 @@ def breakdown(result: dict) -> list[str]:
     out += [f"| {frame} | {user * n / py_n:.1f} |" for frame, n in lines.most_common(25)]
     total = sum(cost.values())
     out += ["", (f"Sum of the parts: {total:.0f} µs a round; the workers' CPU in the pass without a sampler: "
-            f"{user + system:.0f} µs ({user:.0f} user, {system:.0f} system).")]  # fmt: skip
+            f"{user + system:.0f} µs ({user:.0f} user, {system:.0f} system); from {ks} perf samples of the kernel "
+            f"and {py_n} py-spy samples of Python code.")]  # fmt: skip
+    lib_n = sum(libs.values()) or 1
+    out += ["", "The workers' user time by library (perf): " + ", ".join(
+        f"{name} {100 * n / lib_n:.0f}%" for name, n in sorted(libs.items(), key=lambda kv: -kv[1])[:5]) + "."]
     return out
 
 
@@ -470,6 +478,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=1, help="client processes (default 1)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
     ap.add_argument("--rate", type=int, default=1000, help="samples per second of perf and py-spy (default 1000)")
+    ap.add_argument("--client-uid", type=int, help="run the clients as this uid and gid (with `-- --allow-other`: "
+                    "the workers switch credentials for them)")  # fmt: skip
     ap.add_argument("--no-perf", action="store_true")
     ap.add_argument("--no-py-spy", action="store_true")
     ap.add_argument("--json", help="also write the raw figures here")
@@ -480,12 +490,13 @@ def main() -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind (and clean up) as for Ctrl-C
     top = tempfile.mkdtemp(prefix="fastpass-profile-")
+    os.chmod(top, 0o755)  # --client-uid: the clients reach their directories through it
     results = []
     try:
         for workers in args.workers:
             results.append(profile(top, workers, args))
             print(table(results[-1]), "\n", flush=True)
-        alone = backing_alone(top, args.clients, args.rounds)
+        alone = backing_alone(top, args.clients, args.rounds, args.client_uid)
         print("### the same loop on a directory of the backing filesystem\n\n| run | rounds/s | clients' user µs/round | "
               "clients' system µs/round |\n|---|--:|--:|--:|")  # fmt: skip
         for i, run in enumerate(alone):
