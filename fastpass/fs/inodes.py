@@ -691,7 +691,7 @@ class InodeTable(SlotReader):
         region.lock(LOCK_INODES)
         try:
             gen, live, nlookup = _COUNT.unpack_from(m, off)
-            if not live or gen != inode.generation or m[off + _RETIRED_AT] or self._retires(off):
+            if not live or gen != inode.generation or m[off + _RETIRED_AT] or (m[off + _OUTDATED_AT] and self._retires(off)):
                 return False
             _NLOOKUP.pack_into(m, off + 8, nlookup + n)
             m[off + _REF_AT] = 1
