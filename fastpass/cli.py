@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import logging.handlers
 import os
@@ -208,11 +209,20 @@ def _interrupted() -> int:
     return 128 + signal.SIGINT
 
 
+def _unplottable(path: str | None) -> int | None:
+    """--plot without matplotlib (the `plot` extra) is refused before anything runs, not after."""
+    if path and importlib.util.find_spec("matplotlib") is None:
+        return _fail("--plot needs matplotlib: pip install 'fastpass[plot]'")
+    return None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, report, runner
     from fastpass.bench.suites import SUITES
     from fastpass.bench.workloads import Load
 
+    if (refused := _unplottable(args.plot)) is not None:
+        return refused
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else SUITES[args.suite]
     mount_args = [f"--engine={args.engine}", f"--passthrough={args.passthrough}", f"--cache={args.cache}",
@@ -267,6 +277,8 @@ def _finish(record: object, json_path: str | None, failed: list[str]) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from fastpass.bench import progress, runner, tune
 
+    if (refused := _unplottable(args.plot)) is not None:
+        return refused
     _unwind_on_sigterm()
     names = args.workloads.split(",") if args.workloads else tune.SUITE
     max_workers = args.max_workers if args.max_workers is not None else (1 if args.engine == "pyfuse3" else 2 * (os.cpu_count() or 1))

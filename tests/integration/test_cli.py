@@ -19,6 +19,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -415,3 +416,17 @@ def test_stats_options_line_is_one_line_at_any_width(tmp_path: Path) -> None:
         table = run_fastpass("stats", str(m.mnt), env={**os.environ, "COLUMNS": "40"}).stdout
         lines = [line for line in table.splitlines() if line.startswith("options: ")]
         assert len(lines) == 1 and "cache_size=4096" in lines[0] and len(lines[0]) > 40, table
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+def test_plot_without_matplotlib_is_refused_before_running(tmp_path: Path, command: str) -> None:
+    """matplotlib is the `plot` extra: without it, --plot is refused in one line before any mount,
+    not after a whole run.  (A module set to None in sys.modules is one importlib finds no spec for,
+    as where it is not installed.)"""
+    chart = tmp_path / "chart.png"
+    code = (f"import sys; sys.modules['matplotlib'] = None; from fastpass.cli import main; "
+            f"sys.exit(main([{command!r}, {str(tmp_path)!r}, '--plot', {str(chart)!r}]))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert_refused(r.returncode, r.stdout, r.stderr, "--plot needs matplotlib", "fastpass[plot]")
+    assert not chart.exists()
+    assert mounts_under(tmp_path) == []
