@@ -43,7 +43,7 @@ settings.load_profile("fastpass")
 
 FASTPASS = [sys.executable, "-m", "fastpass"]
 TREE = Path(__file__).resolve().parent.parent  # the fastpass under test
-README = TREE / "README.md"
+OPERATIONS = TREE / "docs" / "operations.md"  # shows the fstab line and systemd unit the tests mount with
 SHELL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # mount.fuse3's shell's, and systemd's
 MOUNT_TIMEOUT = 30
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FASTPASS, MOUNT_TIMEOUT, README, Mounted, check_log, is_mounted, server_pid, stop, wait_for
+from conftest import FASTPASS, MOUNT_TIMEOUT, OPERATIONS, Mounted, check_log, is_mounted, server_pid, stop, wait_for
 
 from fastpass import state
 from fastpass.kernel.mount import mount_entry
@@ -124,18 +124,18 @@ def test_mount_t_standard_options(tmp_path, helper_env):
     check_log(m)
 
 
-def readme_fstab_line() -> str:
-    """The fstab line the README shows."""
+def documented_fstab_line() -> str:
+    """The fstab line docs/operations.md shows."""
     shape = re.compile(r"\S+\s+\S+\s+fuse\.fastpass\s+\S+\s+0\s+0")
-    lines = [line for line in README.read_text().splitlines() if shape.fullmatch(line)]
-    assert len(lines) == 1, "the README should show one fstab line"
+    lines = [line for line in OPERATIONS.read_text().splitlines() if shape.fullmatch(line)]
+    assert len(lines) == 1, "docs/operations.md should show one fstab line"
     return lines[0]
 
 
-def test_readme_fstab_line(tmp_path, helper_env):
-    """The README's fstab line, its paths made this test's: `mount -a -T FILE`, then `mount -T FILE MNT`."""
+def test_documented_fstab_line(tmp_path, helper_env):
+    """docs/operations.md's fstab line, its paths made this test's: `mount -a -T FILE`, then `mount -T FILE MNT`."""
     backing, mnt, log = _dirs(tmp_path)
-    line = readme_fstab_line().replace("/srv/data", str(backing)).replace("/mnt/data", str(mnt))
+    line = documented_fstab_line().replace("/srv/data", str(backing)).replace("/mnt/data", str(mnt))
     source, point, fstype, opts, *_ = line.split()
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{source} {point} {fstype} {opts},log={log} 0 0\n")

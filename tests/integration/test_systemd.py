@@ -1,4 +1,4 @@
-"""fastpass under systemd: the README's `Type=notify` unit, its ExecStart run as systemd runs it.
+"""fastpass under systemd: docs/operations.md's `Type=notify` unit, its ExecStart run as systemd runs it.
 
 systemd gives the service a datagram socket in $NOTIFY_SOCKET (a path, or '@name' in the abstract
 namespace) and waits for READY=1; on `systemctl stop` it sends SIGTERM and expects STOPPING=1.
@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import MOUNT_TIMEOUT, README, Mounted, check_log, is_mounted, server_pid, stop, wait_for
+from conftest import MOUNT_TIMEOUT, OPERATIONS, Mounted, check_log, is_mounted, server_pid, stop, wait_for
 
 from fastpass import state
 from fastpass.kernel.mount import mount_entry
@@ -32,11 +32,11 @@ from tests.users import as_user
 FILLER = b"filler"
 
 
-def readme_unit() -> str:
-    """The unit the README shows: the fenced block that holds `Type=notify`."""
-    blocks = README.read_text().split("```")[1::2]
+def documented_unit() -> str:
+    """The unit docs/operations.md shows: the fenced block that holds `Type=notify`."""
+    blocks = OPERATIONS.read_text().split("```")[1::2]
     units = [b.partition("\n")[2] for b in blocks if "Type=notify" in b]
-    assert len(units) == 1, "the README should show one Type=notify unit"
+    assert len(units) == 1, "docs/operations.md should show one Type=notify unit"
     return units[0]
 
 
@@ -108,7 +108,7 @@ def test_unit_notifies_ready_then_stopping(tmp_path, helper_env, kind):
     try:
         notify.fill()
         with open(log, "w") as err:
-            server = subprocess.Popen(exec_start(readme_unit(), backing, mnt), env={**helper_env,
+            server = subprocess.Popen(exec_start(documented_unit(), backing, mnt), env={**helper_env,
                                       "NOTIFY_SOCKET": notify.address}, stdout=err, stderr=err)  # fmt: skip
         m.pid = server.pid
         assert wait_for(lambda: _held_in_send(server.pid) or server.poll() is not None, MOUNT_TIMEOUT), \
@@ -145,7 +145,7 @@ def test_background_server_never_notifies(tmp_path, helper_env):
     notify = NotifySocket(str(tmp_path / "notify"))
     m = Mounted("native", backing, mnt, tmp_path / "server.log")
     try:
-        command = [c for c in exec_start(readme_unit(), backing, mnt) if c != "-f"]
+        command = [c for c in exec_start(documented_unit(), backing, mnt) if c != "-f"]
         r = subprocess.run([*command, "--log", str(m.log)], env={**helper_env, "NOTIFY_SOCKET": notify.address},
                            capture_output=True, text=True, timeout=MOUNT_TIMEOUT, check=False)  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -160,12 +160,12 @@ def test_background_server_never_notifies(tmp_path, helper_env):
     check_log(m)
 
 
-def test_readme_unit_verifies(tmp_path, helper_env):
+def test_documented_unit_verifies(tmp_path, helper_env):
     """systemd's own check of the unit: no warning, and its ExecStart exists."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed (package systemd)")
     unit = tmp_path / "fastpass-data.service"
-    unit.write_text(readme_unit())
+    unit.write_text(documented_unit())
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                        timeout=60, check=False)  # fmt: skip
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
