@@ -1,6 +1,6 @@
 """A `find` + `stat` walk of millions of files through fastpass, against a bind mount of the same tree.
 
-The inode table has no fixed size (README, "The inode table"): a walk of a
+The inode table has no fixed size (docs/operations.md, "The inode table"): a walk of a
 tree larger than any table made before the fork must finish with no error,
 and show the same names and stat results as the bind mount.  This builds the
 tree once (`--files` empty files, 1,000 a directory, under `--dir`; kept for

@@ -64,7 +64,7 @@ def attrs(path, fields=FIELDS) -> dict:
 
 def kernel_times(fs, name: str) -> tuple[str, ...]:
     """The times of `name` that are the kernel's own, not the backing's: under the writeback cache
-    a regular file's mtime and ctime, from the kernel's clock at the write (README, Caching)."""
+    a regular file's mtime and ctime, from the kernel's clock at the write (docs/caching.md)."""
     return ("mtime", "ctime") if fs.writeback and stat.S_ISREG(os.lstat(fs.backing / name).st_mode) else ()
 
 
@@ -217,7 +217,7 @@ def test_stat_fields_match_backing(fs):
     for name in names:
         assert_same(fs, name)
         sm, sb = statx(m / name), statx(b / name)
-        if fs.engine == "pyfuse3":  # no STATX through pyfuse3 (README): the kernel knows no birth time
+        if fs.engine == "pyfuse3":  # no STATX through pyfuse3 (docs/io.md): the kernel knows no birth time
             assert not sm["mask"] & STATX_BTIME, name
         else:
             assert sm["mask"] & STATX_BTIME == sb["mask"] & STATX_BTIME, name

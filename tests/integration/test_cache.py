@@ -199,7 +199,7 @@ def test_a_filesystem_mounted_inside_the_backing_is_revalidated(watched: Mounted
     the watched filesystem's own inodes keep their long timeouts."""
     if watched.writeback:
         pytest.skip("writeback cache: the kernel keeps the size of a file it holds, and no event evicts the inodes "
-                    "of an unwatched filesystem (README, Caching)")  # fmt: skip
+                    "of an unwatched filesystem (docs/caching.md)")  # fmt: skip
     nested = watched.backing / "nested"
     nested.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "none", str(nested)], check=True)

@@ -13,7 +13,7 @@ reaches userspace; the kernel ends it with ECANCELED (fs/fuse/dev_uring.c,
 fuse_uring_send_in_task).  Nothing was done for it, so nothing is done twice; the uring
 runs allow that error and no other.
 
-FASTPASS_FAULT_SECONDS sets how long each run lasts (default 10; the figures in the README
+FASTPASS_FAULT_SECONDS sets how long each run lasts (default 10; the figures in docs/operations.md
 come from 60).
 """
 

@@ -270,7 +270,7 @@ def test_unlinked_open_file_and_tmpfile(fs):
     assert os.listdir(b) == os.listdir(m) == []
 
     (m / "d").mkdir()
-    if fs.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (README)
+    if fs.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (docs/io.md: Engines)
         assert err(os.open, m / "d", os.O_TMPFILE | os.O_RDWR, 0o640) == errno.EOPNOTSUPP
         assert os.listdir(b / "d") == []
         return
@@ -367,12 +367,12 @@ def test_holes_and_fallocate(fs):
         os.pwrite(fd, b"b" * 8192, MiB)
         os.ftruncate(fd, 4 * MiB)
         os.fsync(fd)
-        if fs.engine == "pyfuse3":  # no LSEEK, no FALLOCATE through pyfuse3 (README): the kernel's answers
+        if fs.engine == "pyfuse3":  # no LSEEK, no FALLOCATE through pyfuse3 (docs/io.md): the kernel's answers
             assert os.lseek(fd, 0, os.SEEK_HOLE) == 4 * MiB and os.lseek(fd, 4096, os.SEEK_DATA) == 4096
             assert err(fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) == errno.EOPNOTSUPP
             assert os.pread(fd, 8192, MiB) == b"b" * 8192 == os.pread(bfd, 8192, MiB)
             return
-        if fs.writeback:  # the kernel's answers from its own size (README: The writeback cache)
+        if fs.writeback:  # the kernel's answers from its own size (docs/caching.md: The writeback cache)
             assert os.lseek(fd, 0, os.SEEK_HOLE) == 4 * MiB and os.lseek(fd, 4096, os.SEEK_DATA) == 4096
         else:
             probes = [(os.SEEK_DATA, 0), (os.SEEK_HOLE, 0), (os.SEEK_DATA, 4096), (os.SEEK_HOLE, MiB),

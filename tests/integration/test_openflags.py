@@ -171,7 +171,7 @@ AT_FDCWD = -100
 @pytest.mark.parametrize("extra", [0, os.O_EXCL, os.O_DIRECT, os.O_SYNC], ids=["plain", "O_EXCL", "O_DIRECT", "O_SYNC"])
 def test_tmpfile_flags(mount: Mounted, extra: int):
     """O_TMPFILE, written across requests, then given a name with linkat (refused with O_EXCL)."""
-    if mount.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (README)
+    if mount.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (docs/io.md: Engines)
         assert _outcome(os.open, mount.mnt, os.O_TMPFILE | os.O_RDWR | extra, 0o640) == errno.errorcode[errno.EOPNOTSUPP]
         return
     fd = os.open(mount.mnt, os.O_TMPFILE | os.O_RDWR | extra, 0o640)

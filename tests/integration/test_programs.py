@@ -111,7 +111,7 @@ class Program:
         with self.mounted(self.config) as m:
             got = job(m)
             # libfuse through pyfuse3 has no LSEEK, and under the writeback cache the kernel answers
-            # SEEK_HOLE from its own size (README): holes are seen on the backing only.
+            # SEEK_HOLE from its own size (docs/caching.md): holes are seen on the backing only.
             holes_here = holes and m.engine != "pyfuse3" and not m.writeback
             view = snapshot(m.mnt, mtime=mtime, holes=holes_here, loose=loose)
             assert got == verdict, f"{self.case} on {self.config}: the programs' verdict differs from the bind mount's"
@@ -521,7 +521,7 @@ def test_tmpfile_linkat(prog):
     def job(m: Mounted) -> object:
         d = m.mnt / "d"
         d.mkdir()
-        if m.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (README)
+        if m.engine == "pyfuse3":  # libfuse through pyfuse3 has no TMPFILE operation (docs/io.md: Engines)
             assert err_of(os.open, d, os.O_TMPFILE | os.O_RDWR, 0o640) == errno.EOPNOTSUPP
             return None
         fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o640)

@@ -1,7 +1,7 @@
 """Backings whose file sizes are not their lengths: procfs, sysfs, cgroup2, tracefs.
 
 /proc/uptime says st_size 0 and gives a line; a sysfs attribute says 4096 and gives a few
-bytes.  Through fastpass such files read as on the backing (README: What is served), on
+bytes.  Through fastpass such files read as on the backing (docs/internals.md: What is served), on
 each engine and configuration: /proc itself as the backing, and these filesystems mounted
 below an ordinary backing directory, beside ordinary files that keep the page cache or
 kernel passthrough.  Only files whose content is stable are compared; nothing here writes
@@ -33,7 +33,7 @@ STABLE = {
 
 
 # One worker each: these filesystems (but cgroup2) have no file handles, by which other workers
-# reopen inodes (README: Workers), so /proc as the backing refuses several workers.
+# reopen inodes (docs/operations.md: Workers), so /proc as the backing refuses several workers.
 CONFIGS = {
     "native-1": ENGINES["native-1"],
     "native-1-uring": ENGINES["native-1-uring"],
@@ -89,7 +89,7 @@ def test_proc_as_the_backing(tmp_path: Path, config: tuple[str, ...], sleeper: i
             assert os.pread(fd, 3, 2) == b"nux" and os.pread(fd, 10, 6) == b""
         finally:
             os.close(fd)
-        # /proc/self is whoever resolves it: through the mount, the server's worker (README)
+        # /proc/self is whoever resolves it: through the mount, the server's worker (docs/internals.md)
         assert os.readlink(m.mnt / "self") != str(os.getpid())
 
 

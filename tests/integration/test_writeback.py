@@ -156,7 +156,7 @@ def test_outside_changes_after_close_show_at_the_next_open(wb: Mounted) -> None:
 
 
 def test_open_file_keeps_the_kernels_size(wb: Mounted) -> None:
-    """While a program holds the file, the kernel's size stands (README: what writeback promises);
+    """While a program holds the file, the kernel's size stands (docs/caching.md: what writeback promises);
     the data it reads within that size is the backing's, and once closed the size follows.
 
     Many times over: a stat right after the close races the close's RELEASE, which holds the
@@ -219,7 +219,7 @@ def _seeks(fd: int, probes: list[tuple[int, int]]) -> list[int | str]:
 def test_seek_data_and_hole_answer_what_the_kernel_holds(wb: Mounted, tmp_path: Path) -> None:
     """1 MiB written to a new file, not yet written back (the backing may still have 0 bytes):
     SEEK_DATA and SEEK_HOLE answer as on a bind mount, before fsync and after.  In a sparse
-    file the kernel's answer is that the whole file is data (README: The writeback cache)."""
+    file the kernel's answer is that the whole file is data (docs/caching.md: The writeback cache)."""
     (tmp_path / "ref").mkdir()
     probes = [(os.SEEK_DATA, 0), (os.SEEK_HOLE, 0), (os.SEEK_DATA, MiB - 1), (os.SEEK_HOLE, MiB - 1),
               (os.SEEK_DATA, MiB), (os.SEEK_HOLE, MiB)]  # fmt: skip
@@ -260,7 +260,7 @@ def test_a_write_the_backing_refuses_for_its_size_fails_at_fsync_and_close(wb: M
     """A 1-byte write at 17 TiB: the backing (ext4: 16 TiB files at most) refuses it with EFBIG at
     once, but the kernel takes it into its cache, and the writeback fails later: EFBIG at fsync,
     EIO at a close without fsync.  The mount then shows the size the write made until the kernel
-    forgets the file (README: The writeback cache)."""
+    forgets the file (docs/caching.md: The writeback cache)."""
     offset = 17 << 40
     probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
