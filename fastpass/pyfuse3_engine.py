@@ -1,6 +1,6 @@
 """The pyfuse3 engine: the same filesystem served through libfuse, in one process.
 
-Why it exists (DESIGN.md): it is the portable fallback (whatever kernel libfuse
+Why it exists: it is the portable fallback (whatever kernel libfuse
 supports, no native protocol code involved) and the reference the native
 engine is tested against.  It serves through the same dispatch routes as a
 worker (`fastpass.fs.table.build`), so the same operations, inode table,

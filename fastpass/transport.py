@@ -1,6 +1,6 @@
 """FUSE-over-io_uring: where requests come from when they do not come from reads of /dev/fuse.
 
-THE KERNEL'S SIDE (fs/fuse/dev_uring.c, Linux 6.14+; shared/fuse-abi.md section 10)
+THE KERNEL'S SIDE (fs/fuse/dev_uring.c and include/uapi/linux/fuse.h, Linux 6.14+)
 
 - The connection has one queue per possible CPU, and a request goes to the queue of the CPU
   its caller runs on.  A queue holds entries: a 288-byte header buffer and a payload buffer

@@ -153,7 +153,7 @@ def _write_new(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-# ../shared/tools/scale.py's openrd: 200 files of 4 KiB per client, each open reads one whole file.
+# A common open-read benchmark's shape: 200 files of 4 KiB per client, each open reads one whole file.
 OPENREAD_FILES = 200
 OPENREAD_SIZE = 4096
 OPENREAD_SEED = 20250117
@@ -197,7 +197,7 @@ def _open_read_close(home: str, client: int, deadline: float) -> tuple[int, str]
     paths = [os.path.join(home, name) for name in _openread_names(client)]
     contents = _openread_contents(client)
     order = list(range(OPENREAD_FILES))
-    random.Random(client).shuffle(order)  # a random order, as scale.py's openrd, each file once a pass
+    random.Random(client).shuffle(order)  # a random order, each file once a pass
     ops = 0
     while ops < OPENREAD_FILES or time.monotonic() < deadline:
         i = order[ops % OPENREAD_FILES]

@@ -1,6 +1,6 @@
 """Kernel passthrough: regular files whose reads, writes and mmap never reach userspace.
 
-Facts that shape it (`shared/fuse-abi.md` section 9, Linux 6.9-6.18):
+Facts that shape it (fs/fuse/passthrough.c, backing.c and iomode.c, Linux 6.9-6.18):
 
 * A backing file is registered on the connection (FUSE_DEV_IOC_BACKING_OPEN
   on any device fd, so any worker) and named by an id in the OPEN/CREATE

@@ -75,7 +75,7 @@ _HANDLE_HEAD = struct.Struct("<Ii")  # handle_bytes, handle_type
 # s: the watcher waits this long after an event before it reads, so that a burst of events merges
 # into one read and one notification per inode.  Reading at once when idle (tried) cut the latency
 # of a lone change from 4.7 to 1.2 ms, but under load the watcher then read a few events at a time,
-# the server's own included, and cost 10 us more CPU per metadata operation (scale.py, 2 workers).
+# the server's own included, and cost 10 us more CPU per metadata operation (a metadata load of 2 clients on 2 workers).
 BATCH_PAUSE = 0.005
 # Filesystems whose changes can come from elsewhere without an event here.
 REMOTE = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs", "fuse", "fuseblk",

@@ -1,7 +1,7 @@
 """Kernel FUSE ABI facts: every struct, opcode, flag and ioctl number, in one place.
 
 Layouts follow `include/uapi/linux/fuse.h` (protocol 7.45, Linux 6.18) with the
-kernel's field names; see `shared/fuse-abi.md` for the sources.  Each struct is
+kernel's field names (that header and fs/fuse/ are the sources).  Each struct is
 a `struct.Struct` named after the C struct without `fuse_`, upper-cased, so a
 header diff maps onto this file line by line.  Padding and unused fields are
 `x` pad bytes: decoders then yield only the fields that carry meaning, and

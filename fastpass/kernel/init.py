@@ -87,7 +87,7 @@ def negotiate(init_in: tuple, extra: int = 0, stack_depth: int = 1) -> tuple[byt
     if major != abi.KERNEL_VERSION or minor < MIN_MINOR:
         raise KernelTooOld(f"kernel FUSE protocol {major}.{minor} is too old: fastpass needs 7.{MIN_MINOR} (Linux 5.4) or newer")
     use = offered & (WANTED | extra)
-    if use & F.WRITEBACK_CACHE:  # the kernel takes no passthrough with it (fuse-abi.md section 9), silently
+    if use & F.WRITEBACK_CACHE:  # the kernel takes no passthrough with it (fs/fuse/inode.c, process_init_reply), silently
         use &= ~F.PASSTHROUGH
     our_minor = min(minor, abi.KERNEL_MINOR_VERSION)
     reply = abi.INIT_OUT.pack(

@@ -1,1 +1,1 @@
-"""Batched backing and device I/O on io_uring, one ring per worker (see DESIGN.md, hard part 4)."""
+"""Batched backing and device I/O on io_uring, one ring per worker (docs/internals.md, docs/io.md)."""

@@ -1,4 +1,4 @@
-"""fastpass.kernel.abi against the kernel's own ABI (shared/fuse-abi.md §3-§8).
+"""fastpass.kernel.abi against the kernel's own ABI (include/uapi/linux/fuse.h, 7.45).
 
 Offsets are checked by packing a distinctive value into every field (each
 byte of field i is i+1) and reading the bytes back at the kernel's offset;
@@ -224,7 +224,7 @@ INIT_BITS = [
     "INIT_RESERVED", "SECURITY_CTX", "HAS_INODE_DAX", "CREATE_SUPP_GROUP", "HAS_EXPIRE_ONLY",
     "DIRECT_IO_ALLOW_MMAP", "PASSTHROUGH", "NO_EXPORT_SUPPORT", "HAS_RESEND", "ALLOW_IDMAP", "OVER_IO_URING",
     "REQUEST_TIMEOUT",
-]  # fmt: skip  (index = bit number, fuse-abi.md §6)
+]  # fmt: skip  (index = bit number, as in fuse.h)
 
 
 def test_init_flag_bits() -> None:

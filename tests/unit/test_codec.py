@@ -444,7 +444,7 @@ def test_dirent_size(name: bytes, plain: int, plus: int) -> None:
 # --- INIT negotiation -----------------------------------------------------------------------
 
 F = InitFlag
-# What a 6.17 kernel offers (fuse-abi.md §6), plus PASSTHROUGH
+# What a 6.17 kernel offers (fs/fuse/inode.c, fuse_send_init), plus PASSTHROUGH
 KERNEL_OFFER = (
     F.ASYNC_READ | F.POSIX_LOCKS | F.ATOMIC_O_TRUNC | F.EXPORT_SUPPORT | F.BIG_WRITES | F.DONT_MASK
     | F.SPLICE_WRITE | F.SPLICE_MOVE | F.SPLICE_READ | F.FLOCK_LOCKS | F.HAS_IOCTL_DIR | F.AUTO_INVAL_DATA

@@ -58,7 +58,7 @@ def test_spec_names_match_opcodes() -> None:
 
 
 def test_no_reply_rows() -> None:
-    """FORGET, BATCH_FORGET and NOTIFY_REPLY are never answered; INTERRUPT is not either (fuse-abi §2.2, §2.5)."""
+    """FORGET, BATCH_FORGET and NOTIFY_REPLY are never answered; INTERRUPT is not either (fs/fuse/dev.c: no reply is read for them)."""
     silent = {op for op, spec in SPECS.items() if not spec.reply}
     assert {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.NOTIFY_REPLY} <= silent
     assert silent <= {Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.NOTIFY_REPLY, Opcode.INTERRUPT}
