@@ -158,7 +158,7 @@ def plot(record: BenchRecord, path: str) -> None:
         ax.axhline(1.0, linestyle="--", color="black", linewidth=1)
         ax.set_xticks([x + width * (len(fastpass) - 1) / 2 for x in range(len(rated))], [r.name for r in rated],
                       rotation=45, ha="right")  # fmt: skip
-        ax.set_ylabel("/ bind mount (higher is better)")
+        ax.set_ylabel("fastpass rate / bind mount rate, same workload\n(median of rounds; whiskers: min, max; higher is better)")
         handles = [Patch(color=colors[n], label=n) for n in fastpass]
         if any(r.cold for r in rated):
             handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="cold cache"))

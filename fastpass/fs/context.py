@@ -11,12 +11,12 @@ from collections.abc import Callable
 
 from fastpass import _linux
 from fastpass.config import DEFAULT_REVALIDATE, MountConfig, split_time
+from fastpass.fs import fstypes
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable
 from fastpass.fs.passthrough import Passthrough
-from fastpass.fs.pseudofs import unsized
 from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
 from fastpass.kernel.init import MAX_WRITE
@@ -154,7 +154,7 @@ class Fs:
         # Each is (cache, entry timeout, attr timeout) for an inode on the backing's device / another.
         self.home_dev = os.fstat(root_fd).st_dev
         self.home = (self.cache, self.entry_valid, self.attr_valid)
-        self._unsized: dict[int, bool] = {}  # device number -> `unsized` of its filesystem
+        self._magic: dict[int, int] = {}  # device number -> statfs magic of its filesystem
         watched = config.cache == "auto" and not config.revalidate
         self.watched = watched
         self.away = (None, split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)),
@@ -253,14 +253,18 @@ class Fs:
         across opens: only where the watcher drops them when something else changes them."""
         return self.watched and inode.key[0] == self.home_dev
 
-    def unsized(self, inode: Inode) -> bool:
-        """Whether the inode is on a filesystem whose sizes are not its files' lengths (procfs,
-        sysfs...: fastpass.fs.pseudofs), cached per device number."""
+    def magic(self, inode: Inode) -> int:
+        """The statfs magic of the filesystem the inode is on (fastpass.fs.fstypes), cached per
+        device number."""
         dev = inode.key[0]
-        known = self._unsized.get(dev)
+        known = self._magic.get(dev)
         if known is None:
-            known = self._unsized[dev] = unsized(self.inodes.fd(inode))
+            known = self._magic[dev] = fstypes.magic(self.inodes.fd(inode))
         return known
+
+    def unsized(self, inode: Inode) -> bool:
+        """Whether the inode is on a filesystem whose sizes are not its files' lengths (procfs, sysfs...)."""
+        return self.magic(inode) in fstypes.UNSIZED
 
     def attr_valid_for(self, dev: int) -> tuple[int, int]:
         """How long the kernel may trust the attributes of an inode on device `dev`."""

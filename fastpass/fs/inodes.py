@@ -438,9 +438,9 @@ class InodeTable(SlotReader):
     def _ring_seq(self) -> int:
         return U64.unpack_from(self._rmap, self._hdr + _SEQ)[0]
 
-    def _free(self, slot: int, gen: int, key: tuple[int, int], cell: int) -> None:
+    def _free(self, slot: int, gen: int, key: tuple[int, int], cell: int) -> int:
         """Unpublish a live slot, put it on the free list with its next generation, and tell the
-        other workers through the freed ring."""
+        other workers through the freed ring; the ring entry's number."""
         m, rmap, hdr = self._map, self._rmap, self._hdr
         extent, level, split, fresh, free, live, hand, since, seq = HEADER.unpack_from(rmap, hdr)
         bucket, prev, found = self._find(key, level, split)
@@ -458,6 +458,7 @@ class InodeTable(SlotReader):
         self._save_r(self._space.ring + (seq % RING) * U64.size, U64.size)
         ring_push(self._region, self._space.ring, seq, gen << 32 | slot)
         HEADER.pack_into(rmap, hdr, extent, level, split, fresh, slot, live - 1, hand, since, seq + 1)
+        return seq
 
     # --- the bound, the uids' shares and pruning (lock held) ---------------------------
     def _cell_of(self, uid: int) -> int:
@@ -893,7 +894,7 @@ class InodeTable(SlotReader):
             if count > nlookup:
                 _NLOOKUP.pack_into(self._map, slot * SLOT_SIZE + 8, count - nlookup)
                 return
-            self._free(slot, gen, (row[3], row[4]), row[15])
+            pushed = self._free(slot, gen, (row[3], row[4]), row[15])
             off, lock = self._backing_at(slot)
             if _I32.unpack_from(self._map, off)[0] > 0:  # idle: the kernel released every open before it forgot
                 region.lock(lock)
@@ -904,3 +905,5 @@ class InodeTable(SlotReader):
         finally:
             region.unlock(LOCK_INODES)
         self._drop(nodeid)
+        if pushed == self._seen:  # caught up before our own entry: `sync` need not read it back
+            self._seen = pushed + 1

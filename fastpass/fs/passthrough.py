@@ -50,6 +50,9 @@ from fastpass.shm.counters import BACKING_CLOSED, BACKING_REGISTERED
 
 log = logging.getLogger("fastpass.passthrough")
 
+# Plain ints: IntFlag's | runs in Python.
+_PASSTHROUGH, _DIRECT_IO = int(FopenFlag.PASSTHROUGH), int(FopenFlag.DIRECT_IO)
+
 
 class Passthrough:
     def __init__(self, devfd: int, inodes: InodeTable, misc: memoryview):
@@ -78,14 +81,14 @@ class Passthrough:
         backing_id, own_io = self._inodes.attach_backing(inode, uid, read_only, register)
         if not backing_id:
             return 0, 0
-        return FopenFlag.PASSTHROUGH | (FopenFlag.DIRECT_IO if own_io else 0), backing_id
+        return _PASSTHROUGH | (_DIRECT_IO if own_io else 0), backing_id
 
     def join(self, inode: Inode, uid: int) -> tuple[int, int]:
         """(open_flags, backing_id) of the id `uid` registered for the inode, one open more, or
         (0, 0): an open that needs nothing of the worker but the id (a plain read-only one,
         checked already) joins it without opening the backing file itself."""
         backing_id = self._inodes.join_backing(inode, uid)
-        return (FopenFlag.PASSTHROUGH, backing_id) if backing_id else (0, 0)
+        return (_PASSTHROUGH, backing_id) if backing_id else (0, 0)
 
     def release(self, nodeid: int) -> None:
         self._inodes.detach_backing(nodeid)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fastpass import _linux
+from fastpass.fs.fstypes import SILENT_CLOSE
 from tests.conftest import fastpass_mount, mounts_under, run_fastpass
 from tests.integration.test_cli import NOBODY, assert_refused
 from tests.users import UID, as_user, run_cli_as
@@ -169,23 +171,45 @@ def test_a_kept_id_is_registered_again_for_another_uid(world_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("passthrough", ["on", "off"])
-def test_a_read_only_close_sends_no_flush(tmp_path: Path, passthrough: str) -> None:
-    """FOPEN_NOFLUSH on read-only opens: their close has no write error to report.  A writer's
-    close still flushes, and so does every close where a filter hooks FLUSH."""
+def test_a_close_with_nothing_to_report_sends_no_flush(tmp_path: Path, passthrough: str) -> None:
+    """FOPEN_NOFLUSH where a close has no error to report: a read-only open, and a writable one on
+    a local filesystem whose close never fails (fastpass.fs.fstypes).  Every close flushes where a
+    filter hooks FLUSH."""
+    if _linux.fstatfs_type(os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)) not in SILENT_CLOSE:
+        pytest.skip(f"{tmp_path} is not on a filesystem whose close reports nothing (ext4, xfs, btrfs, tmpfs)")
     with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", passthrough) as m:
         (m.backing / "f").write_bytes(b"data")
         for _ in range(10):
             assert (m.mnt / "f").read_bytes() == b"data"
-        assert op_count(stats(m.mnt), "FLUSH") == 0
         with open(m.mnt / "f", "r+b") as f:
             f.write(b"DA")
-        assert op_count(stats(m.mnt), "FLUSH") == 1
+        (m.mnt / "new").write_bytes(b"made")
+        assert op_count(stats(m.mnt), "FLUSH") == 0
         assert (m.backing / "f").read_bytes() == b"DAta"
+        assert (m.backing / "new").read_bytes() == b"made"
     log = tmp_path / "audit.jsonl"
     with fastpass_mount(tmp_path, "--workers", "2", "--passthrough", passthrough, "--filter",
                         f"audit:path={log},data=no") as m:  # fmt: skip
         assert (m.mnt / "f").read_bytes() == b"DAta"
         assert op_count(stats(m.mnt), "FLUSH") == 1
+
+
+def test_a_writers_close_flushes_where_the_backing_may_report(tmp_path: Path) -> None:
+    """On a backing whose close can fail (here a FUSE filesystem: another fastpass), a writer's
+    close still sends FLUSH, to close a duplicate of the backing fd as the application's own close
+    would.  A read-only close sends none."""
+    lower_dir, upper_dir = tmp_path / "lower", tmp_path / "upper"
+    lower_dir.mkdir()
+    upper_dir.mkdir()
+    with fastpass_mount(lower_dir, "--workers", "1", "--passthrough", "off") as lower:
+        with fastpass_mount(upper_dir, "--workers", "1", "--passthrough", "off", backing=lower.mnt) as upper:
+            (lower.backing / "f").write_bytes(b"data")
+            assert (upper.mnt / "f").read_bytes() == b"data"
+            assert op_count(stats(upper.mnt), "FLUSH") == 0
+            with open(upper.mnt / "f", "r+b") as f:
+                f.write(b"DA")
+            assert op_count(stats(upper.mnt), "FLUSH") == 1
+        assert (lower.backing / "f").read_bytes() == b"DAta"
 
 
 def test_on_without_root_is_refused(world_dir: Path) -> None:

@@ -1,7 +1,8 @@
-"""Filesystems whose files' sizes are not their lengths: procfs, sysfs, cgroupfs and their kin.
+"""Backing filesystems told apart by their statfs magic, cached per device number by `Fs`.
 
-Their regular files are made when read: /proc/uptime says st_size 0 and gives 20-odd bytes,
-a sysfs attribute says 4096 and gives a line.  The kernel's page cache on a FUSE file reads
+Sizes that are not lengths (UNSIZED): procfs, sysfs, cgroupfs and their kin.  Their regular
+files are made when read: /proc/uptime says st_size 0 and gives 20-odd bytes, a sysfs attribute
+says 4096 and gives a line.  The kernel's page cache on a FUSE file reads
 no further than the size the attributes gave (a read at or past it returns 0 without asking
 the server), and kernel passthrough would be refused anyway (procfs sets the deepest stacking
 depth, ELOOP).  So an open of such a file is FOPEN_DIRECT_IO (fastpass.fs.data): every read
@@ -12,8 +13,14 @@ to the file's size (fs/fuse/file.c, fuse_direct_read_iter; only an application's
 read through aio or io_uring is, and these filesystems refuse O_DIRECT opens).
 
 A backing directory may hold mounts of these below it (a container's root, /), so the test
-is per file, by the statfs magic of the filesystem its inode is on, which `Fs.unsized`
-caches per device number.
+is per file, by the statfs magic of the filesystem its inode is on.
+
+A close that reports nothing (SILENT_CLOSE): local filesystems with no `flush` file operation,
+so close(2) of a backing file never fails there and a FLUSH has nothing to report.  A writable
+open on them is FOPEN_NOFLUSH too (fastpass.fs.data): one round trip fewer per write-open/close
+pair.  NFS, CIFS, FUSE, overlayfs (which passes flush down), f2fs (whose flush ends an atomic
+write) and anything unknown keep their FLUSH, whose close of a duplicate reports deferred write
+errors as the application's own close would.
 """
 
 from __future__ import annotations
@@ -38,6 +45,15 @@ UNSIZED = frozenset({
 })  # fmt: skip
 
 
-def unsized(fd: int) -> bool:
-    """Whether the filesystem holding the inode behind `fd` gives sizes that are not its files' lengths."""
-    return _linux.fstatfs_type(fd) in UNSIZED
+SILENT_CLOSE = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x01021994,  # tmpfs
+    0x858458F6,  # ramfs
+})  # fmt: skip
+
+
+def magic(fd: int) -> int:
+    """The statfs magic of the filesystem holding the inode behind `fd` (O_PATH will do)."""
+    return _linux.fstatfs_type(fd)
