@@ -26,8 +26,10 @@ from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import fuse_owner
 from fastpass.shm import counters as C
+from fastpass.shm import warnlog as W
 
 SCHEMA = 1
+SHOWN_WARNINGS = 5  # the newest warnings `stats` shows, from every process of the mount
 
 
 class OpStats(msgspec.Struct):
@@ -72,6 +74,12 @@ class CacheStats(msgspec.Struct):
     watcher_pid: int  # 0 without a watcher
 
 
+class LoggedWarning(msgspec.Struct):
+    time: float  # time.time() when it was logged
+    process: str  # "worker N", "watcher" or "supervisor"
+    text: str
+
+
 class Stats(msgspec.Struct):
     schema: int
     mountpoint: str
@@ -100,6 +108,7 @@ class Stats(msgspec.Struct):
     fd_limit: int = 0  # RLIMIT_NOFILE of the server's processes, as raised at start
     inode_slots: int = 0  # slots the inode table has room for now, as it has grown (200 bytes each)
     pruned: int = 0  # nodeids fastpass asked the kernel to forget (FUSE_NOTIFY_PRUNE), since the mount
+    warnings: list[LoggedWarning] = []  # the newest warnings and errors the server's processes logged, oldest first
 
 
 def _fds(pid: int) -> int:
@@ -138,7 +147,8 @@ def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pi
 
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
             record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int,
-            requests_per_queue: list[int], inode_slots: int = 0) -> Stats:  # fmt: skip
+            requests_per_queue: list[int], inode_slots: int = 0,
+            warnings: list[LoggedWarning] | None = None) -> Stats:  # fmt: skip
     """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
     workers = []
     op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
@@ -180,7 +190,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
         requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
         resource.getrlimit(resource.RLIMIT_NOFILE)[0], inode_slots,
-        sum(b.misc[C.PRUNED] for b in blocks),
+        sum(b.misc[C.PRUNED] for b in blocks), warnings or [],
     )  # fmt: skip
 
 
@@ -192,9 +202,11 @@ def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: 
     inodes = InodeTable.live(shared.inodes, shared.region)
     handles = HandleTable.live(shared.handles, shared.region)
     watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
+    names = {**{i: f"worker {i}" for i in range(workers)}, C.WATCHER: "watcher", W.SUPERVISOR: "supervisor"}
+    warnings = [LoggedWarning(*w) for w in W.recent(shared.warnings, shared.region, names, SHOWN_WARNINGS)]
     return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
                                        pids.get(C.WATCHER, 0), requests_per_queue,
-                                       InodeTable.slots(shared.inodes, shared.region)))  # fmt: skip
+                                       InodeTable.slots(shared.inodes, shared.region), warnings))  # fmt: skip
 
 
 Restart = Callable[[], tuple[bytes, Callable[[], None] | None]]  # the answer, and what to do once it is sent
@@ -330,6 +342,10 @@ def render(stats: Stats) -> object:
            f"{c.evictions:,} evictions, {c.invalidations:,} invalidations sent" if c.mode == "auto" else "")
     )  # fmt: skip
     parts: list = [head, options_line, fds, cache, workers, ops]
+    if stats.warnings:
+        lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(w.time))} {w.process}: {w.text}"
+                 for w in stats.warnings]  # fmt: skip
+        parts.append(Text("last warnings:\n" + "\n".join(lines)))
     if stats.errors:
         errors = Table(title="errors by errno")
         errors.add_column("errno")

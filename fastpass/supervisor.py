@@ -73,6 +73,7 @@ from fastpass.fs.watcher import Device, Watcher, open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
 from fastpass.seat import Seat
+from fastpass.shm import warnlog
 from fastpass.shm.control import Control, start_time
 from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
 from fastpass.shm.region import LOCK_SUCCESSION
@@ -287,6 +288,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int
     """
     devfd = seat.devfd
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
+    warnlog.attach(shared.warnings, shared.region, index)
     fs = Fs(config, root_fd, shared, index)
     if negotiated.minor >= abi.NOTIFY_PRUNE_MINOR:
         fs.inodes.prune = Pruner(devfd, fs.counters.misc)
@@ -351,6 +353,7 @@ def _pin(cpus: list[int]) -> None:
 def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int,
              started: Callable[[], None]) -> None:  # fmt: skip
     """The watcher: push changes other processes make in the backing to the kernel."""
+    warnlog.attach(shared.warnings, shared.region, WATCHER)
     counters = WorkerCounters(shared.counters, shared.region, WATCHER)
     counters.misc[PID] = os.getpid()
     counters.misc[STARTED_NS] = time.time_ns()
@@ -495,7 +498,10 @@ def _coherence(config: MountConfig) -> tuple[MountConfig, int]:
 
 
 def _shared(root_fd: int, config: MountConfig) -> SharedState:
-    return SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)
+    """The mount's shared tables; this process's warnings are kept there for `stats` from now on."""
+    shared = SharedState(root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0)
+    warnlog.attach(shared.warnings, shared.region, warnlog.SUPERVISOR)
+    return shared
 
 
 class Pool:
@@ -861,6 +867,7 @@ def resume(h: restart.Handover, mountpoint: str, check: bool) -> int:
             raise ValueError(why)
         shared = SharedState(h.root_fd, config.max_inodes, config.cache_size if config.cache == "auto" else 0,
                              attach=(h.region, h.inodes))  # fmt: skip
+        warnlog.attach(shared.warnings, shared.region, warnlog.SUPERVISOR)
         filters = load.load_all(config.filters)
     except (ValueError, load.SpecError) as e:
         print(f"fastpass: restart refused: {e}", file=sys.stderr)

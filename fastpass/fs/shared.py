@@ -8,6 +8,7 @@ from fastpass.fs.inodes import InodeSpace, InodeTable
 from fastpass.shm.control import ControlSpace
 from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
+from fastpass.shm.warnlog import WarningSpace
 
 DEFAULT_MAX_HANDLES = 1 << 18  # 28 B a slot
 
@@ -23,6 +24,7 @@ class SharedState:
         self.attrs = AttrSpace(layout, cache_size)
         self.counters = CounterSpace(layout)
         self.control = ControlSpace(layout)
+        self.warnings = WarningSpace(layout)
         self.region = Region(layout.size, attach=None if attach is None else attach[0])
         if attach is not None:
             return

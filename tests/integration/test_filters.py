@@ -100,6 +100,12 @@ def test_exception_in_a_filter_is_eio_logged_once_and_the_worker_lives(tmp_path:
         s = stats(m.mnt)
         assert s["workers"][0]["pid"] == before and s["restarts"] == 0
         assert s["inodes"] <= 3  # root, ok, and nothing left of the mkdir the kernel never heard of
+        # `stats` shows them too, for whoever does not read the log
+        expected = [f"error: unexpected error in {op} (filter Broken), answered EIO (FilterError: filter Broken "
+                    f"failed in {hook})" for op, hook in (("LOOKUP", "pre_lookup"), ("MKDIR", "post_mkdir"))]  # fmt: skip
+        assert [(w["process"], w["text"]) for w in s["warnings"]] == [("worker 0", text) for text in expected]
+        shown = run_fastpass("stats", str(m.mnt)).stdout
+        assert "last warnings:" in shown and "worker 0: error: unexpected error in LOOKUP (filter Broken)" in shown
     log = m.log.read_text()
     assert log.count("unexpected error") == 2, log
     assert log.count("unexpected error in LOOKUP (filter Broken)") == 1, log

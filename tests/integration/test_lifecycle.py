@@ -241,6 +241,9 @@ def test_worker_killed_is_replaced_and_nothing_hangs(tmp_path, workers):
             assert len(now) == workers and victim not in now, f"the pool was not restored: {now}"
             assert (m.mnt / "f").read_text() == "x"
             assert "replaced by" in m.log.read_text()
+            shown = [(w["process"], w["text"]) for w in stats(m.mnt)["warnings"]]
+            assert any(p == "supervisor" and f"worker {victim} exited with" in t and "replaced by" in t
+                       for p, t in shown), shown  # fmt: skip
             unmount_and_check(m)
         else:  # the other acceptable end: the supervisor gave up, detached and exited
             assert wait_for(lambda: not alive(sup), 10), "the supervisor outlived its mount"
