@@ -292,15 +292,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
         with progress.bar(len(paths) * len(counts) * len(names) * args.repeat * 2) as step:
             record = tune.run(args.backing, names, counts, args.repeat, args.size, args.seconds, step,
                               _io_options(args, ("io_depth", "queue_depth")), args.engine, paths,
-                              clients=args.clients)  # fmt: skip
+                              clients=args.clients, max_repeat=args.max_repeat)  # fmt: skip
     except runner.BenchError as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _interrupted()
     tune.table(record)
     on = f" on {record.path}" if len(paths) > 1 else ""
-    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest within "
-          f"{tune.TOLERANCE:.0%} of the best score: {record.command}")  # fmt: skip
+    print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest whose score is within "
+          f"{tune.TOLERANCE:.0%} of the best count's or too close to it to tell apart")
+    print(f"  command: {record.command}")
+    print(f"  fstab:   {os.path.realpath(args.backing) if args.backing else 'BACKING'} MOUNTPOINT fuse.fastpass "
+          f"{record.fstab} 0 0")
+    most = max(len(r) for r in record.round_scores)
+    print(f"Run-to-run spread of the score: {record.spread:.1%} (median over counts of highest - lowest round, "
+          f"{record.repeat}{f' to {most}' if most > record.repeat else ''} rounds a count)")
+    if (doubt := tune.doubt(record)) is not None:
+        print(doubt)
     for line in tune.knee_lines(record):
         print(line)
     if args.plot:
@@ -464,7 +472,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--max-workers", type=int, metavar="N",
                    help=f"try 1 to N workers (default: twice the CPUs, {2 * (os.cpu_count() or 1)}; 1 for pyfuse3)")  # fmt: skip
     t.add_argument("--engine", choices=ENGINES, default="native", help="passed to the fastpass mounts")
-    t.add_argument("--repeat", type=int, default=1, help="rounds of A/B alternation per count")
+    t.add_argument("--repeat", type=int, default=3, help="rounds of A/B alternation per count")
+    t.add_argument("--max-repeat", type=int, default=6, metavar="N",
+                   help="rounds a count may get in all where it is too close to the best to tell apart")
     t.add_argument("--size", type=int, default=256, metavar="MB", help="data size per workload")
     t.add_argument("--seconds", type=float, default=3.0, help="duration of time-based workloads")
     _clients_argument(t)

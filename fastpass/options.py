@@ -24,7 +24,7 @@ import argparse
 import os
 import re
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,6 +262,21 @@ def config(backing: str, mountpoint: str, fields: dict[str, Any]) -> MountConfig
     if fields.get("log"):
         fields["log"] = os.path.realpath(fields["log"])
     return MountConfig(backing=os.path.realpath(backing), mountpoint=os.path.realpath(mountpoint), **fields)
+
+
+def as_o(args: Sequence[str]) -> str:
+    """Long options (`--name value`, `--name=value`, `--flag`) as the `-o` list that says the same,
+    as an fstab line takes them."""
+    items = []
+    rest = iter(args)
+    for arg in rest:
+        name, eq, raw = arg.removeprefix("--").partition("=")
+        option = BY_NAME[name.replace("-", "_")]
+        if option.parse is None:
+            items.append(option.name)
+        else:
+            items.append(f"{option.name}={escape(raw if eq else next(rest))}")
+    return ",".join(items)
 
 
 def render(config: MountConfig) -> str:

@@ -14,8 +14,9 @@ from fastpass.bench.runner import BIND, BenchRecord
 
 
 @contextlib.contextmanager
-def bar(total: int) -> Iterator[Callable[[str, int], None]]:
-    """A progress callback for runner.run, drawing one bar of `total` measured runs.
+def bar(total: int) -> Iterator[Callable[..., None]]:
+    """A progress callback for runner.run, drawing one bar of `total` measured runs (`step(what,
+    runs_done, total)` grows it where more runs were decided on: tune's extra rounds).
 
     The bar appears at the first report, once every configuration is mounted: a bench refused before
     that (a variant's options that `fastpass mount` rejects) prints its one-line error and nothing else.
@@ -24,17 +25,21 @@ def bar(total: int) -> Iterator[Callable[[str, int], None]]:
     with contextlib.ExitStack() as stack:
         drawn: list[tuple[Progress, TaskID]] = []
 
-        def step(what: str, runs_done: int) -> None:
+        planned = [total]
+
+        def step(what: str, runs_done: int, more: int | None = None) -> None:
+            if more is not None:
+                planned[0] = more
             if not drawn:
                 p = stack.enter_context(Progress(*columns, console=Console(stderr=True)))
-                drawn.append((p, p.add_task(what, total=total)))
+                drawn.append((p, p.add_task(what, total=planned[0])))
             p, task = drawn[0]
-            p.update(task, description=what, completed=runs_done)
+            p.update(task, description=what, completed=runs_done, total=planned[0])
 
         yield step
         if drawn:
             p, task = drawn[0]
-            p.update(task, description="done", completed=total)
+            p.update(task, description="done", completed=planned[0])
 
 
 def _spread(median: float, values: list[float], fmt: Callable[[float], str] = num) -> str:

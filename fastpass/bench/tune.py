@@ -14,9 +14,16 @@ ops/s and MB/s comparable and gives each workload equal weight; the
 geometric mean makes a count that halves one workload lose as much as one
 that doubles another gains.  The best count thus scores at most 1.0.
 
-The recommendation is the smallest count scoring within 5% of the best:
-short runs vary by a few percent between mounts, and within that noise fewer
-workers cost less.  With `--io both` every count is measured on each I/O path
+How sure it is: every count runs `--repeat` rounds, and each round gets a
+score of its own (its values over each workload's best median), so each count
+has a range of scores from round to round.  A count is clearly worse than the
+best one where its best round scores below the best count's worst round.  The
+recommendation is the fewest workers not clearly worse, and within 5% of the
+best median score: within that, fewer workers cost less.  A count that is
+neither (its median more than 5% below, its rounds overlapping the best's) is
+undecided: it and the best count run more rounds, up to `--max-repeat`, until
+it is decided; one still undecided then is recommended as "no significant
+difference" from the best, with the run-to-run spread said beside it.  With `--io both` every count is measured on each I/O path
 (the io_uring one and plain syscalls), with `--transport both` on each
 transport (FUSE-over-io_uring and /dev/fuse), with both on every pair; the
 scores span them all, and the recommendation names the path too (its mount
@@ -44,12 +51,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fastpass import __version__
+from fastpass import options as fastpass_options
 from fastpass.bench import runner
 from fastpass.bench.report import num
 from fastpass.bench.workloads import Load
 
-SCHEMA = 4  # 2: values per (I/O path, count); 3: a path is any mount options (`paths`), not only --io;
-# 4: clients, processes, knees
+SCHEMA = 5  # 2: values per (I/O path, count); 3: a path is any mount options (`paths`), not only --io;
+# 4: clients, processes, knees; 5: every round's values and scores, the spread, undecided counts
 
 # Three that keep several requests in flight, so extra workers have something to do (metadata and
 # openread from --clients processes), and readdir, one request at a time, to show what they cost.  Not
@@ -69,6 +77,7 @@ class TuneWorkload(msgspec.Struct):
     unit: str
     processes: int  # client processes at once (see runner.WorkloadResult)
     fastpass: list[float]  # median at each (path, count), in TuneRecord.configs() order
+    rounds: list[list[float]]  # every round's value at each (path, count)
     bind: float  # median over every count's bind runs: the bind mount has no workers
     ok: bool  # integrity verified at every count
     knees: list[int | None]  # per path (`knee` of its counts' values)
@@ -86,10 +95,14 @@ class TuneRecord(msgspec.Struct):
     repeat: int
     workloads: list[TuneWorkload]
     scores: list[float]  # per (path, count): geometric mean of `normalised` over the workloads
+    round_scores: list[list[float]]  # per (path, count): each round's score (`round_scores`)
+    spread: float  # run to run: the median over (path, count) of (highest - lowest round score) / score
+    undecided: list[int]  # indices of configs() still neither clearly worse nor as good after --max-repeat
     knees: list[int | None]  # per path: `knee` of the scores, where the workloads together stop growing
     workers: int  # the recommendation
     path: str  # and its path
     command: str  # the mount command that uses it
+    fstab: str  # and the same as the options of an fstab line (`-o`)
     started: float
     elapsed: float
 
@@ -121,6 +134,32 @@ def normalised(w: TuneWorkload) -> list[float]:
 
 def scores(workloads: Sequence[TuneWorkload]) -> list[float]:
     return [statistics.geometric_mean(column) for column in zip(*(normalised(w) for w in workloads))]
+
+
+def round_scores(workloads: Sequence[TuneWorkload]) -> list[list[float]]:
+    """Per config, each round's score: the geometric mean over the workloads of that round's value
+    over the workload's best median (the same yardstick as `scores`, so a round may pass 1.0)."""
+    bests = [max(max(w.fastpass), _FLOOR) for w in workloads]
+    out = []
+    for i in range(len(workloads[0].fastpass)):
+        rounds = min(len(w.rounds[i]) for w in workloads)
+        out.append([statistics.geometric_mean(max(w.rounds[i][r], _FLOOR) / b for w, b in zip(workloads, bests))
+                    for r in range(rounds)])  # fmt: skip
+    return out
+
+
+def spread(per_config: Sequence[float], rounds: Sequence[Sequence[float]]) -> float:
+    """The run-to-run spread: the median over configs of their round scores' range over their score."""
+    return statistics.median((max(r) - min(r)) / max(s, _FLOOR) for s, r in zip(per_config, rounds))
+
+
+def verdicts(per_config: Sequence[float], rounds: Sequence[Sequence[float]]) -> list[str]:
+    """Per config: "good" (within TOLERANCE of the best median score), "worse" (its best round below
+    the best config's worst round) or "undecided" (neither: its rounds overlap the best's)."""
+    best = max(range(len(per_config)), key=lambda i: per_config[i])
+    floor = min(rounds[best])
+    return ["good" if s >= (1 - TOLERANCE) * per_config[best] else "worse" if max(r) < floor else "undecided"
+            for s, r in zip(per_config, rounds)]  # fmt: skip
 
 
 def per_path(values: Sequence[float], paths: int) -> list[list[float]]:
@@ -165,75 +204,126 @@ def knee_lines(record: TuneRecord) -> list[str]:
     return lines
 
 
-def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float]) -> tuple[str, int]:
-    """The smallest count with a score within TOLERANCE of the best, on its best-scoring path."""
-    good = [(n, -s, path) for (path, n), s in zip(configs, per_config) if s >= (1 - TOLERANCE) * max(per_config)]
-    n, _, path = min(good)
+def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float],
+              rounds: Sequence[Sequence[float]]) -> tuple[str, int]:  # fmt: skip
+    """The smallest count not clearly worse than the best (`verdicts`), on its best-scoring path."""
+    kept = [(n, -s, path) for (path, n), s, v in zip(configs, per_config, verdicts(per_config, rounds)) if v != "worse"]
+    n, _, path = min(kept)
     return path, n
+
+
+def doubt(record: TuneRecord) -> str | None:
+    """A sentence where the recommendation is not significantly different from the best but not
+    within TOLERANCE of it either (undecided after --max-repeat rounds); None where it is decided."""
+    configs = record.configs()
+    chosen = configs.index((record.path, record.workers))
+    if chosen not in record.undecided:
+        return None
+    best = configs[max(range(len(configs)), key=lambda i: record.scores[i])]
+    on = f" on {record.path}" if len(record.paths) > 1 else ""
+    return (f"No significant difference between {record.workers} and {best[1]} workers{on}: their scores "
+            f"{record.scores[chosen]:.2f} and {max(record.scores):.2f} differ by less than the rounds vary")
 
 
 def run(
     backing: str | None,
     names: Sequence[str] = SUITE,
     counts: Sequence[int] | None = None,
-    repeat: int = 1,
+    repeat: int = 3,
     size_mb: int = 256,
     seconds: float = 3.0,
-    progress: Callable[[str, int], None] = lambda what, runs_done: None,
+    progress: Callable[..., None] = lambda what, runs_done, more=None: None,
     options: Sequence[str] = (),
     engine: str = "native",
     paths: Sequence[str] = ("",),
     *,
     clients: int,
+    max_repeat: int | None = None,
 ) -> TuneRecord:
     """Bench `names` at each worker count (default `default_counts()`) on each path in `paths`
     (mount options; "": the server's default) and recommend a count and path.
 
-    Each (path, count) gets its own `runner.run`: a fresh mount and freshly prepared
-    inputs, so none inherits another's caches.  `progress` is told what starts next
-    and how many measured runs are done in all.  `options` go to every mount (and
-    into the recommended command), e.g. `--io-depth=16`.  `clients` is the
-    --clients of every bench.
+    Each (path, count) gets its own `runner.run` of `repeat` rounds: a fresh mount and freshly
+    prepared inputs, so none inherits another's caches.  Then the counts still undecided that
+    could change the recommendation run a round more each, with the best count, until decided or
+    at `max_repeat` rounds (default: `repeat`, no more).  `progress(what, runs_done, more)` is
+    told what starts next, how many measured runs are done in all, and `more`, when it grows, how
+    many there will be.  `options` go to every mount (and into the recommended command), e.g.
+    `--io-depth=16`.  `clients` is the --clients of every bench.
     """
     counts = sorted(set(default_counts() if counts is None else counts))
+    max_repeat = repeat if max_repeat is None else max(max_repeat, repeat)
     load = Load(size_mb, seconds, clients)
     check(backing, names, counts, repeat, load.clients, engine)
     started = time.time()
-    runs: list[runner.BenchRecord] = []
     configs = [(path, n) for path in paths for n in counts]
-    for path, n in configs:
-        done = len(runs) * len(names) * repeat * 2
+    values: list[list[list[float]]] = [[[] for _ in names] for _ in configs]  # [config][workload][round]
+    binds: list[list[float]] = [[] for _ in names]
+    oks = [True] * len(names)
+    about: list[tuple[str, str, str, int]] = []  # name, description, unit, processes of each workload
+    runs_done = 0
+
+    def measure(i: int, rounds: int) -> None:
+        nonlocal runs_done
+        path, n = configs[i]
         label = f"{n} workers{f', {path}' if path else ''}"
+        done = runs_done
 
-        def step(what: str, runs_done: int, label: str = label, done: int = done) -> None:
-            progress(f"{label}: {what}", done + runs_done)
+        def step(what: str, count: int) -> None:
+            progress(f"{label}: {what}", done + count)
 
-        runs.append(runner.run(backing, list(names), repeat, load,
-                               [f"--workers={n}", f"--engine={engine}", *path.split(), *options], progress=step))  # fmt: skip
+        record = runner.run(backing, list(names), rounds, load,
+                            [f"--workers={n}", f"--engine={engine}", *path.split(), *options], progress=step)  # fmt: skip
+        for w, result in enumerate(record.results):
+            values[i][w] += [m.value for m in result.of(runner.FASTPASS).runs]
+            binds[w] += [m.value for m in result.of(runner.BIND).runs]
+            oks[w] = oks[w] and result.ok
+            if len(about) <= w:
+                about.append((result.name, result.description, result.unit, result.processes))
+        runs_done += rounds * len(names) * 2
 
-    workloads = []
-    for results in zip(*(r.results for r in runs)):  # one workload at every (path, count)
-        medians = [r.of(runner.FASTPASS).median for r in results]
-        workloads.append(TuneWorkload(
-            results[0].name, results[0].description, results[0].unit, results[0].processes, medians,
-            statistics.median(m.value for r in results for m in r.of(runner.BIND).runs), all(r.ok for r in results),
-            knees(counts, medians, len(paths)),
-        ))  # fmt: skip
-    per_config = scores(workloads)
-    path, workers = recommend(configs, per_config)
+    def workloads() -> list[TuneWorkload]:
+        out = []
+        for w, (name, description, unit, processes) in enumerate(about):
+            medians = [statistics.median(values[i][w]) for i in range(len(configs))]
+            out.append(TuneWorkload(name, description, unit, processes, medians, [values[i][w] for i in range(len(configs))],
+                                    statistics.median(binds[w]), oks[w], knees(counts, medians, len(paths))))  # fmt: skip
+        return out
+
+    for i in range(len(configs)):
+        measure(i, repeat)
+    while True:
+        found = workloads()
+        per_config, rounds = scores(found), round_scores(found)
+        path, workers = recommend(configs, per_config, rounds)
+        best = max(range(len(configs)), key=lambda i: per_config[i])
+        pending = [i for i, v in enumerate(verdicts(per_config, rounds))
+                   if v == "undecided" and configs[i][1] <= workers and len(rounds[i]) < max_repeat]  # fmt: skip
+        if not pending:
+            break
+        more = [*pending, best]
+        progress("a round more where undecided", runs_done, runs_done + len(more) * len(names) * 2)
+        for i in more:
+            measure(i, 1)
+    undecided = [i for i, v in enumerate(verdicts(per_config, rounds)) if v == "undecided"]
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
     extra = "".join(f"{o} " for o in ([path] if path else []) + list(options))
+    fstab = fastpass_options.as_o([f"--workers={workers}", f"--engine={engine}", *path.split(), *options])
     return TuneRecord(SCHEMA, __version__, runner.Machine.here(), counts, list(paths), size_mb, seconds, load.clients,
-                      repeat, workloads, per_config, knees(counts, per_config, len(paths)), workers, path,
-                      f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT",
+                      repeat, found, per_config, rounds, spread(per_config, rounds), undecided,
+                      knees(counts, per_config, len(paths)), workers, path,
+                      f"fastpass mount --engine {engine} --workers {workers} {extra}{where} MOUNTPOINT", fstab,
                       started, time.time() - started)  # fmt: skip
 
 
 def table(record: TuneRecord) -> None:
     """Median throughput per (path, count) and workload, a row each (each column's best in bold),
     with the score; rows, not columns, so that many counts still fit a terminal.  Below, each path's knee."""
-    t = Table(title=f"fastpass by number of workers, median of {record.repeat} round(s), --clients {record.clients}",
-              caption="score: geometric mean over the workloads of value / the workload's best\n"
+    most = max(len(r) for r in record.round_scores)
+    rounds = f"{record.repeat}" + (f"-{most}" if most > record.repeat else "")
+    t = Table(title=f"fastpass by number of workers, median of {rounds} round(s), --clients {record.clients}",
+              caption="score: geometric mean over the workloads of value / the workload's best "
+                      "(below it: its rounds' lowest-highest)\n"
                       f"knee: the fewest workers that no more workers beat by {KNEE_GAIN:.0%} "
                       f"(>{max(record.counts)}: still growing there)",
               box=SIMPLE_HEAD)  # fmt: skip
@@ -251,6 +341,8 @@ def table(record: TuneRecord) -> None:
         cells = [f"[bold]{num(w.fastpass[i])}[/bold]" if w.fastpass[i] == b else num(w.fastpass[i])
                  for w, b in zip(record.workloads, best)]  # fmt: skip
         mark = f"[bold green]{score:.2f}[/bold green]" if config == chosen else f"{score:.2f}"
+        if len(record.round_scores[i]) > 1:
+            mark += f"\n[dim]{min(record.round_scores[i]):.2f}-{max(record.round_scores[i]):.2f}[/dim]"
         t.add_row(str(config[1]), *([config[0]] if several else []), *cells, mark)
     t.add_section()
     t.add_row("bind", *([""] if several else []), *(num(w.bind) for w in record.workloads), "")

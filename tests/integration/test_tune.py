@@ -40,8 +40,8 @@ def test_end_to_end(tmp_path):
     out = {ext: tmp_path / f"tune.{ext}" for ext in ("json", "png")}
     before = mount_points()
     r = run_tune(tmp_path, "--workloads", ",".join(WORKLOADS), "--max-workers", str(MAX_WORKERS), "--size", "4",
-                 "--seconds", "0.5", "--clients", str(CLIENTS), "--json", str(out["json"]), "--plot",
-                 str(out["png"]))  # fmt: skip
+                 "--seconds", "0.5", "--clients", str(CLIENTS), "--repeat", "2", "--max-repeat", "3", "--json",
+                 str(out["json"]), "--plot", str(out["png"]))  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert "Traceback" not in r.stderr
     assert_no_mounts_left(tmp_path, before)
@@ -60,14 +60,31 @@ def test_end_to_end(tmp_path):
         assert all(v > 0 for v in w.fastpass) and w.bind > 0, w.name
         assert w.knees == [knee(record.counts, w.fastpass)], w.name
 
-    # The score and the recommendation, recomputed from the medians alone.
+    # The scores and the recommendation, recomputed from every round's values.
+    for w in record.workloads:
+        assert w.fastpass == [statistics.median(r) for r in w.rounds], w.name
     scores = [statistics.geometric_mean(w.fastpass[i] / max(w.fastpass) for w in record.workloads)
               for i in range(len(record.counts))]  # fmt: skip
     assert record.scores == pytest.approx(scores)
-    good_enough = [n for n, s in zip(record.counts, scores) if s >= 0.95 * max(scores)]
-    assert record.workers == good_enough[0]
+    rounds = [len(w.rounds[i]) for w in record.workloads for i in range(len(record.counts))]
+    assert 2 <= min(rounds) and max(rounds) <= 3
+    per_round = [[statistics.geometric_mean(w.rounds[i][r] / max(w.fastpass) for w in record.workloads)
+                  for r in range(len(record.workloads[0].rounds[i]))] for i in range(len(record.counts))]  # fmt: skip
+    assert record.round_scores == [pytest.approx(r) for r in per_round]
+    best = scores.index(max(scores))
+    worse = [max(per_round[i]) < min(per_round[best]) and scores[i] < 0.95 * max(scores) for i in range(len(scores))]
+    assert record.workers == next(n for n, w in zip(record.counts, worse) if not w)
+    assert record.undecided == [i for i, w in enumerate(worse) if not w and scores[i] < 0.95 * max(scores)]
+    for i in record.undecided:  # the loop stopped with it undecided only at --max-repeat
+        if record.counts[i] <= record.workers:
+            assert len(record.round_scores[i]) == 3
+    assert record.spread == pytest.approx(statistics.median((max(r) - min(r)) / s for s, r in zip(scores, per_round)))
     assert record.command == f"fastpass mount --engine native --workers {record.workers} BACKING MOUNTPOINT"
+    assert record.fstab == f"workers={record.workers},engine=native"
     assert record.command in r.stdout
+    assert f"BACKING MOUNTPOINT fuse.fastpass workers={record.workers},engine=native 0 0" in r.stdout
+    assert f"Run-to-run spread of the score: {record.spread:.1%}" in r.stdout
+    assert (tune.doubt(record) or "") in r.stdout
 
     # The knees, recomputed by their definition: the fewest workers no more workers beat by 10%.
     assert record.knees == [knee(record.counts, scores)]
@@ -89,7 +106,7 @@ def test_both_io_paths_in_one_run(tmp_path):
     """`--io both`: every count on each path, scored together; the recommendation names its path."""
     out = tmp_path / "tune.json"
     r = run_tune(tmp_path, "--workloads", "randread-direct", "--max-workers", "2", "--size", "4", "--seconds", "0.5",
-                 "--io", "both", "--json", str(out))  # fmt: skip
+                 "--io", "both", "--repeat", "1", "--json", str(out))  # fmt: skip (one round: within 5% or worse)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     record = msgspec.json.decode(out.read_bytes(), type=tune.TuneRecord)
     assert record.paths == ["--io uring", "--io plain"]
@@ -117,7 +134,7 @@ def test_both_transports_in_one_run(tmp_path):
         pytest.skip("--transport uring needs a kernel with FUSE-over-io_uring, and root to turn it on")
     out = tmp_path / "tune.json"
     r = run_tune(tmp_path, "--workloads", "randread-direct", "--max-workers", "1", "--size", "4", "--seconds", "0.5",
-                 "--transport", "both", "--json", str(out))  # fmt: skip
+                 "--transport", "both", "--repeat", "1", "--json", str(out))  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     record = msgspec.json.decode(out.read_bytes(), type=tune.TuneRecord)
     assert record.configs() == [("--transport uring", 1), ("--transport dev", 1)]

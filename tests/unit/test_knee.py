@@ -37,3 +37,41 @@ def test_knees_per_path() -> None:
 def test_knee_text() -> None:
     assert tune.knee_text(4, [1, 2, 4, 8]) == "4"
     assert tune.knee_text(None, [1, 2, 4, 8]) == ">8"
+
+
+def _workload(rounds: list[list[float]]) -> tune.TuneWorkload:
+    medians = [sorted(r)[len(r) // 2] for r in rounds]
+    return tune.TuneWorkload("w", "", "ops/s", 1, medians, rounds, 1.0, True, [None])
+
+
+@pytest.mark.parametrize(
+    ("rounds", "verdicts", "recommended"),
+    [
+        # 1 worker clearly slower (its best round under 2's worst): 2 is the fewest not worse
+        pytest.param([[50, 52, 51], [100, 98, 102], [101, 99, 100]], ["worse", "good", "good"], 2, id="decided"),
+        # 1 worker 20% slower in the median but its rounds overlap 2's: undecided, so still a candidate
+        pytest.param([[80, 60, 105], [100, 90, 110], [95, 100, 97]], ["undecided", "good", "good"], 1, id="overlap"),
+        # one round each: the old rule, within TOLERANCE or worse
+        pytest.param([[96], [100], [90]], ["good", "good", "worse"], 1, id="one-round"),
+    ],
+)
+def test_verdicts_and_recommendation(rounds: list[list[float]], verdicts: list[str], recommended: int) -> None:
+    assert tune.TOLERANCE == 0.05  # the figures above are chosen around it
+    w = _workload(rounds)
+    per_config, per_round = tune.scores([w]), tune.round_scores([w])
+    assert tune.verdicts(per_config, per_round) == verdicts
+    configs = [("", n) for n in (1, 2, 3)]
+    assert tune.recommend(configs, per_config, per_round) == ("", recommended)
+
+
+def test_round_scores_and_spread() -> None:
+    """Each round's value over the workload's best median, geometric over workloads; the spread is
+    the median over counts of (highest - lowest round score) / score."""
+    a = _workload([[50, 60, 55], [100, 110, 90]])  # best median 100
+    b = _workload([[10, 10, 10], [20, 20, 20]])  # best median 20
+    per_round = tune.round_scores([a, b])
+    assert per_round[1] == pytest.approx([1.0, (1.1 * 1.0) ** 0.5, (0.9 * 1.0) ** 0.5])
+    assert per_round[0] == pytest.approx([(0.5 * 0.5) ** 0.5, (0.6 * 0.5) ** 0.5, (0.55 * 0.5) ** 0.5])
+    per_config = tune.scores([a, b])
+    spreads = [(max(r) - min(r)) / s for s, r in zip(per_config, per_round)]
+    assert tune.spread(per_config, per_round) == pytest.approx(sum(spreads) / 2)
