@@ -23,6 +23,13 @@ Facts that shape it:
   change events (0: until changed or evicted).
 * Passthrough opens change a file's data and size in the kernel, without a
   request: the caller does not use the cache for such inodes.
+* Beside the attributes, a slot keeps flags that hold as long as the entry
+  does.  NO_CAPS: the file has no security.capability, because the worker
+  that filled it made the file itself.  The kernel asks for that attribute
+  at the first write to each new inode (to know whether the write must drop
+  capabilities), so a create + write pays a GETXATTR that the backing would
+  answer ENODATA: from the cache it costs no backing call.  Capabilities are
+  set only by setxattr, which drops the entry like any change.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ _MASK32 = 0xFFFFFFFF
 _TIMES = struct.Struct("<QQQ")
 _TIMES_AT = _ATTR_AT + 24
 _DAY = 86400
-assert HEAD.size + ATTR.size <= SLOT_SIZE
+_FLAGS = struct.Struct("<Q")
+_FLAGS_AT = _ATTR_AT + ATTR.size
+NO_CAPS = 1  # the file has no security.capability (its creator filled the entry)
+assert _FLAGS_AT + _FLAGS.size <= SLOT_SIZE
 
 
 class AttrSpace:
@@ -83,9 +93,20 @@ class AttrCache:
         self._misc[CACHE_MISSES] += 1
         return None
 
-    def put(self, nodeid: int, t0: int, attr: bytes) -> None:
-        """Store the attributes a backing call begun at monotonic time `t0` returned, unless a
-        change since then makes them possibly stale."""
+    def flags(self, nodeid: int) -> int:
+        """The flags kept with `nodeid`'s entry (NO_CAPS), 0 where it has none (a miss)."""
+        m = self._map
+        off = self._at(nodeid)
+        seq, nid, stamp, _ = HEAD.unpack_from(m, off)
+        if nid == nodeid and not seq & 1:
+            (flags,) = _FLAGS.unpack_from(m, off + _FLAGS_AT)
+            if _SEQ.unpack_from(m, off)[0] == seq and (not self._ttl or time.monotonic_ns() - stamp < self._ttl):
+                return flags
+        return 0
+
+    def put(self, nodeid: int, t0: int, attr: bytes, flags: int = 0) -> None:
+        """Store the attributes a backing call begun at monotonic time `t0` returned, with
+        `flags` (NO_CAPS), unless a change since then makes them possibly stale."""
         m = self._map
         off = self._at(nodeid)
         lock = LOCK_ATTRS + (off - self._base) // SLOT_SIZE % ATTR_STRIPES
@@ -99,6 +120,7 @@ class AttrCache:
             seq |= 1  # odd while written; one left odd by a worker that died here ends even again
             _SEQ.pack_into(m, off, seq)
             m[off + _ATTR_AT : off + _ATTR_AT + ATTR.size] = attr
+            _FLAGS.pack_into(m, off + _FLAGS_AT, flags)
             HEAD.pack_into(m, off, seq + 1, nodeid, t0, t0)  # nothing older may follow
         finally:
             self._region.unlock(lock)

@@ -208,12 +208,13 @@ class Fs:
         return inodes.fd(inodes.get(nodeid))
 
     # --- attributes: the backing's, through the shared cache ---------------------------
-    def entry(self, inode: Inode, st: os.stat_result, t0: int) -> bytes:
-        """fuse_entry_out for a backing stat begun at monotonic time `t0`, kept in the cache."""
+    def entry(self, inode: Inode, st: os.stat_result, t0: int, flags: int = 0) -> bytes:
+        """fuse_entry_out for a backing stat begun at monotonic time `t0`, kept in the cache
+        with `flags` (attrcache.NO_CAPS for a file this worker made)."""
         attr = encode.attr(st)
         cache, entry_valid, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
-            cache.put(inode.nodeid, t0, attr)
+            cache.put(inode.nodeid, t0, attr, flags)
         if self.writeback_fd is not None and self.inodes.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
             entry_valid = _NOW  # open, and changed outside: each walk asks until a lookup retires it
         return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastpass import _linux
+from fastpass.fs.attrcache import NO_CAPS
 from fastpass.fs.attrs import kill_suidgid
 from fastpass.fs.context import CallerUmask, Fs, Request, proc_path
 from fastpass.fs.fstypes import SILENT_CLOSE
@@ -217,7 +218,7 @@ def create(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags: 
         # the inode number spares the stat by name where this worker holds no fd for it (a new file)
         inode, st = fs.inodes.lookup(fs.inodes.get(req.nodeid), name, st.st_ino)
         try:
-            return fs.entry(inode, st, t0) + _opened(fs, req, inode, fd, flags)
+            return fs.entry(inode, st, t0, NO_CAPS if made else 0) + _opened(fs, req, inode, fd, flags)
         except BaseException:
             fs.inodes.forget(inode.nodeid, 1)  # the kernel never hears of this lookup
             raise
@@ -238,7 +239,7 @@ def tmpfile(fs: Fs, req: Request, flags: int, mode: int, umask: int, open_flags:
         t0 = _clock()
         inode = fs.inodes.add(path_fd, os.fstat(path_fd))
         try:
-            return fs.entry(inode, os.fstat(fd), t0) + _opened(fs, req, inode, fd, flags)
+            return fs.entry(inode, os.fstat(fd), t0, NO_CAPS) + _opened(fs, req, inode, fd, flags)
         except BaseException:
             fs.inodes.forget(inode.nodeid, 1)  # the kernel never hears of this lookup
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 
+from fastpass.fs.attrcache import NO_CAPS
 from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.kernel import abi
 
@@ -21,7 +22,14 @@ def _sized(value: bytes, size: int) -> bytes:
     return value
 
 
+_CAPS = b"security.capability"
+
+
 def getxattr(fs: Fs, req: Request, size: int, name: bytes) -> bytes:
+    # The kernel asks for the capabilities at the first write to each new inode: for a file a worker
+    # made, the cache knows there are none (fastpass.fs.attrcache, NO_CAPS).
+    if name == _CAPS and fs.cache is not None and fs.cache.flags(req.nodeid) & NO_CAPS:
+        raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
     return _sized(os.getxattr(proc_path(fs.inode_fd(req.nodeid)), name), size)
 
 

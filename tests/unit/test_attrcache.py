@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fastpass.fs.attrcache import SLOT_SIZE, AttrCache, AttrSpace, atime_policy
+from fastpass.fs.attrcache import NO_CAPS, SLOT_SIZE, AttrCache, AttrSpace, atime_policy
 from fastpass.kernel import encode
 from fastpass.kernel.abi import ATTR
 from fastpass.shm.counters import CACHE_EVICTIONS, CACHE_HITS, CACHE_MISSES, CounterSpace, WorkerCounters
@@ -160,3 +160,23 @@ def test_slots_hold_a_fuse_attr() -> None:
 
 def test_atime_policy_of_this_machine_roots() -> None:
     assert atime_policy(os.open("/", os.O_PATH)) in ("relatime", "strictatime", "noatime")
+
+
+def test_flags_hold_as_long_as_the_entry() -> None:
+    """NO_CAPS goes in with a fill and is seen by every worker; a change, a fill without it, another
+    nodeid's fill and expiry all take it away."""
+    a, b = _caches(revalidate=0.05)
+    assert b.flags(NODE) == 0
+    a.put(NODE, time.monotonic_ns(), _attr(1), NO_CAPS)
+    assert b.flags(NODE) == NO_CAPS and b.get(NODE) == _attr(1)
+    b.changed(NODE)
+    assert a.flags(NODE) == 0
+    a.put(NODE, time.monotonic_ns(), _attr(2), NO_CAPS)
+    a.put(NODE, time.monotonic_ns(), _attr(3))  # a getattr's fill says nothing of xattrs
+    assert b.flags(NODE) == 0
+    a.put(NODE, time.monotonic_ns(), _attr(4), NO_CAPS)
+    a.put(NODE + 8, time.monotonic_ns(), _attr(5))  # the same slot (size 8)
+    assert b.flags(NODE) == 0
+    a.put(NODE, time.monotonic_ns(), _attr(6), NO_CAPS)
+    time.sleep(0.06)
+    assert b.flags(NODE) == 0  # expired with the entry
