@@ -62,11 +62,9 @@ from fastpass.config import (
 )
 from fastpass.filters import load, stack
 from fastpass.fs.attrcache import AttrCache, atime_policy
-from fastpass.fs.context import Fs
+from fastpass.fs.context import Fs, Kernel
 from fastpass.fs.fds import raise_limit
 from fastpass.fs.inodes import MAX_SLOTS, can_reopen, handle_of
-from fastpass.fs.passthrough import Passthrough
-from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
 from fastpass.fs.table import build
 from fastpass.fs.watcher import Device, Watcher, open_watch
@@ -289,13 +287,10 @@ def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int
     devfd = seat.devfd
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     warnlog.attach(shared.warnings, shared.region, index)
-    fs = Fs(config, root_fd, shared, index)
-    if negotiated.minor >= abi.NOTIFY_PRUNE_MINOR:
-        fs.inodes.prune = Pruner(devfd, fs.counters.misc)
-    if negotiated.has(abi.InitFlag.PASSTHROUGH):
-        fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
-    if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):
-        fs.writeback_fd = devfd
+    routes, needs = stack.install(build(), filters)
+    kernel = Kernel(devfd, negotiated.has(abi.InitFlag.PASSTHROUGH), negotiated.has(abi.InitFlag.WRITEBACK_CACHE),
+                    negotiated.minor >= abi.NOTIFY_PRUNE_MINOR)  # fmt: skip
+    fs = Fs(config, root_fd, shared, index, kernel, needs)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None
@@ -312,7 +307,7 @@ def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
-    worker = Worker(seat, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring, share)
+    worker = Worker(seat, fs, routes, config.allow_other, config.debug, idle, ring, share)
     if share is not None:
         _pin(share.cpus())
         try:
