@@ -471,10 +471,11 @@ def run(config: MountConfig, ready: Callable[[str | None], None], mounted: Calla
         fan_fd: int, root_fd: int, shared: SharedState, filters: list[object]) -> int:  # fmt: skip
     """Serve `config` through pyfuse3 until unmounted; `ready` and `mounted` as for the native engine."""
     os.umask(0)  # creating calls run under the caller's umask (fastpass.fs.context.CallerUmask)
-    fs = Fs(config, root_fd, shared, 0)
+    routes, needs = stack.install(build(), filters)
+    fs = Fs(config, root_fd, shared, 0, filters=needs)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
-    ops = Operations(fs, stack.install(fs, build(), filters), config.allow_other, filters)
+    ops = Operations(fs, routes, config.allow_other, filters)
     pyfuse3.asyncio.enable()
     try:
         pyfuse3.init(ops, config.mountpoint, _options(config))

@@ -48,11 +48,10 @@ from collections.abc import Callable
 import msgspec
 import uvloop
 
-from fastpass import _linux, restart, startup, state, stats, systemd, transport
+from fastpass import _linux, processes, restart, startup, state, stats, systemd, transport
 from fastpass.config import (
     CACHE_MODES,
     ENGINES,
-    IDLE_SYNC,
     IO_PATHS,
     MAX_IO_DEPTH,
     MAX_QUEUE_DEPTH,
@@ -60,26 +59,20 @@ from fastpass.config import (
     MountConfig,
     resolve,
 )
-from fastpass.filters import load, stack
-from fastpass.fs.attrcache import AttrCache, atime_policy
-from fastpass.fs.context import Fs
+from fastpass.filters import load
 from fastpass.fs.fds import raise_limit
 from fastpass.fs.inodes import MAX_SLOTS, can_reopen, handle_of
-from fastpass.fs.passthrough import Passthrough
-from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
-from fastpass.fs.table import build
-from fastpass.fs.watcher import Device, Watcher, open_watch
+from fastpass.fs.watcher import open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
 from fastpass.seat import Seat
 from fastpass.shm import warnlog
 from fastpass.shm.control import Control, start_time
-from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
+from fastpass.shm.counters import PID, WATCHER, WorkerCounters
 from fastpass.shm.region import LOCK_SUCCESSION
 from fastpass.transport import Entries
-from fastpass.uring.ring import ENTRIES, Ring, Unavailable, why_unavailable
-from fastpass.worker import Refused, Worker
+from fastpass.uring.ring import why_unavailable
 
 log = logging.getLogger("fastpass")
 
@@ -87,7 +80,7 @@ log = logging.getLogger("fastpass")
 MAX_RESTARTS = 10  # deaths of young workers tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
 YOUNG = 0.25  # s: a worker that dies younger counts toward a crash loop (one killed later is just replaced)
-ORPHANED = signal.SIGUSR2  # a worker's or the watcher's PR_SET_PDEATHSIG
+
 WATCHER_NAME = "fastpass-watch"  # process names, as ps shows them
 SUPERVISOR_NAME = "fastpass"  # a successor's (the first supervisor keeps its command's)
 WORKER_NAME = "fastpass-w{}"
@@ -241,134 +234,6 @@ def _answer_init(session: int, config: MountConfig, rings: bool) -> Negotiated:
         raise StartError("--passthrough on: the kernel does not offer FUSE passthrough "
                          "(Linux 6.9+ built with CONFIG_FUSE_PASSTHROUGH)")  # fmt: skip
     return negotiated
-
-
-def _child(name: str, orphaned: Callable[[], None], body: Callable[[], None]) -> None:
-    """Run a worker's or the watcher's body in a forked child; never returns.
-
-    SIGTERM stops the child alone (the supervisor replaces it where need be).
-    ORPHANED comes when the supervisor dies (PR_SET_PDEATHSIG): `orphaned()`
-    sees to a successor, so the mount goes on being served (`Pool.orphaned`).
-    """
-    code = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-        def on_term(signo: int, frame: object) -> None:
-            raise SystemExit(128 + signo)
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(ORPHANED, lambda signo, frame: orphaned())
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _linux.set_pdeathsig(ORPHANED)
-        _linux.set_name(name)
-        orphaned()  # the supervisor may have died before the signal was asked for
-        body()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0
-    except BaseException:
-        log.exception("worker failed")
-        code = 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late SIGTERM must not unwind into supervisor code
-        logging.shutdown()
-        os._exit(code)
-
-
-def _serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int, shared: SharedState,
-           filters: list[object], index: int, started: Callable[[], None], entries: Entries | None,
-           replacing: bool, orphaned: Callable[[], None]) -> None:  # fmt: skip
-    """A worker: serve requests from its seat's clone of the device fd until the connection ends,
-    and from its FUSE-over-io_uring entries where `entries` are given (taken over from the worker
-    it replaces, if `replacing`), after answering what a killed predecessor left in them.
-
-    `started()` tells the supervisor that it is set up and about to serve; `orphaned()`, called
-    every IDLE_SYNC seconds, sees to a successor if the supervisor has died (a worker adopted by
-    a successor has no live parent to send it PR_SET_PDEATHSIG).
-    """
-    devfd = seat.devfd
-    os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
-    warnlog.attach(shared.warnings, shared.region, index)
-    fs = Fs(config, root_fd, shared, index)
-    if negotiated.minor >= abi.NOTIFY_PRUNE_MINOR:
-        fs.inodes.prune = Pruner(devfd, fs.counters.misc)
-    if negotiated.has(abi.InitFlag.PASSTHROUGH):
-        fs.passthrough = Passthrough(devfd, fs.inodes, fs.counters.misc)
-    if negotiated.has(abi.InitFlag.WRITEBACK_CACHE):
-        fs.writeback_fd = devfd
-    fs.counters.misc[PID] = os.getpid()
-    fs.counters.misc[STARTED_NS] = time.time_ns()
-    ring = None
-    share = entries.share(index) if entries is not None else None
-    if config.io == "uring":
-        try:
-            # A slot has one call out, or a READDIRPLUS batch (about 25 for a 4 KiB reply): room for
-            # a few batches' completions without overflow (which the kernel would hold back anyway).
-            ring = Ring(max(ENTRIES, len(seat.pool), 2 * len(share or ())), sqe128=share is not None)
-        except Unavailable as e:  # the supervisor's probe passed: say why this worker differs
-            if share is not None:  # the kernel holds every request until this worker's queues have entries
-                log.error("worker %d: io_uring unavailable (%s): cannot take its FUSE-over-io_uring queues", index, e)
-                raise SystemExit(1) from None
-            log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
-    flush_failed: set[str] = set()
-    idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
-    worker = Worker(seat, fs, stack.install(fs, build(), filters), config.allow_other, config.debug, idle, ring, share)
-    if share is not None:
-        _pin(share.cpus())
-        try:
-            worker.take_entries(required=config.transport == "uring")
-        except Refused as e:
-            log.error("worker %d: %s", index, e)
-            raise SystemExit(1) from None
-    def every_second(signo: int, frame: object) -> None:
-        worker.idle_sync()
-        orphaned()
-
-    signal.signal(signal.SIGALRM, every_second)
-    signal.setitimer(signal.ITIMER_REAL, IDLE_SYNC, IDLE_SYNC)
-    fs.fds.settle()
-    started()
-    if share is not None and replacing:
-        worker.kick(config.mountpoint)
-    try:
-        worker.serve()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        stack.flush(filters, flush_failed)  # what the filters buffered (audit lines) goes out before exit
-
-
-def _pin(cpus: list[int]) -> None:
-    """Run on the CPUs whose callers this worker serves (its queues'), as far as we may run there.
-
-    The caller sleeps while its request is served, so the worker has its CPU and its caches.
-    Measured on this project's 2-core machine, 2 workers, 4 clients (2 per CPU) creating,
-    writing, stating, reading and unlinking files for 3 s, 4 alternating rounds (with another
-    test run busy): 4,232-5,051 rounds pinned, 3,098-3,961 unpinned, 3,148-3,594 on /dev/fuse.
-    """
-    allowed = os.sched_getaffinity(0)
-    if (mine := allowed & set(cpus)) and mine != allowed:
-        os.sched_setaffinity(0, mine)
-
-
-def _watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState, fan_fd: int,
-             started: Callable[[], None]) -> None:  # fmt: skip
-    """The watcher: push changes other processes make in the backing to the kernel."""
-    warnlog.attach(shared.warnings, shared.region, WATCHER)
-    counters = WorkerCounters(shared.counters, shared.region, WATCHER)
-    counters.misc[PID] = os.getpid()
-    counters.misc[STARTED_NS] = time.time_ns()
-    cache = (AttrCache(shared.attrs, shared.region, counters.misc, config.revalidate, atime_policy(root_fd))
-             if config.cache == "auto" else None)  # fmt: skip
-    pids = [WorkerCounters(shared.counters, shared.region, i).misc for i in range(config.workers)]
-    supervisor = os.getppid()
-
-    def own(pid: int) -> bool:
-        return pid == supervisor or any(misc[PID] == pid for misc in pids)
-
-    watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc,
-                      evict=config.writeback_cache)  # fmt: skip
-    started()
-    watcher.run(config.mountpoint if config.default_permissions else None)
 
 
 def _detach(mountpoint: str, ours: mount.MountEntry | None = None) -> None:
@@ -560,11 +425,11 @@ class Pool:
             started = lambda: os.eventfd_write(self._started, 1)
             try:
                 if index == WATCHER:
-                    _child(WATCHER_NAME, self.orphaned,
-                           lambda: _watcher(config, self.session, self.root_fd, shared, self.fan_fd, started))  # fmt: skip
+                    processes.child(WATCHER_NAME, self.orphaned,
+                           lambda: processes.watcher(config, self.session, self.root_fd, shared, self.fan_fd, started))  # fmt: skip
                 else:
-                    _child(WORKER_NAME.format(index), self.orphaned,
-                           lambda: _serve(config, self.record.negotiated, self.seats[index], self.root_fd, shared,
+                    processes.child(WORKER_NAME.format(index), self.orphaned,
+                           lambda: processes.serve(config, self.record.negotiated, self.seats[index], self.root_fd, shared,
                                           self.filters, index, started, self.entries, replacing, self.orphaned))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
@@ -616,7 +481,7 @@ class Pool:
         code = 1
         try:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, ORPHANED, signal.SIGCHLD):
+            for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, processes.ORPHANED, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             _linux.set_pdeathsig(0)
             _linux.set_name(SUPERVISOR_NAME)

@@ -110,7 +110,7 @@ class _Other:
 def test_getattr_dispatch(benchmark, fs: Fs, backing: Path, filters: list) -> None:
     """What the worker does for one GETATTR: header, route, decode, Request, handler, reply header;
     without filters, with a filter on another operation, and with a pre- or post-filter on GETATTR."""
-    routes = stack.install(fs, build(), filters)
+    routes, _needs = stack.install(build(), filters)
     buf = _request(Opcode.GETATTR, abi.GETATTR_IN.pack(0, 0))
     view = memoryview(buf)
     unpack_header = abi.IN_HEADER.unpack_from

@@ -36,9 +36,8 @@ from typing import Any, NamedTuple
 
 from fastpass.filters import results
 from fastpass.filters.api import CONTINUE, POSTFILTER, USER, Args, Context
-from fastpass.fs.context import Fs, Request, proc_path
+from fastpass.fs.context import FilterNeeds, Fs, Request
 from fastpass.fs.table import HANDLERS, Handler, Route
-from fastpass.kernel.abi import ROOT_ID
 from fastpass.kernel.abi import Opcode as O
 from fastpass.kernel.opcodes import SPECS
 
@@ -142,18 +141,15 @@ def _call(origin: str, method: Callable, *args: Any) -> Any:
 
 
 class _Where:
-    """Paths and attributes for a Context, from this worker's inode fds (for looking only)."""
+    """Paths and attributes for a Context, from the serving worker's inode fds (for looking only)."""
+
+    __slots__ = ("fs",)
 
     def __init__(self, fs: Fs):
         self.fs = fs
-        self.root: str | None = None
 
     def path(self, nodeid: int) -> str:
-        fs = self.fs
-        if self.root is None:
-            self.root = os.readlink(proc_path(fs.inode_fd(ROOT_ID))).rstrip("/") + "/"
-        target = os.readlink(proc_path(fs.inode_fd(nodeid))) + "/"
-        return target.removeprefix(self.root).rstrip("/") or "."
+        return self.fs.path_of(nodeid)
 
     def stat(self, nodeid: int) -> os.stat_result:
         return os.fstat(self.fs.inode_fd(nodeid))
@@ -163,7 +159,7 @@ _NOTHING = object()
 log = logging.getLogger("fastpass.filters")
 
 
-def _wrap(op: int, handler: Handler, chain: list[Hooks], where: _Where) -> Handler:
+def _wrap(op: int, handler: Handler, chain: list[Hooks]) -> Handler:
     """The handler of one filtered operation."""
     name = _name(op)
     args_class = ARGS[op]
@@ -174,7 +170,7 @@ def _wrap(op: int, handler: Handler, chain: list[Hooks], where: _Where) -> Handl
 
     def run(fs: Fs, req: Request, values: tuple) -> tuple[Any, Any]:
         """(reply body, the backing's decoded result if a post-filter saw it)."""
-        ctx = Context(name, req.uid, req.gid, req.pid, req.nodeid, values[named] if named >= 0 else None, where)
+        ctx = Context(name, req.uid, req.gid, req.pid, req.nodeid, values[named] if named >= 0 else None, _Where(fs))
         args = args_class(*values)
         posts: list[Hooks] = []
         result = raw = _NOTHING
@@ -257,30 +253,30 @@ def hooks(f: object, op: int) -> Hooks | None:
     return Hooks(label(f), pre, post, user, bool(getattr(f, "sees_errors", False)), default)
 
 
-def install(fs: Fs, routes: list[Route | None], filters: list[object]) -> list[Route | None]:
-    """Routes with the touched operations wrapped; sets `fs.filter_data` when a filter needs file data."""
+def install(routes: list[Route | None], filters: list[object]) -> tuple[list[Route | None], FilterNeeds]:
+    """Routes with the touched operations wrapped, and what the filters need of `Fs` besides."""
     if not filters:
-        return routes
-    where = _Where(fs)
+        return routes, FilterNeeds()
     out = list(routes)
+    flush = lookup = False
     for op, route in enumerate(routes):
         if route is None or route.handler is None or op not in ARGS:
             continue
         chain = [h for h in (hooks(f, op) for f in filters) if h is not None]
         if chain:
             # A filtered op runs its wrapped handler inline, never in halves on the ring.
-            out[op] = route._replace(handler=_wrap(op, route.handler, chain, where), submit=None, done=None)
-            fs.filter_flush |= op == O.FLUSH
-            fs.filter_lookup |= op == O.LOOKUP
+            out[op] = route._replace(handler=_wrap(op, route.handler, chain), submit=None, done=None)
+            flush |= op == O.FLUSH
+            lookup |= op == O.LOOKUP
     data = [f for f in filters if touched(f) & DATA]
+    needs_data = None
     if data:
 
-        def needs_data(req: Request, nodeid: int, flags: int) -> bool:
-            ctx = Context(_name(req.opcode), req.uid, req.gid, req.pid, nodeid, None, where)
+        def needs_data(fs: Fs, req: Request, nodeid: int, flags: int) -> bool:
+            ctx = Context(_name(req.opcode), req.uid, req.gid, req.pid, nodeid, None, _Where(fs))
             return any(_call(label(f), f.needs_data, ctx, flags) for f in data)
 
-        fs.filter_data = needs_data
-    return out
+    return out, FilterNeeds(needs_data, flush, lookup)
 
 
 def flush(filters: list[object], failed: set[str]) -> None:

@@ -8,6 +8,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from fastpass import _linux
 from fastpass.config import DEFAULT_REVALIDATE, MountConfig, split_time
@@ -17,8 +18,10 @@ from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
 from fastpass.fs.inodes import Inode, InodeTable
 from fastpass.fs.passthrough import Passthrough
+from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import SharedState
 from fastpass.kernel import encode
+from fastpass.kernel.abi import ROOT_ID
 from fastpass.kernel.init import MAX_WRITE
 from fastpass.shm.counters import WorkerCounters
 
@@ -120,10 +123,33 @@ class Credentials:
         _linux.setgroups(self.groups)
 
 
-class Fs:
-    """Per-worker filesystem state shared by all operations."""
+class Kernel(NamedTuple):
+    """What the kernel agreed at INIT that shapes a worker's `Fs`, and its device fd."""
 
-    def __init__(self, config: MountConfig, root_fd: int, shared: SharedState, worker: int = 0):
+    devfd: int
+    passthrough: bool = False
+    writeback: bool = False
+    prune: bool = False  # FUSE_NOTIFY_PRUNE (7.45)
+
+
+class FilterNeeds(NamedTuple):
+    """What the filters ask of the whole filesystem beside their wrapped routes
+    (`fastpass.filters.stack.install` says)."""
+
+    # (fs, request, nodeid, open flags): every read and write of this open must reach the filters
+    # (FOPEN_DIRECT_IO)
+    data: Callable[[Fs, Request, int, int], bool] | None = None
+    flush: bool = False  # a filter hooks FLUSH: every close sends one (no FOPEN_NOFLUSH)
+    lookup: bool = False  # a filter hooks LOOKUP: a missing name is never kept by the kernel (`absent`)
+
+
+class Fs:
+    """Per-worker filesystem state shared by all operations, built once: nothing outside sets it."""
+
+    def __init__(self, config: MountConfig, root_fd: int, shared: SharedState, worker: int = 0,
+                 kernel: Kernel | None = None, filters: FilterNeeds | None = None):  # fmt: skip
+        """`kernel`: what INIT agreed, where a worker serves the device (None: libfuse's engine);
+        `filters`: what the filters need (`fastpass.filters.stack.install`)."""
         self.config = config
         self.counters = WorkerCounters(shared.counters, shared.region, worker)
         self.fds = FdBudget(io_depth=config.io_depth)
@@ -143,9 +169,6 @@ class Fs:
         self.dirent_buf = ctypes.create_string_buffer(64 * 1024)
         self.stx_buf = ctypes.create_string_buffer(256)
         self.credentials = Credentials()
-        self.passthrough: Passthrough | None = None  # set by the worker when the kernel agreed to it
-        # Under FUSE_WRITEBACK_CACHE, this worker's device fd (set by the worker), for `written_back`.
-        self.writeback_fd: int | None = None
         self.cache = (AttrCache(shared.attrs, shared.region, self.counters.misc, config.revalidate, atime_policy(root_fd))
                       if config.cache == "auto" else None)  # fmt: skip
         # A filesystem mounted inside the backing raises no events on the watched one: where the
@@ -159,13 +182,18 @@ class Fs:
         self.watched = watched
         self.away = (None, split_time(min(config.entry_timeout, DEFAULT_REVALIDATE)),
                      split_time(min(config.attr_timeout, DEFAULT_REVALIDATE))) if watched else self.home  # fmt: skip
-        # (request, nodeid, open flags) -> whether a filter needs every read and write of this open;
-        # set by the filter stack when a filter hooks READ or WRITE.
-        self.filter_data: Callable[[Request, int, int], bool] | None = None
-        # Whether a filter hooks FLUSH: then every close sends one (no FOPEN_NOFLUSH); set by the stack.
-        self.filter_flush = False
-        # Whether a filter hooks LOOKUP: then a missing name is never kept by the kernel (`absent`).
-        self.filter_lookup = False
+        filters = filters or FilterNeeds()
+        self.filter_data = filters.data
+        self.filter_flush = filters.flush
+        self.filter_lookup = filters.lookup
+        self._root_path: str | None = None
+        # What the kernel agreed at INIT, on this worker's device fd.
+        self.passthrough = Passthrough(kernel.devfd, self.inodes, self.counters.misc) if kernel and kernel.passthrough \
+            else None  # fmt: skip
+        # Under FUSE_WRITEBACK_CACHE, the device fd, for `written_back`.
+        self.writeback_fd = kernel.devfd if kernel and kernel.writeback else None
+        if kernel and kernel.prune:
+            self.inodes.prune = Pruner(kernel.devfd, self.counters.misc)
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here
@@ -195,6 +223,14 @@ class Fs:
         """A new open of a directory, as the server (the caller was checked at OPENDIR)."""
         with _linux.fsuid(self.credentials.uid):
             return os.open(proc_path(self.inode_fd(nodeid)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def path_of(self, nodeid: int) -> str:
+        """The inode's path relative to the backing root ("." for the root), as the kernel's magic link
+        names it: for filters to look at, never to serve by."""
+        if self._root_path is None:
+            self._root_path = os.readlink(proc_path(self.inode_fd(ROOT_ID))).rstrip("/") + "/"
+        target = os.readlink(proc_path(self.inode_fd(nodeid))) + "/"
+        return target.removeprefix(self._root_path).rstrip("/") or "."
 
     def sync(self) -> None:
         """Let go of what other workers freed (inodes forgotten, files released), and of the

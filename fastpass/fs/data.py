@@ -71,7 +71,7 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
     # A filter that needs this file's reads and writes sees every one (FOPEN_DIRECT_IO: none served
     # by the page cache or by kernel passthrough); with passthrough on, the open still carries the
     # inode's backing id, as the kernel requires of every open of an inode in passthrough.
-    if fs.filter_data is not None and fs.filter_data(req, inode.nodeid, flags):
+    if fs.filter_data is not None and fs.filter_data(fs, req, inode.nodeid, flags):
         open_flags |= _DIRECT_IO
     elif not backing_id and not open_flags & _DIRECT_IO and fs.kept(inode):
         # (the kernel refuses KEEP_CACHE with passthrough)

@@ -94,9 +94,8 @@ def test_unfiltered_routes_keep_the_bare_handler() -> None:
     from fastpass.fs.table import build
 
     routes = build()
-    fs = SimpleNamespace(filter_data=None, filter_flush=False, filter_lookup=False)
-    wrapped = stack.install(fs, routes, [load.load("hide:pattern=x")])  # type: ignore[arg-type]
-    assert fs.filter_lookup  # so a missing name is not kept by the kernel (Fs.absent)
+    wrapped, needs = stack.install(routes, [load.load("hide:pattern=x")])
+    assert needs.lookup and not needs.flush and needs.data is None  # a missing name is not kept (Fs.absent)
     for op, route in enumerate(routes):
         if route is None:
             continue
@@ -214,6 +213,9 @@ class _Fs:
         self.forgotten: list[int] = []
         self.inodes = SimpleNamespace(forget=lambda nodeid, n: self.forgotten.append(nodeid))
 
+    def path_of(self, nodeid: int) -> str:
+        return "." if nodeid == 1 else "dir"
+
 
 REQ = SimpleNamespace(uid=1, gid=2, pid=3, nodeid=1, opcode=O.GETXATTR)
 
@@ -232,7 +234,7 @@ class _Where:
 
 def _run(op: int, filters: list[object], handler, *values, fs=None):
     chain = [h for h in (stack.hooks(f, op) for f in filters) if h is not None]
-    return stack._wrap(op, handler, chain, _Where())(fs or _Fs(), REQ, *values)  # type: ignore[arg-type]
+    return stack._wrap(op, handler, chain)(fs or _Fs(), REQ, *values)  # type: ignore[arg-type]
 
 
 class _Trace(Filter):

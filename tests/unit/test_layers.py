@@ -180,3 +180,25 @@ def test_checker_relative_import_in_package_init() -> None:
     assert "fastpass.fs.worker" in imports and not _violations(imports, RULES["fs"])
     imports = imported_modules("from .. import worker", "fastpass.fs", is_package=True)
     assert _violations(imports, RULES["fs"]) == ["fastpass.worker"]
+
+
+def _sets_fs_attributes(source: str) -> list[str]:
+    """`fs.NAME = ...` (or +=) anywhere in `source`: a variable named fs whose attribute is assigned."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []  # fmt: skip
+        for t in targets:
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "fs":
+                found.append(f"line {t.lineno}: fs.{t.attr}")
+    return found
+
+
+def test_fs_is_built_once() -> None:
+    """`Fs` takes what the kernel agreed and what the filters need when it is made; no module sets
+    its attributes afterwards (fastpass.fs.context builds it)."""
+    offenders = {str(p.relative_to(PKG)): found for p in sorted(PKG.rglob("*.py"))
+                 if (found := _sets_fs_attributes(p.read_text()))}  # fmt: skip
+    assert offenders == {}
+    assert _sets_fs_attributes("def f(fs):\n    fs.passthrough = 1\n    fs.n += 1\n") == ["line 2: fs.passthrough",
+                                                                                          "line 3: fs.n"]  # fmt: skip
