@@ -1,5 +1,8 @@
 """The pyfuse3 engine: the same filesystem served through libfuse, in one process.
 
+Size: over 500 lines and `Operations` over 25 methods, one method for each operation
+pyfuse3 calls (its interface), each a few lines turning the call into a request.
+
 Why it exists: it is the portable fallback (whatever kernel libfuse
 supports, no native protocol code involved) and the reference the native
 engine is tested against.  It serves through the same dispatch routes as a

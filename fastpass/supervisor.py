@@ -1,5 +1,9 @@
 """The supervisor: checks, mounts, answers INIT, runs the worker pool, owns shutdown.
 
+Size: over 500 lines: the pool's life (start, replacement, succession when the
+supervisor dies, restart hand-over, shutdown) is one state machine; the option rules
+that `check` holds are to move into a table in config (issue 25, step 4).
+
 Process layout: the supervisor keeps the session's device fd for the whole
 mount and the shared tables (`fastpass.fs.shared`); each worker is a forked
 process that serves requests from its own clone of the device fd

@@ -1,5 +1,9 @@
 """The request loop: read -> decode -> handler -> encode -> write, on one device fd.
 
+Size: over 500 lines while the FUSE-over-io_uring entries' protocol (registration,
+takeover, commit) lives here beside the /dev/fuse loop; it is to move into a transport
+package of its own (issue 25, step 1).
+
 Errors are caught here and only here: a handler returns a reply body or
 raises OSError, and this loop writes exactly one reply (or none, for the
 opcodes the kernel expects none for).  A malformed request is EINVAL and a

@@ -1,5 +1,9 @@
 """The inode table: nodeid <-> backing inode, shared by every worker, never by path.
 
+Size: over 500 lines and `InodeTable` over 25 methods: it holds the shared index, each
+worker's fd cache, the passthrough backing ids and forget; splitting them (issue 25,
+step 2) is still to do.
+
 Facts that shape it:
 
 * Any worker may receive any request, so the table lives in shared memory:

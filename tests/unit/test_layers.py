@@ -202,3 +202,29 @@ def test_fs_is_built_once() -> None:
     assert offenders == {}
     assert _sets_fs_attributes("def f(fs):\n    fs.passthrough = 1\n    fs.n += 1\n") == ["line 2: fs.passthrough",
                                                                                           "line 3: fs.n"]  # fmt: skip
+
+
+MAX_LINES = 500
+MAX_METHODS = 25
+
+
+def _oversized(path: Path) -> list[str]:
+    """What makes a module big: its line count over MAX_LINES, a class over MAX_METHODS methods."""
+    source = path.read_text()
+    found = [f"{len(source.splitlines())} lines"] if len(source.splitlines()) > MAX_LINES else []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            methods = sum(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) for b in node.body)
+            if methods > MAX_METHODS:
+                found.append(f"class {node.name}: {methods} methods")
+    return found
+
+
+def test_a_big_module_says_why_at_its_head() -> None:
+    """A module over 500 lines, or with a class over 25 methods, says why in a `Size:` paragraph of
+    its docstring: being big is a choice to explain, or a split still to make."""
+    unexplained = {}
+    for path in sorted(PKG.rglob("*.py")):
+        if (found := _oversized(path)) and "\nSize: " not in (ast.get_docstring(ast.parse(path.read_text())) or ""):
+            unexplained[str(path.relative_to(PKG))] = found
+    assert unexplained == {}
