@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
 DEFAULT_MAX_INODES = 0  # no bound but the nodeid format's (2^32 - 2)
@@ -20,6 +22,8 @@ MAX_IO_DEPTH = 256
 TRANSPORTS = ("auto", "uring", "dev")
 DEFAULT_QUEUE_DEPTH = 8  # libfuse's default too
 MAX_QUEUE_DEPTH = 128
+MAX_WORKERS = 63  # worker processes: counter blocks 0-62, the watcher's is the next (fastpass.shm.counters)
+MAX_INODES = (1 << 32) - 2  # the nodeid's 32 bits of slot, less slot 0 (fastpass.fs.inodes)
 
 
 class MountConfig(msgspec.Struct, frozen=True):
@@ -141,6 +145,59 @@ class MountConfig(msgspec.Struct, frozen=True):
             *(["allow_other"] if self.allow_other else []),
             *(["default_permissions"] if self.default_permissions else []),
         ]
+
+
+# The option rules that need nothing of the system: ranges, and which options exclude which.  Each
+# is (broken, why): `broken(config, root)` is true where `config` breaks the rule for a server
+# running as root (`root`) or not.  `problem` finds the first one broken; the supervisor checks
+# the rest, which need the system (the paths, the kernel's features, privileges held).
+RULES: tuple[tuple[Callable[[MountConfig, bool], bool], str], ...] = (
+    (lambda c, root: c.passthrough == "on" and not root,
+     "--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN"),
+    (lambda c, root: bool(c.max_inodes) and not 16 <= c.max_inodes <= MAX_INODES,
+     f"--max-inodes must be 0 (no bound) or from 16 to {MAX_INODES}"),
+    (lambda c, root: c.max_inodes_per_user < 0, "--max-inodes-per-user must be 0 (half of --max-inodes) or more"),
+    (lambda c, root: c.max_open_per_user < 0, "--max-open-per-user must not be negative"),
+    (lambda c, root: not 1 <= c.workers <= MAX_WORKERS, f"--workers must be from 1 to {MAX_WORKERS}"),
+    (lambda c, root: c.engine not in ENGINES, f"--engine must be one of {', '.join(ENGINES)}"),
+    (lambda c, root: c.engine == "pyfuse3" and c.workers > 1,
+     "--engine pyfuse3 serves from one process: --workers must be 1"),
+    (lambda c, root: c.engine == "pyfuse3" and c.passthrough == "on",
+     "--engine pyfuse3 cannot do kernel passthrough (libfuse has no backing ids): use --passthrough off or auto"),
+    (lambda c, root: c.engine == "pyfuse3" and c.io == "uring",
+     "--engine pyfuse3 has no io_uring path (libfuse reads the requests): use --io plain"),
+    (lambda c, root: c.cache not in CACHE_MODES, f"--cache must be one of {', '.join(CACHE_MODES)}"),
+    (lambda c, root: c.writeback_cache and c.passthrough == "on",
+     ("--writeback-cache excludes --passthrough on: the kernel takes no passthrough with the writeback cache "
+     "(use --passthrough off or auto)")),
+    (lambda c, root: c.writeback_cache and c.engine == "pyfuse3", "--writeback-cache is for the native engine"),
+    (lambda c, root: c.writeback_cache and c.cache == "strict",
+     "--writeback-cache keeps written data and sizes in the kernel, and --cache strict caches nothing: choose one"),
+    (lambda c, root: c.writeback_cache and c.allow_other and not c.default_permissions,
+     ("--writeback-cache with --allow-other needs --default-permissions: the kernel then checks who may set a "
+     "file's times, which it sends as its own after writes")),
+    (lambda c, root: c.writeback_cache and bool(c.filters),
+     ("--writeback-cache takes no --filter: the kernel answers writes itself and sends them later, in pages, so a "
+     "filter could neither refuse a write nor change what it does to a file's size")),
+    (lambda c, root: c.io not in IO_PATHS, f"--io must be one of {', '.join(IO_PATHS)}"),
+    (lambda c, root: not 1 <= c.io_depth <= MAX_IO_DEPTH, f"--io-depth must be from 1 to {MAX_IO_DEPTH}"),
+    (lambda c, root: c.transport not in TRANSPORTS, f"--transport must be one of {', '.join(TRANSPORTS)}"),
+    (lambda c, root: not 1 <= c.queue_depth <= MAX_QUEUE_DEPTH, f"--queue-depth must be from 1 to {MAX_QUEUE_DEPTH}"),
+    (lambda c, root: c.transport == "uring" and c.engine == "pyfuse3",
+     "--engine pyfuse3 takes requests through libfuse: use --transport dev"),
+    (lambda c, root: c.transport == "uring" and c.io != "uring",
+     "--transport uring takes requests on each worker's io_uring: it needs --io uring"),
+    (lambda c, root: c.cache_size < 1, "--cache-size must be at least 1"),
+    (lambda c, root: c.revalidate < 0, "--revalidate must not be negative"),
+    (lambda c, root: bool(c.revalidate) and c.cache != "auto", "--revalidate applies to --cache auto only"),
+    (lambda c, root: c.attr_timeout is not None and c.attr_timeout < 0, "--attr-timeout must not be negative"),
+    (lambda c, root: c.entry_timeout is not None and c.entry_timeout < 0, "--entry-timeout must not be negative"),
+)  # fmt: skip
+
+
+def problem(config: MountConfig, root: bool) -> str | None:
+    """Why `config` cannot be mounted whatever the system (`RULES`), or None."""
+    return next((why for broken, why in RULES if broken(config, root)), None)
 
 
 def resolve(config: MountConfig, watched: bool) -> MountConfig:

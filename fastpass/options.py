@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from fastpass.config import CACHE_MODES, DEFAULT_IO_DEPTH, ENGINES, IO_PATHS, PASSTHROUGH_MODES, TRANSPORTS, MountConfig
+from fastpass.config import problem as rules_problem
 from fastpass.kernel.mount import escape, split
 
 
@@ -300,11 +301,12 @@ class _Checker(argparse.ArgumentParser):
 
 
 def problem(args: list[str]) -> str | None:
-    """What `fastpass mount` would refuse among these option arguments, found without mounting."""
+    """What `fastpass mount` would refuse among these option arguments whatever the system (a bad
+    value, options that exclude each other: `fastpass.config.RULES`), found without mounting."""
     checker = _Checker(prog="fastpass mount", add_help=False)
     add_arguments(checker)
     try:
-        collect(checker.parse_args(args).given)
+        fields = collect(checker.parse_args(args).given)
     except OptionError as e:
         return str(e)
-    return None
+    return rules_problem(config("/", "/", fields), os.geteuid() == 0)

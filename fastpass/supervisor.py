@@ -54,18 +54,13 @@ import uvloop
 
 from fastpass import _linux, processes, restart, startup, state, stats, systemd, transport
 from fastpass.config import (
-    CACHE_MODES,
-    ENGINES,
-    IO_PATHS,
-    MAX_IO_DEPTH,
-    MAX_QUEUE_DEPTH,
-    TRANSPORTS,
     MountConfig,
+    problem,
     resolve,
 )
 from fastpass.filters import load
 from fastpass.fs.fds import raise_limit
-from fastpass.fs.inodes import MAX_SLOTS, can_reopen, handle_of
+from fastpass.fs.inodes import can_reopen, handle_of
 from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
 from fastpass.fs.watcher import open_watch
 from fastpass.kernel import abi, mount
@@ -128,71 +123,13 @@ def check(config: MountConfig) -> None:
         raise StartError(f"no {mount.DEVICE}: load the fuse module (modprobe fuse)")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         raise StartError("not root and fusermount3 not found: install fuse3 or run as root")
-    if config.passthrough == "on" and os.geteuid() != 0:
-        raise StartError("--passthrough on needs root: registering backing files takes CAP_SYS_ADMIN")
-    if config.max_inodes and not 16 <= config.max_inodes <= MAX_SLOTS:
-        raise StartError(f"--max-inodes must be 0 (no bound) or from 16 to {MAX_SLOTS}")
-    if config.max_inodes_per_user < 0:
-        raise StartError("--max-inodes-per-user must be 0 (half of --max-inodes) or more")
-    if config.max_open_per_user < 0:
-        raise StartError("--max-open-per-user must not be negative")
-    if not 1 <= config.workers <= WATCHER:
-        raise StartError(f"--workers must be from 1 to {WATCHER}")
-    if config.engine not in ENGINES:
-        raise StartError(f"--engine must be one of {', '.join(ENGINES)}")
-    if config.engine == "pyfuse3":
-        if config.workers > 1:
-            raise StartError("--engine pyfuse3 serves from one process: --workers must be 1")
-        if config.passthrough == "on":
-            raise StartError("--engine pyfuse3 cannot do kernel passthrough (libfuse has no backing ids): "
-                             "use --passthrough off or auto")  # fmt: skip
-        if config.io == "uring":
-            raise StartError("--engine pyfuse3 has no io_uring path (libfuse reads the requests): use --io plain")
-        if importlib.util.find_spec("pyfuse3") is None:
-            raise StartError("--engine pyfuse3 needs pyfuse3: pip install 'fastpass[pyfuse3]' "
-                             "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
-    if config.cache not in CACHE_MODES:
-        raise StartError(f"--cache must be one of {', '.join(CACHE_MODES)}")
-    if config.writeback_cache:
-        if config.passthrough == "on":
-            raise StartError("--writeback-cache excludes --passthrough on: the kernel takes no passthrough with "
-                             "the writeback cache (use --passthrough off or auto)")  # fmt: skip
-        if config.engine == "pyfuse3":
-            raise StartError("--writeback-cache is for the native engine")
-        if config.cache == "strict":
-            raise StartError("--writeback-cache keeps written data and sizes in the kernel, and --cache strict "
-                             "caches nothing: choose one")  # fmt: skip
-        if config.allow_other and not config.default_permissions:
-            raise StartError("--writeback-cache with --allow-other needs --default-permissions: the kernel then "
-                             "checks who may set a file's times, which it sends as its own after writes")  # fmt: skip
-        if config.filters:
-            raise StartError("--writeback-cache takes no --filter: the kernel answers writes itself and sends them "
-                             "later, in pages, so a filter could neither refuse a write nor change what it does "
-                             "to a file's size")  # fmt: skip
-    if config.io not in IO_PATHS:
-        raise StartError(f"--io must be one of {', '.join(IO_PATHS)}")
-    if not 1 <= config.io_depth <= MAX_IO_DEPTH:
-        raise StartError(f"--io-depth must be from 1 to {MAX_IO_DEPTH}")
-    if config.transport not in TRANSPORTS:
-        raise StartError(f"--transport must be one of {', '.join(TRANSPORTS)}")
-    if not 1 <= config.queue_depth <= MAX_QUEUE_DEPTH:
-        raise StartError(f"--queue-depth must be from 1 to {MAX_QUEUE_DEPTH}")
-    if config.transport == "uring":
-        if config.engine == "pyfuse3":
-            raise StartError("--engine pyfuse3 takes requests through libfuse: use --transport dev")
-        if config.io != "uring":
-            raise StartError("--transport uring takes requests on each worker's io_uring: it needs --io uring")
+    if (why := problem(config, os.geteuid() == 0)) is not None:
+        raise StartError(why)
+    if config.engine == "pyfuse3" and importlib.util.find_spec("pyfuse3") is None:
+        raise StartError("--engine pyfuse3 needs pyfuse3: pip install 'fastpass[pyfuse3]' "
+                         "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
     if (why := transport.refusal(config.transport)) is not None:
         raise StartError(why)
-    if config.cache_size < 1:
-        raise StartError("--cache-size must be at least 1")
-    if config.revalidate < 0:
-        raise StartError("--revalidate must not be negative")
-    if config.revalidate and config.cache != "auto":
-        raise StartError("--revalidate applies to --cache auto only")
-    for name, value in (("--attr-timeout", config.attr_timeout), ("--entry-timeout", config.entry_timeout)):
-        if value is not None and value < 0:
-            raise StartError(f"{name} must not be negative")
     if config.workers > 1 and not _handles_reopen(backing):
         why = "not root" if os.geteuid() != 0 else f"the filesystem of {backing} has no usable file handles"
         raise StartError(f"--workers {config.workers} needs workers to reopen inodes by file handle, and {why}: "

@@ -75,6 +75,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from fastpass import _linux
+from fastpass.config import MAX_INODES
 from fastpass.fs.fds import FLOOR, FdBudget
 from fastpass.kernel.abi import ROOT_ID
 from fastpass.shm import growable
@@ -130,7 +131,7 @@ _CELL_COUNT = 8
 UIDS = 1024  # share cells; a uid that finds none free (1023 others with live slots) is not counted
 FIRST_SLOTS = 1024  # the table's first size (200 KiB); it doubles as it fills
 FIRST_BUCKETS = 256  # the index's first size, <= FIRST_SLOTS
-MAX_SLOTS = (1 << 32) - 2  # the nodeid's 32 bits of slot, less slot 0: the default bound
+MAX_SLOTS = MAX_INODES  # the nodeid's 32 bits of slot, less slot 0: the default bound
 MAX_PRUNE = 4096  # nodeids one prune asks the kernel to forget, at most
 _MASK32 = 0xFFFFFFFF
 _ROOT_SLOT = 1

@@ -13,9 +13,10 @@ Measured: a `record()` costs about 0.4 us.
 
 from __future__ import annotations
 
+from fastpass.config import MAX_WORKERS as MAX_WORKER_COUNT
 from fastpass.shm.region import Layout, Region
 
-MAX_WORKERS = 64
+MAX_WORKERS = MAX_WORKER_COUNT + 1  # counter blocks: one per worker index, then the watcher's
 WATCHER = MAX_WORKERS - 1  # the watcher's block; workers take those below
 OPCODES = 64  # every opcode the kernel sends is below this; the rest count under 0
 BUCKETS = 40  # latency < 2**39 ns (9 minutes)
