@@ -16,14 +16,13 @@ that doubles another gains.  The best count thus scores at most 1.0.
 
 How sure it is: every count runs `--repeat` rounds, and each round gets a
 score of its own (its values over each workload's best median), so each count
-has a range of scores from round to round.  A count is clearly worse than the
-best one where its best round scores below the best count's worst round.  The
-recommendation is the fewest workers not clearly worse, and within 5% of the
-best median score: within that, fewer workers cost less.  A count that is
-neither (its median more than 5% below, its rounds overlapping the best's) is
-undecided: it and the best count run more rounds, up to `--max-repeat`, until
-it is decided; one still undecided then is recommended as "no significant
-difference" from the best, with the run-to-run spread said beside it.  With `--io both` every count is measured on each I/O path
+has a range of scores from round to round.  A count is good within 5% of the
+best median score (within that, fewer workers cost less), clearly worse where
+its best round scores below the best count's worst round, and undecided in
+between: then it and the best count run more rounds, up to `--max-repeat`.
+The recommendation is the fewest workers not clearly worse; one still
+undecided is said to show "no significant difference" from the best, with the
+run-to-run spread beside it.  With `--io both` every count is measured on each I/O path
 (the io_uring one and plain syscalls), with `--transport both` on each
 transport (FUSE-over-io_uring and /dev/fuse), with both on every pair; the
 scores span them all, and the recommendation names the path too (its mount
@@ -204,10 +203,9 @@ def knee_lines(record: TuneRecord) -> list[str]:
     return lines
 
 
-def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float],
-              rounds: Sequence[Sequence[float]]) -> tuple[str, int]:  # fmt: skip
-    """The smallest count not clearly worse than the best (`verdicts`), on its best-scoring path."""
-    kept = [(n, -s, path) for (path, n), s, v in zip(configs, per_config, verdicts(per_config, rounds)) if v != "worse"]
+def recommend(configs: Sequence[tuple[str, int]], per_config: Sequence[float], found: Sequence[str]) -> tuple[str, int]:
+    """The smallest count not clearly worse than the best (`found`: its `verdicts`), on its best-scoring path."""
+    kept = [(n, -s, path) for (path, n), s, v in zip(configs, per_config, found) if v != "worse"]
     n, _, path = min(kept)
     return path, n
 
@@ -295,9 +293,10 @@ def run(
     while True:
         found = workloads()
         per_config, rounds = scores(found), round_scores(found)
-        path, workers = recommend(configs, per_config, rounds)
+        judged = verdicts(per_config, rounds)
+        path, workers = recommend(configs, per_config, judged)
         best = max(range(len(configs)), key=lambda i: per_config[i])
-        pending = [i for i, v in enumerate(verdicts(per_config, rounds))
+        pending = [i for i, v in enumerate(judged)
                    if v == "undecided" and configs[i][1] <= workers and len(rounds[i]) < max_repeat]  # fmt: skip
         if not pending:
             break
@@ -305,7 +304,7 @@ def run(
         progress("a round more where undecided", runs_done, runs_done + len(more) * len(names) * 2)
         for i in more:
             measure(i, 1)
-    undecided = [i for i, v in enumerate(verdicts(per_config, rounds)) if v == "undecided"]
+    undecided = [i for i, v in enumerate(judged) if v == "undecided"]
     where = shlex.quote(os.path.realpath(backing)) if backing else "BACKING"
     extra = "".join(f"{o} " for o in ([path] if path else []) + list(options))
     fstab = fastpass_options.as_o([f"--workers={workers}", f"--engine={engine}", *path.split(), *options])

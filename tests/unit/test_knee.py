@@ -61,7 +61,7 @@ def test_verdicts_and_recommendation(rounds: list[list[float]], verdicts: list[s
     per_config, per_round = tune.scores([w]), tune.round_scores([w])
     assert tune.verdicts(per_config, per_round) == verdicts
     configs = [("", n) for n in (1, 2, 3)]
-    assert tune.recommend(configs, per_config, per_round) == ("", recommended)
+    assert tune.recommend(configs, per_config, verdicts) == ("", recommended)
 
 
 def test_round_scores_and_spread() -> None:
