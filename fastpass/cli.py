@@ -175,6 +175,23 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return _fail(f"{mnt}: the restart did not finish within {args.timeout:g} s (see the log)")
 
 
+def cmd_workers(args: argparse.Namespace) -> int:
+    """Say how many workers serve the mount, or change it while it serves (`Pool.resize`)."""
+    mnt = _resolve_parent(args.mountpoint)
+    try:
+        if args.count is None:
+            now = stats.fetch(mnt)
+        else:
+            now = stats.resize(mnt, args.count, args.timeout)
+    except (stats.StatsUnavailable, TimeoutError) as e:
+        return _fail(str(e))
+    except stats.Refused as e:
+        return _fail(f"{mnt}: {e}")
+    print(f"{mnt}: {len(now.workers)} worker{'s' * (len(now.workers) != 1)} (pids "
+          f"{' '.join(str(w.pid) for w in now.workers)}), at most {now.max_workers}")  # fmt: skip
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     """Internal: the supervisor's process after `fastpass restart` executed it (fastpass.restart)."""
     handover = restart.read(args.fd)
@@ -423,6 +440,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for every worker to be replaced")
     r.set_defaults(func=cmd_restart)
 
+    w = sub.add_parser("workers", help="show or change how many workers serve a live mount",
+                       description="With N: the mount serves with N workers from now on, with no client error and "
+                                   "no unmount (up to its --max-workers; /dev/fuse transport only).")  # fmt: skip
+    w.add_argument("mountpoint")
+    w.add_argument("count", nargs="?", type=int, metavar="N")
+    w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the change")
+    w.set_defaults(func=cmd_workers)
+
     rs = sub.add_parser("resume", help=argparse.SUPPRESS)  # internal: what `restart` executes in the server's process
     rs.add_argument("mountpoint")
     rs.add_argument("fd", type=int)
@@ -495,7 +520,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = ("mount", "unmount", "stats", "bench", "tune")
+COMMANDS = ("mount", "unmount", "restart", "workers", "stats", "bench", "tune")
 
 
 def main(argv: list[str] | None = None) -> int:

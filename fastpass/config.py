@@ -50,6 +50,10 @@ class MountConfig(msgspec.Struct, frozen=True):
     nonempty: bool = False
     # Worker processes, each reading requests from its own clone of the device fd.
     workers: int = 1
+    # The most workers `fastpass workers` and a live `fastpass tune` may set while mounted: each
+    # index has a seat (a device clone, its buffers and journal: fds and untouched memory) made at
+    # mount.  0: twice the CPUs, at least `workers` (`workers` alone where more cannot serve).
+    max_workers: int = 0
     # Kernel passthrough of regular files' reads, writes and mmap: "auto" uses it
     # where the kernel offers it and we are root, "on" refuses to mount without it.
     passthrough: str = "auto"
@@ -159,6 +163,8 @@ RULES: tuple[tuple[Callable[[MountConfig, bool], bool], str], ...] = (
     (lambda c, root: c.max_inodes_per_user < 0, "--max-inodes-per-user must be 0 (half of --max-inodes) or more"),
     (lambda c, root: c.max_open_per_user < 0, "--max-open-per-user must not be negative"),
     (lambda c, root: not 1 <= c.workers <= MAX_WORKERS, f"--workers must be from 1 to {MAX_WORKERS}"),
+    (lambda c, root: bool(c.max_workers) and not c.workers <= c.max_workers <= MAX_WORKERS,
+     f"--max-workers must be 0 (twice the CPUs) or from --workers to {MAX_WORKERS}"),
     (lambda c, root: c.engine not in ENGINES, f"--engine must be one of {', '.join(ENGINES)}"),
     (lambda c, root: c.engine == "pyfuse3" and c.workers > 1,
      "--engine pyfuse3 serves from one process: --workers must be 1"),

@@ -83,6 +83,8 @@ _D = {f.name: f.default for f in msgspec.structs.fields(MountConfig)}
 OPTIONS: tuple[Option, ...] = (
     Option("workers", "workers", "worker processes (default: one per CPU as root, 1 otherwise)", int, metavar="N",
            short="-w"),
+    Option("max_workers", "max_workers", "the most workers `fastpass workers` and a live `fastpass tune` may set "
+           "while mounted (default: twice the CPUs, at least --workers)", int, metavar="N"),
     Option("engine", "engine", "native: the kernel protocol, a pool of workers; pyfuse3: libfuse in one process "
            f"(needs fastpass[pyfuse3]) (default {_D['engine']})", str, choices=ENGINES),
     Option("passthrough", "passthrough", "kernel passthrough of regular files' data (auto: where the kernel and "

@@ -70,10 +70,11 @@ def child(name: str, orphaned: Callable[[], None], body: Callable[[], None]) -> 
 
 def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int, shared: SharedState,
            filters: list[object], index: int, started: Callable[[], None], entries: Entries | None,
-           replacing: bool, orphaned: Callable[[], None]) -> None:  # fmt: skip
+           replacing: bool, orphaned: Callable[[], None], drain: bool = False) -> None:  # fmt: skip
     """A worker: serve requests from its seat's clone of the device fd until the connection ends,
     and from its FUSE-over-io_uring entries where `entries` are given (taken over from the worker
-    it replaces, if `replacing`), after answering what a killed predecessor left in them.
+    it replaces, if `replacing`), after answering what a killed predecessor left in them;
+    `drain`: only that (`Worker`).
 
     `started()` tells the supervisor that it is set up and about to serve; `orphaned()`, called
     every IDLE_SYNC seconds, sees to a successor if the supervisor has died (a worker adopted by
@@ -102,7 +103,7 @@ def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int,
             log.warning("worker %d: io_uring unavailable (%s): serving with plain syscalls", index, e)
     flush_failed: set[str] = set()
     idle = (lambda: stack.flush(filters, flush_failed)) if filters else None
-    worker = Worker(seat, fs, routes, config.allow_other, config.debug, idle, ring, share)
+    worker = Worker(seat, fs, routes, config.allow_other, config.debug, idle, ring, share, drain)
     if share is not None:
         _pin(share.cpus())
         try:
@@ -149,7 +150,8 @@ def watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState
     counters.misc[STARTED_NS] = time.time_ns()
     cache = (AttrCache(shared.attrs, shared.region, counters.misc, config.revalidate, atime_policy(root_fd))
              if config.cache == "auto" else None)  # fmt: skip
-    pids = [WorkerCounters(shared.counters, shared.region, i).misc for i in range(config.workers)]
+    pids = [WorkerCounters(shared.counters, shared.region, i).misc
+            for i in range(max(config.workers, config.max_workers))]  # as many as `fastpass workers` may set
     supervisor = os.getppid()
 
     def own(pid: int) -> bool:

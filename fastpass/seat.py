@@ -11,7 +11,7 @@ and answers each on the same clone (`fastpass.shm.journal`).
 
 from __future__ import annotations
 
-from fastpass.shm.journal import Journal
+from fastpass.shm.journal import Journal, unique_at
 from fastpass.uring.buffers import BufferPool
 
 
@@ -23,3 +23,8 @@ class Seat:
         self.devfd = devfd
         self.pool = BufferPool(depth, None if attach is None else attach[0])
         self.journal = Journal(depth + entries, None if attach is None else attach[1])
+
+    def unanswered(self) -> bool:
+        """Whether a request read into one of its buffers still waits for its answer (a worker
+        stopped amid it)."""
+        return any(self.journal.pending(slot, unique_at(buf)) for slot, buf in enumerate(self.pool.bufs))

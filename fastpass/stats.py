@@ -109,6 +109,7 @@ class Stats(msgspec.Struct):
     inode_slots: int = 0  # slots the inode table has room for now, as it has grown (200 bytes each)
     pruned: int = 0  # nodeids fastpass asked the kernel to forget (FUSE_NOTIFY_PRUNE), since the mount
     warnings: list[LoggedWarning] = []  # the newest warnings and errors the server's processes logged, oldest first
+    max_workers: int = 0  # the most workers `fastpass workers` may set on this mount
 
 
 def _fds(pid: int) -> int:
@@ -148,8 +149,10 @@ def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pi
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
             record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int,
             requests_per_queue: list[int], inode_slots: int = 0,
-            warnings: list[LoggedWarning] | None = None) -> Stats:  # fmt: skip
-    """Sum the workers' blocks; `pids` maps worker index -> its live pid."""
+            warnings: list[LoggedWarning] | None = None, serving: int | None = None) -> Stats:  # fmt: skip
+    """Sum the workers' blocks; `pids` maps worker index -> its live pid.  Past index `serving`
+    (the worker count now; default: every block), a block counts in the totals and shows as a
+    worker only while its process lives (one retired by `fastpass workers` until it is gone)."""
     workers = []
     op_totals = [0] * (C.OPCODES * C.OP_STRIDE)
     errnos = [0] * C.ERRNOS
@@ -159,6 +162,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             op_totals[i] += v
         for i, v in enumerate(block.errnos.tolist()):
             errnos[i] += v
+        if serving is not None and index >= serving and index not in pids:
+            continue
         pid = pids.get(index, block.misc[C.PID])
         workers.append(WorkerStats(
             index, pid, index in pids, sum(ops[op * C.OP_STRIDE] for op in range(C.OPCODES)), _rss_kib(pid),
@@ -190,32 +195,37 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         "uring" if requests_per_queue and all(w.transport == "uring" for w in workers if w.alive) else "dev",
         requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
         resource.getrlimit(resource.RLIMIT_NOFILE)[0], inode_slots,
-        sum(b.misc[C.PRUNED] for b in blocks), warnings or [],
+        sum(b.misc[C.PRUNED] for b in blocks), warnings or [], record.config.max_workers or record.config.workers,
     )  # fmt: skip
 
 
 def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: int,
-             record: state.MountState, requests_per_queue: list[int]) -> bytes:  # fmt: skip
+             record: state.MountState, requests_per_queue: list[int], room: int = 0) -> bytes:  # fmt: skip
     """The JSON stats record of a mount from its shared counters; `pids`: counter block index -> live pid;
-    `requests_per_queue`: [] without FUSE-over-io_uring."""
-    blocks = [C.WorkerCounters(shared.counters, shared.region, i) for i in range(workers)]
+    `requests_per_queue`: [] without FUSE-over-io_uring; `room`: the worker indexes the mount may have
+    used (`--max-workers`), whose counts stay in the totals after `fastpass workers` retired them."""
+    blocks = [C.WorkerCounters(shared.counters, shared.region, i) for i in range(max(workers, room))]
     inodes = InodeTable.live(shared.inodes, shared.region)
     handles = HandleTable.live(shared.handles, shared.region)
     watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
-    names = {**{i: f"worker {i}" for i in range(workers)}, C.WATCHER: "watcher", W.SUPERVISOR: "supervisor"}
+    names = {**{i: f"worker {i}" for i in range(len(blocks))}, C.WATCHER: "watcher", W.SUPERVISOR: "supervisor"}
     warnings = [LoggedWarning(*w) for w in W.recent(shared.warnings, shared.region, names, SHOWN_WARNINGS)]
     return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
                                        pids.get(C.WATCHER, 0), requests_per_queue,
-                                       InodeTable.slots(shared.inodes, shared.region), warnings))  # fmt: skip
+                                       InodeTable.slots(shared.inodes, shared.region), warnings, workers))  # fmt: skip
 
 
 Restart = Callable[[], tuple[bytes, Callable[[], None] | None]]  # the answer, and what to do once it is sent
 
 
 @contextlib.asynccontextmanager
-async def serving(mountpoint: str, answer: Callable[[], bytes], restart: Restart | None = None) -> AsyncIterator[None]:
-    """Answer `fastpass stats` (and, given `restart`, `fastpass restart`) on the mount's socket
-    (mode 0600) while inside."""
+async def serving(mountpoint: str, answer: Callable[[], bytes], restart: Restart | None = None,
+                  resize: Callable[[int], tuple[bytes, Callable[[], None] | None]] | None = None,
+                  ) -> AsyncIterator[None]:  # fmt: skip
+    """Answer `fastpass stats` (and, given `restart`, `fastpass restart`; given `resize`, `fastpass
+    workers`: the line `workers N`) on the mount's socket (mode 0600) while inside.  What a command
+    changes happens once its answer is sent and the connection closed (a worker forked before would
+    hold the connection open)."""
 
     async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         then = None
@@ -226,7 +236,13 @@ async def serving(mountpoint: str, answer: Callable[[], bytes], restart: Restart
             elif command == b"restart":
                 body, then = restart() if restart is not None else (b"refused: this server cannot restart\n", None)
                 writer.write(body)
+            elif command.startswith(b"workers "):
+                count = command[8:]
+                body, then = ((b"refused: this server has one worker\n", None) if resize is None else
+                              resize(int(count)) if count.isdigit() else (b"refused: not a count\n", None))  # fmt: skip
+                writer.write(body)
             await writer.drain()
+            writer.write_eof()  # the end of the answer even where a worker forked meanwhile holds the socket too
         finally:
             writer.close()
             if then is not None:
@@ -277,6 +293,26 @@ def _why_unanswered(mountpoint: str, e: OSError) -> str:
 
 def fetch(mountpoint: str, timeout: float = 5.0) -> Stats:
     return msgspec.json.decode(ask(mountpoint, b"stats", timeout), type=Stats)
+
+
+class Refused(Exception):
+    """The server refused the command; the message says why."""
+
+
+def resize(mountpoint: str, n: int, timeout: float = 30.0) -> Stats:
+    """Have the mount serve with `n` workers (`fastpass workers`); its stats once exactly workers
+    0 to n-1 serve and none retired is left.  Raises Refused, StatsUnavailable, or TimeoutError."""
+    answer = ask(mountpoint, f"workers {n}".encode(), timeout).decode().strip()
+    if answer != "ok":
+        raise Refused(answer.removeprefix("refused: ") or "no answer")
+    deadline = time.monotonic() + timeout
+    while True:
+        now = fetch(mountpoint)
+        if sorted(w.index for w in now.workers if w.alive) == list(range(n)) and len(now.workers) == n:
+            return now
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{mountpoint}: the workers did not become {n} within {timeout:g} s (see the log)")
+        time.sleep(0.02)
 
 
 def uptime(seconds: float) -> str:

@@ -54,6 +54,7 @@ import uvloop
 
 from fastpass import _linux, processes, restart, startup, state, stats, systemd, transport
 from fastpass.config import (
+    MAX_WORKERS,
     MountConfig,
     problem,
     resolve,
@@ -76,6 +77,11 @@ from fastpass.uring.ring import why_unavailable
 log = logging.getLogger("fastpass")
 
 
+# The kernel takes FUSE-over-io_uring entries back only when their ring ends, and fails the requests it
+# has just handed them (ECANCELED): a worker on the ring cannot leave without client errors.
+RESIZE_REFUSED_ON_RINGS = ("requests come from FUSE-over-io_uring entries, which a worker cannot give back without "
+                           "the kernel failing the requests handed to them: change the count on --transport dev, "
+                           "or remount with --workers N")  # fmt: skip
 MAX_RESTARTS = 10  # deaths of young workers tolerated within RESTART_WINDOW seconds before giving up
 RESTART_WINDOW = 10.0
 YOUNG = 0.25  # s: a worker that dies younger counts toward a crash loop (one killed later is just replaced)
@@ -149,6 +155,16 @@ def _handles_reopen(backing: str) -> bool:
         os.close(fd)
 
 
+def _room(config: MountConfig) -> MountConfig:
+    """The config with `max_workers` resolved: twice the CPUs, at least `workers`; `workers` alone
+    where more than one cannot serve (the pyfuse3 engine; no reopening by handle)."""
+    if config.max_workers:
+        return config
+    alone = config.engine == "pyfuse3" or not _handles_reopen(config.backing)
+    room = config.workers if alone else min(MAX_WORKERS, max(config.workers, 2 * (os.cpu_count() or 1)))
+    return msgspec.structs.replace(config, max_workers=room)
+
+
 def _answer_init(session: int, config: MountConfig, rings: bool) -> Negotiated:
     """Read FUSE_INIT from the new connection and answer it; FUSE_OVER_IO_URING with `rings`."""
     raw = os.read(session, abi.MIN_READ_BUFFER + abi.IN_HEADER.size + abi.WRITE_IN.size)
@@ -201,6 +217,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
     """
     try:
         check(config)
+        config = _room(config)
         config, no_rings = _rings(config)  # before the filters, whose fork hooks are for workers
         try:
             filters = load.load_all(config.filters)  # once, here: the workers inherit them
@@ -344,6 +361,7 @@ class Pool:
         self.failed = False
         self._rolling: list[int] = []  # a restart's: the pids to replace by workers running the new code
         self._replacing: dict[int, asyncio.Future[int]] = {}  # pid told to stop -> its replacement's pid
+        self._retiring: set[int] = set()  # pids told to stop for good (`resize`), and drainers of their seats
         self.restarts = 0
         self._recent: list[float] = []
         self._done: asyncio.Future[None] | None = None
@@ -352,8 +370,9 @@ class Pool:
         self._starting = 0  # processes of the first start that have not counted themselves in yet
         self._ready: Callable[[str | None], None] | None = None  # until the start is answered
 
-    def start_worker(self, index: int, replacing: bool = False) -> int:
-        """Fork worker `index`, or the watcher for index WATCHER (`replacing` a dead one).
+    def start_worker(self, index: int, replacing: bool = False, drain: bool = False) -> int:
+        """Fork worker `index`, or the watcher for index WATCHER (`replacing` a dead one; `drain`:
+        only to answer what a retired one left in its seat, then exit).
 
         The child keeps every fd and mapping of this pool (every seat, the session fd), and this
         pool object itself: should the supervisor die, any worker can fork its successor."""
@@ -371,7 +390,8 @@ class Pool:
                 else:
                     processes.child(WORKER_NAME.format(index), self.orphaned,
                            lambda: processes.serve(config, self.record.negotiated, self.seats[index], self.root_fd, shared,
-                                          self.filters, index, started, self.entries, replacing, self.orphaned))  # fmt: skip
+                                          self.filters, index, started, self.entries, replacing, self.orphaned,
+                                          drain))  # fmt: skip
             finally:
                 os._exit(1)  # never return into the supervisor's code
         self.workers[pid] = index
@@ -428,10 +448,12 @@ class Pool:
             _linux.set_name(SUPERVISOR_NAME)
             os.setsid()
             self._shed()
-            self.record = msgspec.structs.replace(self.record, pid=os.getpid())
+            if (now := state.read(self.config.mountpoint)) is not None:  # the worker count as last changed
+                self.config = msgspec.structs.replace(self.config, workers=now.config.workers)
+            self.record = msgspec.structs.replace(self.record, config=self.config, pid=os.getpid())
             state.write(self.record)
             systemd.notify(f"MAINPID={os.getpid()}")
-            self.workers, self.born, self._recent = {}, {}, []
+            self.workers, self.born, self._recent, self._retiring = {}, {}, [], set()
             self._ready, self.stopping, self.failed = None, False, False
             self._loop = self._done = None  # the dead one's, copied: this process runs a loop of its own
             indexes = [*range(self.config.workers), *([WATCHER] if self.fan_fd >= 0 else [])]
@@ -444,6 +466,9 @@ class Pool:
             for index in set(indexes) - set(self.workers.values()):
                 log.error("%s %d was gone too; replaced by %d", "watcher" if index == WATCHER else "worker", index,
                           self.start_worker(index, replacing=True))  # fmt: skip
+            for index in range(self.config.workers, len(self.seats)):  # one retired as the other died
+                if self.seats[index].unanswered() and index not in self.workers.values():
+                    self._retiring.add(self.start_worker(index, replacing=True, drain=True))
             code = self._supervise()
         except BaseException:
             log.exception("the successor supervisor failed")
@@ -544,6 +569,13 @@ class Pool:
                 self.failed = True
                 self.stop("start-up failed", why)
                 continue
+            if pid in self._retiring:
+                self._retiring.discard(pid)
+                if not self.stopping and self.seats[index].unanswered():  # stopped amid a request: answer it
+                    drainer = self.start_worker(index, replacing=True, drain=True)
+                    self._retiring.add(drainer)
+                    log.info("retired worker %d left requests unanswered: drainer %d answers them", pid, drainer)
+                continue
             serving = any(i != WATCHER for i in self.workers.values())
             if code == 0 or self.stopping or (index == WATCHER and not serving):
                 continue  # the connection ended (unmount): the others follow
@@ -571,7 +603,40 @@ class Pool:
     def stats(self) -> bytes:
         pids = {index: pid for pid, index in self.workers.items()}
         return stats.snapshot(self.shared, self.config.workers, pids, self.restarts, self.record,
-                              self.entries.requests_per_queue() if self.entries is not None else [])  # fmt: skip
+                              self.entries.requests_per_queue() if self.entries is not None else [],
+                              len(self.seats))  # fmt: skip
+
+    def resize(self, n: int) -> tuple[bytes, Callable[[], None] | None]:
+        """`fastpass workers MOUNTPOINT N`: serve with `n` workers from now on; "ok" or why not.
+
+        More: new workers at the next indexes, whose seats were made at mount.  Fewer: the
+        workers at the top indexes get SIGTERM and are not replaced; one stopped amid a request
+        leaves it in its seat (its device clone keeps it from the kernel's other readers), so a
+        drainer at that index answers it as a replacement would (`fastpass.shm.journal`), reads
+        nothing new, and exits.  Either way no request is lost or served twice."""
+        if self.entries is not None:
+            return f"refused: {RESIZE_REFUSED_ON_RINGS}\n".encode(), None
+        if self._rolling or self._retiring or self._ready is not None or self.stopping:
+            return b"refused: a start, a restart, a change of the worker count or the unmount is under way\n", None
+        if not 1 <= n <= len(self.seats):
+            return (f"refused: this mount has room for 1 to {len(self.seats)} workers (--max-workers, set when it "
+                    "was mounted)\n").encode(), None  # fmt: skip
+        return b"ok\n", lambda: self._resize(n)
+
+    def _resize(self, n: int) -> None:
+        was = self.config.workers
+        by_index = {index: pid for pid, index in self.workers.items()}
+        for index in range(was, n):
+            self.start_worker(index)
+        for index in range(n, was):
+            if (pid := by_index.get(index)) is not None:
+                self._retiring.add(pid)
+                os.kill(pid, signal.SIGTERM)
+        self.config = msgspec.structs.replace(self.config, workers=n)
+        self.record = msgspec.structs.replace(self.record, config=self.config)
+        state.write(self.record)  # where `stats`, a restart and a successor find the count
+        if n != was:
+            log.info("workers: %d -> %d", was, n)
 
     async def _control(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -580,7 +645,7 @@ class Pool:
         loop.add_signal_handler(signal.SIGINT, self.stop, "SIGINT")
         for pid in self.workers:
             self._watch(pid)
-        async with stats.serving(self.config.mountpoint, self.stats, self._restart):
+        async with stats.serving(self.config.mountpoint, self.stats, self._restart, self.resize):
             loop.add_reader(self._started, self._count_started)
             self.reap()  # a worker may have died before the handler was in place
             roll = loop.create_task(self._roll()) if self._rolling else None
@@ -591,8 +656,8 @@ class Pool:
     def _restart(self) -> tuple[bytes, Callable[[], None] | None]:
         """`fastpass restart`: the new code probed, then executed in this process (`fastpass.restart`)
         once the answer is sent; or why not, with nothing changed."""
-        if self._rolling or self._ready is not None or self.stopping:
-            return b"refused: a start, a restart or the unmount is under way\n", None
+        if self._rolling or self._retiring or self._ready is not None or self.stopping:
+            return b"refused: a start, a restart, a change of the worker count or the unmount is under way\n", None
         if self.entries is not None:
             return f"refused: {restart.REFUSED_ON_RINGS}\n".encode(), None
         prepared = restart.prepare(restart.Handover(
@@ -641,7 +706,8 @@ class Pool:
         self._ready = ready
         self.control.record(os.getpid())
         depth = self.config.io_depth if self.config.io == "uring" else 1
-        for index in range(self.config.workers):  # every seat before any fork: each worker has them all
+        room = self.config.workers if self.entries is not None else max(self.config.workers, self.config.max_workers)
+        for index in range(room):  # every seat before any fork: each worker has them all
             entries = len(self.entries.share(index)) if self.entries is not None else 0
             self.seats[index] = Seat(mount.clone(self.session), depth, entries)
         for index in range(self.config.workers):

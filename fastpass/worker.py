@@ -122,12 +122,13 @@ class _Calls:
 class Worker:
     def __init__(self, seat: Seat, fs: Fs, routes: list[Route | None], allow_other: bool, debug: bool,
                  idle: Callable[[], None] | None = None, ring: Ring | None = None,
-                 entries: Share | None = None):  # fmt: skip
+                 entries: Share | None = None, drain: bool = False):  # fmt: skip
         """`seat`: the device clone, request buffers and journal of this worker's index, with
         whatever a killed predecessor left in them (answered first, by `serve`).  `ring`: serve
         on it with as many requests in flight as the seat has buffers; None: the plain loop,
         one buffer.  `entries` (with a ring made with sqe128): take requests from these
-        FUSE-over-io_uring entries too."""
+        FUSE-over-io_uring entries too.  `drain`: answer only what the predecessor left, read
+        nothing new (the index was retired: `Pool.resize`)."""
         self.devfd = seat.devfd
         self.journal = seat.journal
         self.fs = fs
@@ -140,6 +141,7 @@ class Worker:
         self.unexpected = 0
         self.pool = seat.pool
         self.entries = entries
+        self.drain = drain
         self.first_entry = len(self.pool) if entries is not None else 1 << 30  # slot of entry 0
         self.backlog: list[tuple[int, int]] = []  # completions that came with the entries' registration
         self.replays: list[int] = []  # entries holding a request a dead predecessor left unanswered
@@ -263,7 +265,7 @@ class Worker:
         complete = self._complete
         blocking = True  # the device fd's mode: blocking while idle, O_NONBLOCK while calls are out
         polling = False  # a POLL_ADD of the device fd is armed on the ring
-        ended = False
+        ended = self.drain  # draining: nothing more is read
         while not ended or inflight:
             if not inflight:  # idle: wait for a request in read(2) itself, as the plain loop does
                 if not blocking:
@@ -292,7 +294,7 @@ class Worker:
             if blocking:
                 os.set_blocking(devfd, False)
                 blocking = False
-            ended = self._drain(dispatch, free, iovs)
+            ended = ended or self._drain(dispatch, free, iovs)
             misc[PEAK_IN_FLIGHT] = max(misc[PEAK_IN_FLIGHT], len(inflight))
             assert ring is not None
             if free and not ended and not polling:
