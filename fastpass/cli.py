@@ -301,6 +301,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if (refused := _unplottable(args.plot)) is not None:
         return refused
     _unwind_on_sigterm()
+    if args.backing and state.read(_resolve_parent(args.backing)) is not None:
+        return _tune_live(args, _resolve_parent(args.backing))
     names = args.workloads.split(",") if args.workloads else tune.SUITE
     max_workers = args.max_workers if args.max_workers is not None else (1 if args.engine == "pyfuse3" else 2 * (os.cpu_count() or 1))
     counts = list(range(1, max_workers + 1))
@@ -335,6 +337,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.plot:
         tune.plot(record, args.plot)
     return _finish(record, args.json, [w.name for w in record.workloads if not w.ok])
+
+
+# What a live mount's tuning does not take: it measures the mount's own load, as it is mounted.
+_OFFLINE_ONLY = ("workloads", "io", "io_depth", "transport", "queue_depth", "plot")
+
+
+def _tune_live(args: argparse.Namespace, mnt: str) -> int:
+    """`fastpass tune MOUNTPOINT`: change the live mount's worker count under its own load (`fastpass.bench.live`)."""
+    from fastpass.bench import live
+
+    given = [name for name in _OFFLINE_ONLY if getattr(args, name) is not None]
+    if args.engine != "native" or given:
+        return _fail(f"--{(given or ['engine'])[0].replace('_', '-')} is for tuning on fresh mounts: on the live mount "
+                     f"{mnt}, tune measures the mount's own load as it is mounted")  # fmt: skip
+    try:
+        most = args.max_workers or stats.fetch(mnt).max_workers
+        record = live.run(mnt, range(1, most + 1), args.repeat, args.seconds, max_repeat=args.max_repeat,
+                          apply=not args.no_apply, progress=lambda what: print(f"tune: {what}", file=sys.stderr))  # fmt: skip
+    except (live.LiveError, stats.StatsUnavailable, TimeoutError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print(f"fastpass: interrupted; {mnt} serves with the workers it had", file=sys.stderr)
+        return 128 + signal.SIGINT
+    for line in live.lines(record):
+        print(line)
+    return _finish(record, args.json, [])
 
 
 def _print_piped(text: str) -> None:
@@ -495,8 +523,14 @@ def parser() -> argparse.ArgumentParser:
                    help="passed to the fastpass mount (a variant adds its own: --variant 'audit=--filter audit')")  # fmt: skip
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("tune", help="measure which --workers count suits this machine", formatter_class=_WithDefaults)
-    t.add_argument("backing", nargs="?", help="directory to serve (default: a generated one, removed after)")
+    t = sub.add_parser("tune", help="measure which --workers count suits this machine, or a live mount under its load",
+                       formatter_class=_WithDefaults,
+                       description="Given a directory (or nothing), bench fresh mounts of it at each worker count. "
+                                   "Given a live fastpass mount, change its worker count under its own load, measure "
+                                   "the requests its workers answer at each, and leave it with the best "
+                                   "(--max-workers, --repeat, --max-repeat, --seconds, --json and --no-apply apply).")  # fmt: skip
+    t.add_argument("backing", nargs="?",
+                   help="directory to serve (default: a generated one, removed after), or a live fastpass mount")  # fmt: skip
     t.add_argument("--workloads", help="comma-separated workload names (default: the tune suite)")
     t.add_argument("--max-workers", type=int, metavar="N",
                    help=f"try 1 to N workers (default: twice the CPUs, {2 * (os.cpu_count() or 1)}; 1 for pyfuse3)")  # fmt: skip
@@ -516,6 +550,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--queue-depth", type=int, metavar="N", help="passed to every fastpass mount")
     t.add_argument("--json", metavar="FILE", help="write the full record as JSON")
     t.add_argument("--plot", metavar="FILE.png", help="write a chart of throughput against workers")
+    t.add_argument("--no-apply", action="store_true",
+                   help="on a live mount: leave it with the count it had, not the recommended one")  # fmt: skip
     t.set_defaults(func=cmd_tune)
     return p
 

@@ -127,3 +127,46 @@ def test_a_restart_keeps_the_changed_count(tmp_path: Path) -> None:
         with open(m.mnt / "f", "w") as f:
             f.write("z")
         assert (m.backing / "f").read_text() == "z"
+
+
+def test_live_tune_settles_under_the_mounts_own_load(tmp_path: Path) -> None:
+    """`fastpass tune MOUNTPOINT` tries every count under two clients' load, with no client error,
+    and leaves the mount with its recommendation (or, with --no-apply, with what it had)."""
+    with fastpass_mount(tmp_path, "--workers", "1", "--max-workers", "3", "--transport", "dev") as m:
+        stop = tmp_path / "stop"
+        clients = [subprocess.Popen([sys.executable, str(CHURN), str(m.mnt / f"c{i}"), f"c{i}", str(stop)],
+                                    stdout=subprocess.PIPE, text=True) for i in range(2)]  # fmt: skip
+        try:
+            out = tmp_path / "tune.json"
+            r = run_fastpass("tune", str(m.mnt), "--seconds", "0.5", "--repeat", "2", "--max-repeat", "3",
+                             "--json", str(out), timeout=120)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            record = json.loads(out.read_text())
+            assert record["counts"] == [1, 2, 3] and record["was"] == 1 and record["applied"], record
+            assert all(2 <= len(rates) <= 3 and min(rates) > 0 for rates in record["rates"]), record
+            assert all(min(cpu) > 0 for cpu in record["cpu_us"]), record
+            assert max(record["scores"]) == 1.0 and record["workers"] in record["counts"], record
+            assert len(stats(m.mnt)["workers"]) == record["workers"]
+            assert f"Recommended: {record['workers']} worker" in r.stdout, r.stdout
+            assert f"now serves with {record['workers']} worker" in r.stdout, r.stdout
+            r = run_fastpass("tune", str(m.mnt), "--seconds", "0.3", "--repeat", "1", "--max-workers", "2",
+                             "--no-apply", timeout=120)  # fmt: skip
+            assert r.returncode == 0 and "(as before: --no-apply)" in r.stdout, r.stdout + r.stderr
+            assert len(stats(m.mnt)["workers"]) == record["workers"]
+        finally:
+            stop.touch()
+            ends = _ended(clients, 60)
+        results = [json.loads(out) for out, _ in ends]
+        assert [(r["errors"], r["mismatches"]) for r in results] == [({}, 0), ({}, 0)], results
+        assert all(r["rounds"] > 0 for r in results), results
+
+
+def test_live_tune_refuses_an_idle_mount_and_offline_options(tmp_path: Path) -> None:
+    with fastpass_mount(tmp_path, "--workers", "2", "--max-workers", "3", "--transport", "dev") as m:
+        r = run_fastpass("tune", str(m.mnt), "--seconds", "0.3", "--repeat", "1", timeout=60)
+        assert r.returncode == 1 and "tune a live mount while its workload runs" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(stats(m.mnt)["workers"]) == 2  # back to what it had
+        r = run_fastpass("tune", str(m.mnt), "--workloads", "metadata", timeout=60)
+        assert r.returncode == 1 and "--workloads is for tuning on fresh mounts" in r.stderr, r.stderr
+        r = run_fastpass("tune", str(m.mnt), "--max-workers", "4", timeout=60)
+        assert r.returncode == 1 and "can serve with 1 to 3 workers" in r.stderr, r.stderr
