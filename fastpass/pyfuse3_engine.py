@@ -54,7 +54,7 @@ from fastpass.fs.context import Fs, Request
 from fastpass.fs.dirs import DOTS
 from fastpass.fs.handles import DIR, FILE
 from fastpass.fs.shared import SharedState
-from fastpass.fs.table import Route, build
+from fastpass.fs.table import Route, Unexpected, build, run_route
 from fastpass.fs.watcher import Watcher
 from fastpass.kernel import abi
 from fastpass.kernel.abi import ROOT_ID, Fattr, FopenFlag
@@ -224,7 +224,7 @@ class Operations(pyfuse3.Operations):
         self.filters = filters
         self.flush_failed: set[str] = set()
         self.aligned = mmap.mmap(-1, MAX_WRITE)
-        self.logged: set[tuple[int, type, object]] = set()
+        self.unexpected = Unexpected()
         # Who opened each directory fh: pyfuse3's readdir has no context, and its entries must be
         # resolved as that caller (a directory they may read but not search shows names only).
         self.dir_callers: dict[int, tuple[int, int, int]] = {}
@@ -252,41 +252,24 @@ class Operations(pyfuse3.Operations):
     async def _serve(self, opcode: int, req: Request, args: tuple) -> object:
         error, body = await asyncio.get_running_loop().run_in_executor(self.pool, self._run, opcode, req, args)
         if error:
-            raise pyfuse3.FUSEError(error)
+            raise pyfuse3.FUSEError(-error)
         return body
 
     def _run(self, opcode: int, req: Request, args: tuple) -> tuple[int, object]:
-        """On the backing thread: the handler, as the caller where the operation needs it."""
+        """On the backing thread: the handler through `run_route`, (0 or -errno, the reply body)."""
         route = self.routes[opcode]
         fs = self.fs
         if route is None or route.handler is None:
-            return errno.ENOSYS, None
+            return -errno.ENOSYS, None
         if opcode == O.WRITE:  # the payload goes to a page-aligned buffer, as an O_DIRECT backing write needs
             data = args[-1]
             aligned = memoryview(self.aligned)[: len(data)]  # type: ignore[arg-type]
             aligned[:] = data  # type: ignore[index]
             args = (*args[:-1], aligned)
         fs.sync()  # copies given back close now: no other request is being served
-        creds = self.creds
-        switched = creds is not None and route.as_caller and creds.become(req)
         start = time.perf_counter_ns()
-        error = 0
-        body = None
-        try:
-            body = route.handler(fs, req, *args)
-        except OSError as e:
-            error = e.errno or errno.EIO
-        except Exception as e:
-            error = errno.EIO
-            origin = getattr(e, "origin", None)
-            if (opcode, type(e), origin) not in self.logged:
-                self.logged.add((opcode, type(e), origin))
-                where = f"{route.name} (filter {origin})" if origin else route.name
-                log.error("unexpected error in %s, answered EIO", where, exc_info=e)
-        finally:
-            if switched:
-                creds.restore()  # type: ignore[union-attr]
-        fs.counters.record(opcode, time.perf_counter_ns() - start, -error)
+        error, body = run_route(fs, route, req, route.handler, args, self.creds, self.unexpected)
+        fs.counters.record(opcode, time.perf_counter_ns() - start, error)
         if body.__class__ is memoryview:
             body = bytes(body)  # the read buffer is reused by the next READ
         return error, body

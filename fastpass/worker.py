@@ -69,7 +69,7 @@ from collections.abc import Callable
 
 from fastpass.fs import redo
 from fastpass.fs.context import Fs, Request
-from fastpass.fs.table import Route
+from fastpass.fs.table import Route, Unexpected, run_route
 from fastpass.kernel import abi
 from fastpass.kernel.debug import describe_reply, describe_request
 from fastpass.kernel.opcodes import Malformed
@@ -137,8 +137,7 @@ class Worker:
         self.debug = debug
         self.idle = idle  # more to do when idle (filters write out their buffers)
         self.ring = ring
-        self.errors_logged: set[tuple[int, type, object]] = set()
-        self.unexpected = 0
+        self.unexpected = Unexpected()
         self.pool = seat.pool
         self.entries = entries
         self.drain = drain
@@ -530,18 +529,8 @@ class Worker:
         body = None
         error = 0 if results is not None else min(0, res)
         if not error:
-            creds = self.fs.credentials if self.allow_other and route.as_caller else None
-            switched = creds is not None and creds.become(req)
-            try:
-                body = route.done(self.fs, req, state, res if results is None else results)  # type: ignore[misc]
-            except OSError as e:
-                error = -(e.errno or errno.EIO)
-            except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the worker lives on
-                error = -errno.EIO
-                self._unexpected(route.name, req.opcode, e)
-            finally:
-                if switched:
-                    creds.restore()  # type: ignore[union-attr]
+            error, body = run_route(self.fs, route, req, route.done, (state, res if results is None else results),  # type: ignore[arg-type]
+                                    self.fs.credentials if self.allow_other else None, self.unexpected)  # fmt: skip
         self.fs.counters.record(req.opcode, time.perf_counter_ns() - start, error)
         if self.debug:
             log.debug("<- %s", describe_reply(route.name, req.unique, error, body))
@@ -573,7 +562,7 @@ class Worker:
         header = abi.IN_HEADER.size
         answered = self.journal.answered
         started, done = self.journal.started, self.journal.done
-        again_ = redo.again
+        run, unexpected = run_route, self.unexpected
 
         def dispatch(buf: memoryview, n: int, slot: int, again: bool = False) -> int:
             if n < header:
@@ -608,38 +597,22 @@ class Worker:
                 reply(slot, unique, -errno.ENOSYS)
                 return _INLINE
             submit = route.submit if ring is not None else None
-            switched = creds is not None and route.as_caller and creds.become(req)
             effect = route.effect
             if effect:
                 started(slot, unique)
             start = clock()
-            try:
-                if submit is not None:
-                    before = ring.prepared
-                    state = submit(fs, ring, slot << 1 | _BACKING, areas[slot], req, *args)
-                    calls = ring.prepared - before
-                    if calls:
-                        misc[RING_CALLS] += calls
-                        if switched:  # the kernel checks permissions as of the submit: do it now
-                            ring.submit()
-                        inflight[slot] = _Calls(route, req, start, state, calls, [0] * calls if route.batch else None)
-                        return slot
-                    body = state  # answered without the ring: the reply itself
-                elif again:
-                    body = again_(handler, fs, req, args)
-                else:
-                    body = handler(fs, req, *args)
-                error = 0
-            except OSError as e:
-                error = -(e.errno or errno.EIO)
-                body = None
-            except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the worker lives on
-                error = -errno.EIO
-                body = None
-                self._unexpected(route.name, opcode, e)
-            finally:
-                if switched:
-                    creds.restore()
+            if submit is not None:
+                before = ring.prepared
+                error, body = run(fs, route, req, submit, (ring, slot << 1 | _BACKING, areas[slot], *args), creds,
+                                  unexpected)  # fmt: skip
+                calls = ring.prepared - before
+                if calls and not error:
+                    misc[RING_CALLS] += calls
+                    inflight[slot] = _Calls(route, req, start, body, calls, [0] * calls if route.batch else None)
+                    return slot
+                # answered without the ring: `body` is the reply itself
+            else:
+                error, body = run(fs, route, req, redo.redoing(handler) if again else handler, args, creds, unexpected)
             record(opcode, clock() - start, error)
             if debug:
                 log.debug("<- %s", describe_reply(route.name, unique, error, body))
@@ -653,11 +626,3 @@ class Worker:
 
         return dispatch
 
-    def _unexpected(self, name: str, opcode: int, exc: Exception) -> None:
-        self.unexpected += 1
-        origin = getattr(exc, "origin", None)
-        key = (opcode, type(exc), origin)
-        if key not in self.errors_logged:
-            self.errors_logged.add(key)
-            where = f"{name} (filter {origin})" if origin else name
-            log.error("unexpected error in %s, answered EIO", where, exc_info=exc)

@@ -164,3 +164,34 @@ def test_journal_effect(benchmark) -> None:
 
     benchmark(run)
     assert journal.record(3, 42) == ("done", 0, body, 0, 0) and not journal.pending(3, 42)
+
+
+@pytest.mark.parametrize("opcode", ["GETATTR", "MKDIR"])
+def test_worker_dispatch(benchmark, fs: Fs, backing: Path, opcode: str) -> None:
+    """The whole of a worker's step for one request, as `Worker.serve` takes it: dispatch (header,
+    route, decode, the journal for an effect, the handler, the counters) and the reply written on
+    the device fd (here a seqpacket socket, read back by the benchmark); GETATTR without an
+    effect, MKDIR of an existing name (EEXIST) with one."""
+    import socket
+
+    from fastpass.seat import Seat
+    from fastpass.worker import Worker
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    (backing / "d").mkdir()
+    body = abi.GETATTR_IN.pack(0, 0) if opcode == "GETATTR" else abi.MKDIR_IN.pack(0o755, 0) + b"d\0"
+    buf = _request(Opcode[opcode], body)
+    dispatch = Worker(Seat(theirs.fileno()), fs, build(), allow_other=False, debug=False)._dispatcher()
+    view = memoryview(buf)
+    n = len(buf)
+
+    def run():
+        dispatch(view, n, 0)
+        return ours.recv(4096)
+
+    try:
+        got = benchmark(run)
+    finally:
+        ours.close()
+        theirs.close()
+    assert struct.unpack_from("<IiQ", got)[1:] == ((0, 2) if opcode == "GETATTR" else (-17, 2))

@@ -391,7 +391,7 @@ def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out
 
 
 # --- the ring path (fastpass.worker): the backing call of each data op that may block goes to
-# the worker's io_uring.  `*_submit(fs, ring, tag, area, req, *args)` resolves the fh and
+# the worker's io_uring.  `*_submit(fs, req, ring, tag, area, *args)` resolves the fh and
 # prepares the call (`area`: the request's page-aligned buffer, free for a READ's data once
 # the request is decoded) and returns what its `*_done(fs, req, state, result)` needs to turn
 # a successful result into the reply; the plain handlers above are the same `*_done` around a
@@ -407,7 +407,7 @@ def copy_file_range_64(fs: Fs, req: Request, fh_in: int, off_in: int, nodeid_out
 # and writes (the app's open flags, which the backing open carries) always go to the ring.
 
 
-def read_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
+def read_submit(fs: Fs, req: Request, ring: Ring, tag: int, area: memoryview, fh: int, offset: int, size: int,
                 read_flags: int, lock_owner: int, flags: int) -> object:  # fmt: skip
     view = area[:size]
     fd = fs.file_fd(fh)
@@ -433,7 +433,7 @@ def read_rest_done(fs: Fs, req: Request, state: tuple[memoryview, int], n: int) 
     return read_done(fs, req, view, cached + n)
 
 
-def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int, size: int,
+def write_submit(fs: Fs, req: Request, ring: Ring, tag: int, area: memoryview, fh: int, offset: int, size: int,
                  write_flags: int, lock_owner: int, flags: int, data: memoryview) -> object:  # fmt: skip
     fd = fs.file_fd(fh)
     if not flags & os.O_DIRECT:
@@ -442,7 +442,7 @@ def write_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, f
     return fd, write_flags
 
 
-def fsync_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, fsync_flags: int) -> None:
+def fsync_submit(fs: Fs, req: Request, ring: Ring, tag: int, area: memoryview, fh: int, fsync_flags: int) -> None:
     ring.fsync(fs.file_fd(fh), bool(fsync_flags & abi.FSYNC_FDATASYNC), tag)
 
 
@@ -450,7 +450,7 @@ def fsync_done(fs: Fs, req: Request, state: None, result: int) -> None:
     return None
 
 
-def fallocate_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
+def fallocate_submit(fs: Fs, req: Request, ring: Ring, tag: int, area: memoryview, fh: int, offset: int,
                      length: int, mode: int) -> int:  # fmt: skip
     fd = fs.file_fd(fh)
     ring.fallocate(fd, mode, offset, length, tag)

@@ -170,7 +170,7 @@ def readdirplus(fs: Fs, req: Request, fh: int, offset: int, size: int, read_flag
 # directory fd when it runs, and the directory's O_PATH fd may be given back meanwhile.
 
 
-def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Request, fh: int, offset: int,
+def readdirplus_submit(fs: Fs, req: Request, ring: Ring, tag: int, area: memoryview, fh: int, offset: int,
                        size: int, read_flags: int, lock_owner: int, flags: int) -> object:  # fmt: skip
     taken = _take_plus(fs, req, fh, offset, size)
     inodes = fs.inodes
@@ -190,6 +190,7 @@ def readdirplus_submit(fs: Fs, ring: Ring, tag: int, area: memoryview, req: Requ
     for (_ino, _off, _type, name), part in zip(taken, parts):
         if part >= 0:
             ring.open_path(pfd, name, O_PATH_FLAGS, tag + part * PART)
+    ring.submit()  # the opens check the credentials in force at the submit: the caller's, now
     return taken, parent, parts, pfd
 
 

@@ -66,6 +66,11 @@ AFTER: dict[int, tuple[int, Callable[[Handler, Fs, Request, tuple], object]]] = 
 }
 
 
+def redoing(handler: Handler) -> Handler:
+    """`handler` in redo mode (`again`), called as any handler is."""
+    return lambda fs, req, *args: again(handler, fs, req, args)
+
+
 def again(handler: Handler, fs: Fs, req: Request, args: tuple) -> object:
     """Run the request again; "already so" from the backing is the first run's success."""
     try:

@@ -10,12 +10,19 @@ has already authorised.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from fastpass.fs import attrs, data, dirs, misc, namespace, xattr
 from fastpass.kernel.abi import Opcode as O
 from fastpass.kernel.opcodes import SPECS, Decoder, decoder
+
+if TYPE_CHECKING:
+    from fastpass.fs.context import Credentials, Fs, Request
+
+log = logging.getLogger("fastpass")
 
 Handler = Callable[..., object]
 
@@ -128,3 +135,43 @@ def build() -> list[Route | None]:
         routes[op] = Route(spec.name, decoder(spec), HANDLERS[op], spec.reply, op in AS_CALLER, submit, done, batch,
                            op in EFFECTS)  # fmt: skip
     return routes
+
+
+class Unexpected:
+    """The bugs met while serving: each answered EIO and counted, and each kind (opcode, exception
+    type, filter) logged once with its traceback, so a bug hit by every request cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._seen: set[tuple[int, type, object]] = set()
+
+    def __call__(self, name: str, opcode: int, exc: Exception) -> None:
+        self.count += 1
+        origin = getattr(exc, "origin", None)
+        if (opcode, type(exc), origin) not in self._seen:
+            self._seen.add((opcode, type(exc), origin))
+            log.error("unexpected error in %s, answered EIO", f"{name} (filter {origin})" if origin else name,
+                      exc_info=exc)  # fmt: skip
+
+
+def run_route(fs: Fs, route: Route, req: Request, call: Handler, args: tuple, creds: Credentials | None,
+              unexpected: Unexpected) -> tuple[int, object]:  # fmt: skip
+    """Run one of `route`'s handlers for `req`: `call` is its handler, a redo of it, its ring
+    submit (args: ring, tag, area, then the request's) or its ring done (args: state, result).
+
+    The one way every transport and both engines serve a request, and the one sign convention:
+    (0, the reply's body) or (-errno, None).  With `creds` (allow_other) a route that depends on
+    who asks runs with the caller's credentials.  Any other exception is a bug: -EIO, told to
+    `unexpected`; the server lives on.
+    """
+    switched = creds is not None and route.as_caller and creds.become(req)
+    try:
+        return 0, call(fs, req, *args)
+    except OSError as e:
+        return -(e.errno or errno.EIO), None
+    except Exception as e:  # noqa: BLE001 - a bug: EIO for the caller, the server lives on
+        unexpected(route.name, req.opcode, e)
+        return -errno.EIO, None
+    finally:
+        if switched:
+            creds.restore()  # type: ignore[union-attr]

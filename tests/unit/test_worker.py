@@ -133,6 +133,6 @@ def test_unexpected_exception_is_eio_once_logged(channel, caplog) -> None:
     routes[Opcode.STATFS] = routes[Opcode.STATFS]._replace(handler=broken)
     assert call(Opcode.STATFS, b"")[0] == -errno.EIO
     assert call(Opcode.STATFS, b"")[0] == -errno.EIO
-    assert caplog.text.count("Traceback") == 1 and worker.unexpected == 2
+    assert caplog.text.count("Traceback") == 1 and worker.unexpected.count == 2
     routes[Opcode.STATFS] = routes[Opcode.STATFS]._replace(handler=misc.statfs)
     assert call(Opcode.STATFS, b"")[0] == 0
