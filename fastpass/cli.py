@@ -323,12 +323,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tune.table(record)
     on = f" on {record.path}" if len(paths) > 1 else ""
     print(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}{on}, the fewest whose score is within "
-          f"{tune.TOLERANCE:.0%} of the best count's or too close to it to tell apart")
+          f"{tune.TOLERANCE:.0%}\n  of the best count's or too close to it to tell apart")
     print(f"  command: {record.command}")
     print(f"  fstab:   {os.path.realpath(args.backing) if args.backing else 'BACKING'} MOUNTPOINT fuse.fastpass "
           f"{record.fstab} 0 0")
     most = max(len(r) for r in record.round_scores)
-    print(f"Run-to-run spread of the score: {record.spread:.1%} (median over counts of highest - lowest round, "
+    print(f"Run-to-run spread of the score: {record.spread:.1%} (median over counts of highest - lowest\n  round, "
           f"{record.repeat}{f' to {most}' if most > record.repeat else ''} rounds a count)")
     if (doubt := tune.doubt(record)) is not None:
         print(doubt)
@@ -424,7 +424,7 @@ class _WithDefaults(argparse.HelpFormatter):
         text = action.help or ""
         if "default" in text or action.default in (argparse.SUPPRESS, False) or not action.option_strings:
             return text
-        if action.default is None:
+        if action.default is None or action.default == []:
             return f"{text} (default: the mount's own)" if "fastpass mount" in text else text
         return f"{text} (default: %(default)s)".lstrip()
 

@@ -159,10 +159,19 @@ def lines(record: LiveRecord) -> list[str]:
         mark = " <" if n == record.workers else ""
         out.append(f"{n:>7}  {statistics.median(rates):>10,.0f}  {min(rates):>8,.0f}-{max(rates):<8,.0f}  "
                    f"{statistics.median(record.cpu_us[i]):>10.1f}  {record.scores[i]:.2f}{mark}")  # fmt: skip
-    knee = tune.knee_text(record.knee, record.counts)
-    out.append(f"Recommended: {record.workers} worker{'s' * (record.workers > 1)}, the fewest within "
-               f"{tune.TOLERANCE:.0%} of the best rate or too close to it to tell apart")  # fmt: skip
-    out.append(f"Knee: {knee}; run-to-run spread of the rates: {record.spread:.1%}")
-    out.append(f"{record.mountpoint} now serves with {record.workers if record.applied else record.was} workers"
-               + ("" if record.applied else " (as before: --no-apply)"))  # fmt: skip
+    chosen = record.counts.index(record.workers)
+    best = record.counts[max(range(len(record.counts)), key=lambda i: record.scores[i])]
+    out.append(f"Recommended: {_workers(record.workers)}, the fewest within {tune.TOLERANCE:.0%} of the best rate")
+    out.append("  or too close to it to tell apart.")
+    if chosen in record.undecided:
+        out.append(f"No significant difference between {record.workers} and {best} workers: their rates differ by")
+        out.append("  less than the rounds vary.")
+    out.append(f"Knee: {tune.knee_text(record.knee, record.counts)} (where more workers stop adding "
+               f"{tune.KNEE_GAIN:.0%}); run-to-run spread {record.spread:.1%}")  # fmt: skip
+    now = _workers(record.workers if record.applied else record.was)
+    out.append(f"{record.mountpoint} now serves with {now}" + ("" if record.applied else " (as before: --no-apply)"))
     return out
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' * (n != 1)}"

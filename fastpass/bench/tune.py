@@ -220,7 +220,7 @@ def doubt(record: TuneRecord) -> str | None:
     best = configs[max(range(len(configs)), key=lambda i: record.scores[i])]
     on = f" on {record.path}" if len(record.paths) > 1 else ""
     return (f"No significant difference between {record.workers} and {best[1]} workers{on}: their scores "
-            f"{record.scores[chosen]:.2f} and {max(record.scores):.2f} differ by less than the rounds vary")
+            f"{record.scores[chosen]:.2f} and {max(record.scores):.2f}\n  differ by less than the rounds vary")
 
 
 def run(
@@ -322,7 +322,8 @@ def table(record: TuneRecord) -> None:
     rounds = f"{record.repeat}" + (f"-{most}" if most > record.repeat else "")
     t = Table(title=f"fastpass by number of workers, median of {rounds} round(s), --clients {record.clients}",
               caption="score: geometric mean over the workloads of value / the workload's best "
-                      "(below it: its rounds' lowest-highest)\n"
+                      "(below it: its rounds' lowest-highest, each round scored alone, so the score of the medians "
+                      "may lie outside it)\n"
                       f"knee: the fewest workers that no more workers beat by {KNEE_GAIN:.0%} "
                       f"(>{max(record.counts)}: still growing there)",
               box=SIMPLE_HEAD)  # fmt: skip
