@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fastpass.config import MAX_WORKERS
 from tests.conftest import fastpass_mount, run_fastpass, server_pid
 from tests.integration.test_faults import CHURN, MODES, SECONDS, _ended, _fio
 from tests.integration.test_lifecycle import children, successor
@@ -87,7 +88,7 @@ def test_max_workers_below_workers_is_refused(tmp_path: Path) -> None:
 
 def test_default_room_is_twice_the_cpus(tmp_path: Path) -> None:
     with fastpass_mount(tmp_path, "--workers", "1", "--transport", "dev") as m:
-        assert stats(m.mnt)["max_workers"] == max(1, 2 * (os.cpu_count() or 1))
+        assert stats(m.mnt)["max_workers"] == min(MAX_WORKERS, 2 * (os.cpu_count() or 1))
         assert _set(m.mnt, 2).returncode == 0
         (m.mnt / "f").write_text("x")
         assert (m.backing / "f").read_text() == "x"
