@@ -616,8 +616,8 @@ class Pool:
         nothing new, and exits.  Either way no request is lost or served twice."""
         if self.entries is not None:
             return f"refused: {RESIZE_REFUSED_ON_RINGS}\n".encode(), None
-        if self._rolling or self._retiring or self._ready is not None or self.stopping:
-            return b"refused: a start, a restart, a change of the worker count or the unmount is under way\n", None
+        if (busy := self._busy()) is not None:
+            return busy, None
         if not 1 <= n <= len(self.seats):
             return (f"refused: this mount has room for 1 to {len(self.seats)} workers (--max-workers, set when it "
                     "was mounted)\n").encode(), None  # fmt: skip
@@ -653,11 +653,17 @@ class Pool:
             if roll is not None:
                 roll.cancel()
 
+    def _busy(self) -> bytes | None:
+        """The refusal of a restart or a change of the worker count while another change is under way."""
+        if self._rolling or self._retiring or self._ready is not None or self.stopping:
+            return b"refused: a start, a restart, a change of the worker count or the unmount is under way\n"
+        return None
+
     def _restart(self) -> tuple[bytes, Callable[[], None] | None]:
         """`fastpass restart`: the new code probed, then executed in this process (`fastpass.restart`)
         once the answer is sent; or why not, with nothing changed."""
-        if self._rolling or self._retiring or self._ready is not None or self.stopping:
-            return b"refused: a start, a restart, a change of the worker count or the unmount is under way\n", None
+        if (busy := self._busy()) is not None:
+            return busy, None
         if self.entries is not None:
             return f"refused: {restart.REFUSED_ON_RINGS}\n".encode(), None
         prepared = restart.prepare(restart.Handover(
