@@ -4,7 +4,7 @@
     python3 bench/ab_meta.py --workers 2 --clients 2 old=PYTHON:/old new=.
 
 (as root).  Each NAME=[PYTHON:]TREE is mounted in turn (`PYTHONPATH=TREE PYTHON -m fastpass
-mount`, --transport dev --passthrough off, so every request is served in userspace), and
+mount`, --transport dev (or --transport's) --passthrough off, so every request is served in userspace), and
 --clients processes loop create + write 4 KiB + close + stat + unlink for --seconds.  The CPU
 time of the workers and the watcher (from /proc/PID/stat) over the rounds the clients made is
 the server's CPU per round.  The trees alternate, --rounds times, because a shared machine
@@ -48,7 +48,7 @@ def _loop(directory: str, seconds: float) -> int:
     return done
 
 
-def _measure(python: str, tree: str, workers: int, clients: int, seconds: float) -> tuple[float, float]:
+def _measure(python: str, tree: str, workers: int, clients: int, seconds: float, transport: str) -> tuple[float, float]:
     """(rounds/s, server µs a round) of one mount of `tree`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     with tempfile.TemporaryDirectory() as base:
@@ -57,7 +57,7 @@ def _measure(python: str, tree: str, workers: int, clients: int, seconds: float)
         os.mkdir(mnt)
         fastpass = [python, "-m", "fastpass"]
         subprocess.run([*fastpass, "mount", backing, mnt, "-w", str(workers), "--passthrough", "off",
-                        "--transport", "dev"], env=env, check=True)  # fmt: skip
+                        "--transport", transport], env=env, check=True)  # fmt: skip
         try:
             record = json.loads(subprocess.run([*fastpass, "stats", mnt, "--json"], env=env, check=True,
                                                capture_output=True, text=True).stdout)  # fmt: skip
@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--transport", choices=["dev", "uring"], default="dev")
     args = parser.parse_args()
     trees = []
     for spec in args.trees:
@@ -105,7 +106,7 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in trees}
     for r in range(args.rounds):
         for name, python, tree in trees:
-            rate, us = _measure(python, tree, args.workers, args.clients, args.seconds)
+            rate, us = _measure(python, tree, args.workers, args.clients, args.seconds, args.transport)
             results[name].append((rate, us))
             print(f"round {r + 1} {name}: {rate:8.0f} rounds/s, server {us:6.1f} us a round", flush=True)
     for name, got in results.items():

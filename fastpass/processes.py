@@ -26,10 +26,10 @@ from fastpass.kernel import abi
 from fastpass.kernel.init import Negotiated
 from fastpass.seat import Seat
 from fastpass.shm import warnlog
-from fastpass.shm.counters import PID, STARTED_NS, WATCHER, WorkerCounters
-from fastpass.transport import Entries
+from fastpass.shm.counters import PID, STARTED_NS, TRANSPORT, TRANSPORT_NAMES, WATCHER, WorkerCounters
+from fastpass.transport.entries import Entries, Refused
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable
-from fastpass.worker import Refused, Worker
+from fastpass.worker import Worker
 
 log = logging.getLogger("fastpass")
 
@@ -107,7 +107,8 @@ def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int,
     if share is not None:
         _pin(share.cpus())
         try:
-            worker.take_entries(required=config.transport == "uring")
+            if worker.entries.take(required=config.transport == "uring"):  # type: ignore[union-attr]
+                fs.counters.misc[TRANSPORT] = TRANSPORT_NAMES.index("uring")
         except Refused as e:
             log.error("worker %d: %s", index, e)
             raise SystemExit(1) from None
@@ -120,7 +121,7 @@ def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int,
     fs.fds.settle()
     started()
     if share is not None and replacing:
-        worker.kick(config.mountpoint)
+        worker.entries.kick(config.mountpoint)  # type: ignore[union-attr]
     try:
         worker.serve()
     finally:

@@ -12,7 +12,7 @@ and answers each on the same clone (`fastpass.shm.journal`).
 from __future__ import annotations
 
 from fastpass.shm.journal import Journal, unique_at
-from fastpass.uring.buffers import BufferPool
+from fastpass.transport.dev import BufferPool
 
 
 class Seat:

@@ -52,7 +52,7 @@ from collections.abc import Callable
 import msgspec
 import uvloop
 
-from fastpass import _linux, processes, restart, startup, state, stats, systemd, transport
+from fastpass import _linux, processes, restart, startup, state, stats, systemd
 from fastpass.config import (
     MAX_WORKERS,
     MountConfig,
@@ -71,7 +71,8 @@ from fastpass.shm import warnlog
 from fastpass.shm.control import Control, start_time
 from fastpass.shm.counters import PID, WATCHER, WorkerCounters
 from fastpass.shm.region import LOCK_SUCCESSION
-from fastpass.transport import Entries
+from fastpass.transport import entries as rings
+from fastpass.transport.entries import Entries
 from fastpass.uring.ring import why_unavailable
 
 log = logging.getLogger("fastpass")
@@ -134,7 +135,7 @@ def check(config: MountConfig) -> None:
     if config.engine == "pyfuse3" and importlib.util.find_spec("pyfuse3") is None:
         raise StartError("--engine pyfuse3 needs pyfuse3: pip install 'fastpass[pyfuse3]' "
                          "(it builds against libfuse3-dev and pkg-config)")  # fmt: skip
-    if (why := transport.refusal(config.transport)) is not None:
+    if (why := rings.refusal(config.transport)) is not None:
         raise StartError(why)
     if config.workers > 1 and not _handles_reopen(backing):
         why = "not root" if os.geteuid() != 0 else f"the filesystem of {backing} has no usable file handles"
@@ -229,7 +230,7 @@ def run(config: MountConfig, ready: Callable[[str | None], None],
 
             config, fan_fd = _coherence(_fd_limit(config))
             return pyfuse3_engine.run(config, ready, mounted, fan_fd, root_fd, _shared(root_fd, config), filters)
-        with transport.offered(config.transport):
+        with rings.offered(config.transport):
             try:
                 session = mount.mount(config.source(), config.mountpoint, config.subtype, config.mount_options())
             except mount.MountError as e:
@@ -289,15 +290,15 @@ def _prepare(config: MountConfig, session: int, root_fd: int, filters: list[obje
     entries = None
     if config.transport != "dev":
         if no_rings is None and not negotiated.has(abi.InitFlag.OVER_IO_URING):
-            no_rings = f"the kernel does not offer FUSE-over-io_uring ({transport.PARAMETER} is N)"
-            if transport.enabled() is None:
+            no_rings = f"the kernel does not offer FUSE-over-io_uring ({rings.PARAMETER} is N)"
+            if rings.enabled() is None:
                 no_rings = "this kernel has no FUSE-over-io_uring (Linux 6.14+ built with CONFIG_FUSE_IO_URING)"
             if config.transport == "uring":
                 raise StartError(f"--transport uring: {no_rings}")
         if no_rings is not None:
             log.info("requests from /dev/fuse: %s", no_rings)
         else:
-            queues = transport.possible_cpus()
+            queues = rings.possible_cpus()
             # The kernel's max_payload_sz: what a request or reply may carry besides its headers.
             payload = max(abi.MIN_READ_BUFFER, negotiated.max_write, negotiated.max_pages * mmap.PAGESIZE)
             entries = Entries(queues, config.workers, config.queue_depth, payload)

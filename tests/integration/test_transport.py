@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from fastpass import transport
+from fastpass.transport import entries as transport
 from tests import conftest
 from tests.conftest import Mounted, bind_mount, err, fastpass_mount, is_mounted, wait_for
 from tests.integration.test_cli import assert_nothing_left, assert_refused, refuse_mount

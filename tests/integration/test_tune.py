@@ -128,7 +128,7 @@ def test_both_io_paths_in_one_run(tmp_path):
 def test_both_transports_in_one_run(tmp_path):
     """`--transport both`: every count on FUSE-over-io_uring and on /dev/fuse, each mount on the
     transport it names (the uring one said so in the server log's mount lines)."""
-    from fastpass import transport
+    from fastpass.transport import entries as transport
 
     if transport.enabled() is None or os.geteuid() != 0:
         pytest.skip("--transport uring needs a kernel with FUSE-over-io_uring, and root to turn it on")

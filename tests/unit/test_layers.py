@@ -1,6 +1,8 @@
 """Layering, read from the source with `ast` (nothing is imported):
 
     fastpass.kernel  -- the protocol: imports no filesystem, filter, process or CLI code
+    fastpass.transport -- where requests come from: no operations, filter, worker, process or
+                        CLI code (the worker runs its loop over a transport, not the reverse)
     fastpass.fs      -- the operations: imports no filter, worker, supervisor or CLI code
     fastpass.filters -- hooks around the operations: no worker, supervisor or CLI code; the
                         filter API and the built-in filters see ABI types, not the operations
@@ -23,6 +25,8 @@ PKG = Path(fastpass.__file__).resolve().parent
 
 RULES = {
     "kernel": ("fastpass.fs", "fastpass.filters", "fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
+    "transport": ("fastpass.fs", "fastpass.filters", "fastpass.worker", "fastpass.supervisor", "fastpass.processes",
+                  "fastpass.cli"),
     "fs": ("fastpass.filters", "fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
     "filters": ("fastpass.worker", "fastpass.supervisor", "fastpass.cli"),
 }

@@ -1,4 +1,4 @@
-"""fastpass.transport without a mount: how queues are divided among workers, the CPU list, and
+"""fastpass.transport.entries without a mount: how queues are divided among workers, the CPU list, and
 the layout of the shared entries (what the kernel gets in each REGISTER's iovec)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import pytest
 
 from fastpass.kernel import abi
-from fastpass.transport import PAGE, STAGE, Entries, cpu_count, queues_of
+from fastpass.transport.entries import PAGE, STAGE, Entries, cpu_count, queues_of
 
 
 @pytest.mark.parametrize(("text", "count"), [("0", 1), ("0-1\n", 2), ("0-3,8-11", 8), ("0,2,4-5", 4)])

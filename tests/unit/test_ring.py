@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from fastpass.uring import abi, buffers
+from fastpass.transport import dev as buffers
+from fastpass.uring import abi
 from fastpass.uring.ring import NEEDED_OPS, SETUP_FLAGS, Ring, Unavailable, isolated, why_unavailable
 from tests.no_io_uring import refuse
 
@@ -336,7 +337,7 @@ def test_fastpass_uring_imports_no_compiled_module_outside_the_standard_library(
             top = imported.split(".")[0]
             if imported.startswith("fastpass.uring"):
                 todo.append(imported)
-            elif top == "fastpass":  # the protocol layer (buffers.py's sizes): pure Python too
+            elif top == "fastpass":  # the protocol layer (kernel.abi's layouts): pure Python too
                 assert find_spec(imported).origin.endswith(".py"), imported  # type: ignore[union-attr]
             elif top != "__future__":
                 outside.add(top)
