@@ -21,12 +21,13 @@ from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.context import Fs, Kernel
 from fastpass.fs.shared import SharedState
 from fastpass.fs.table import build
-from fastpass.fs.watcher import Device, Watcher
+from fastpass.fs.watcher import Watcher
 from fastpass.kernel import abi
 from fastpass.kernel.init import Negotiated
 from fastpass.seat import Seat
 from fastpass.shm import warnlog
 from fastpass.shm.counters import PID, STARTED_NS, TRANSPORT, TRANSPORT_NAMES, WATCHER, WorkerCounters
+from fastpass.transport.dev import Notifier
 from fastpass.transport.entries import Entries, Refused
 from fastpass.uring.ring import ENTRIES, Ring, Unavailable
 from fastpass.worker import Worker
@@ -84,8 +85,8 @@ def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int,
     os.umask(0)  # creating calls run under the caller's umask (FUSE_DONT_MASK), nothing else uses one
     warnlog.attach(shared.warnings, shared.region, index)
     routes, needs = stack.install(build(), filters)
-    kernel = Kernel(devfd, negotiated.has(abi.InitFlag.PASSTHROUGH), negotiated.has(abi.InitFlag.WRITEBACK_CACHE),
-                    negotiated.minor >= abi.NOTIFY_PRUNE_MINOR)  # fmt: skip
+    kernel = Kernel(devfd, Notifier(devfd), negotiated.has(abi.InitFlag.PASSTHROUGH),
+                    negotiated.has(abi.InitFlag.WRITEBACK_CACHE), negotiated.minor >= abi.NOTIFY_PRUNE_MINOR)  # fmt: skip
     fs = Fs(config, root_fd, shared, index, kernel, needs)
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
@@ -158,7 +159,7 @@ def watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState
     def own(pid: int) -> bool:
         return pid == supervisor or any(misc[PID] == pid for misc in pids)
 
-    watcher = Watcher(fan_fd, Device(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc,
+    watcher = Watcher(fan_fd, Notifier(session), config.backing, shared.inodes, shared.region, cache, own, counters.misc,
                       evict=config.writeback_cache)  # fmt: skip
     started()
     watcher.run(config.mountpoint if config.default_permissions else None)

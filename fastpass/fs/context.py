@@ -8,7 +8,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from fastpass import _linux
 from fastpass.config import DEFAULT_REVALIDATE, MountConfig, split_time
@@ -123,10 +123,20 @@ class Credentials:
         _linux.setgroups(self.groups)
 
 
+class Notify(Protocol):
+    """Where a worker's notifications go (`fastpass.transport.dev.Notifier`)."""
+
+    def inval_inode(self, nodeid: int, data: bool) -> None: ...
+
+    def prune(self, nodeids: list[int]) -> None: ...
+
+
 class Kernel(NamedTuple):
-    """What the kernel agreed at INIT that shapes a worker's `Fs`, and its device fd."""
+    """What the kernel agreed at INIT that shapes a worker's `Fs`, its device fd (passthrough's
+    backing files are registered there) and where its notifications go."""
 
     devfd: int
+    notify: Notify
     passthrough: bool = False
     writeback: bool = False
     prune: bool = False  # FUSE_NOTIFY_PRUNE (7.45)
@@ -190,10 +200,10 @@ class Fs:
         # What the kernel agreed at INIT, on this worker's device fd.
         self.passthrough = Passthrough(kernel.devfd, self.inodes, self.counters.misc) if kernel and kernel.passthrough \
             else None  # fmt: skip
-        # Under FUSE_WRITEBACK_CACHE, the device fd, for `written_back`.
-        self.writeback_fd = kernel.devfd if kernel and kernel.writeback else None
+        # Under FUSE_WRITEBACK_CACHE, where `written_back` tells the kernel; None: no writeback cache.
+        self.writeback = kernel.notify if kernel and kernel.writeback else None
         if kernel and kernel.prune:
-            self.inodes.prune = Pruner(kernel.devfd, self.counters.misc)
+            self.inodes.prune = Pruner(kernel.notify.prune, self.counters.misc)
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here
@@ -251,7 +261,7 @@ class Fs:
         cache, entry_valid, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
             cache.put(inode.nodeid, t0, attr, flags)
-        if self.writeback_fd is not None and self.inodes.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
+        if self.writeback is not None and self.inodes.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
             entry_valid = _NOW  # open, and changed outside: each walk asks until a lookup retires it
         return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)
 
@@ -331,7 +341,7 @@ class Fs:
         kernel's).  Nothing else tells it: it keeps what the last reply said for the attribute
         timeout.  Attributes only, so the kernel waits for no writeback (no deadlock here)."""
         try:
-            os.write(self.writeback_fd, encode.inval_inode(nodeid, False))  # type: ignore[arg-type]
+            self.writeback.inval_inode(nodeid, False)  # type: ignore[union-attr]
         except FileNotFoundError:
             pass  # the kernel holds the inode no longer
 

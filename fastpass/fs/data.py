@@ -87,7 +87,7 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
         if backing_id:
             fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
         raise
-    if fs.writeback_fd is not None:
+    if fs.writeback is not None:
         fs.inodes.opened(inode.nodeid, 1)  # the kernel may keep an outdated size while it is open
     passed = backing_id and not open_flags & _DIRECT_IO
     fs.counters.misc[OPENS_PASSTHROUGH if passed else OPENS_USERSPACE] += 1
@@ -140,7 +140,7 @@ def open_(fs: Fs, req: Request, flags: int, open_flags: int) -> bytes:
 def _writeback_access(fs: Fs, flags: int) -> int:
     """The backing open's flags: under the writeback cache O_WRONLY becomes O_RDWR, because the
     kernel reads a page through the writer's own fh before it writes part of that page."""
-    if fs.writeback_fd is not None and flags & os.O_ACCMODE == os.O_WRONLY:
+    if fs.writeback is not None and flags & os.O_ACCMODE == os.O_WRONLY:
         return flags & ~os.O_ACCMODE | os.O_RDWR
     return flags
 
@@ -301,7 +301,7 @@ def write_done(fs: Fs, req: Request, target: tuple[int, int], n: int) -> bytes:
     if write_flags & abi.WRITE_KILL_SUIDGID:
         kill_suidgid(fd)
     fs.refresh(req.nodeid, fd)
-    if write_flags & abi.WRITE_CACHE and fs.writeback_fd is not None:
+    if write_flags & abi.WRITE_CACHE and fs.writeback is not None:
         fs.written_back(req.nodeid)
     return _pack_write_out(n)
 
@@ -328,7 +328,7 @@ def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_
         elif fs.cache is not None:
             fs.cache.read(nodeid)
         fs.passthrough.release(nodeid)
-    elif fs.writeback_fd is not None:
+    elif fs.writeback is not None:
         fs.inodes.opened(nodeid, -1)
 
 
@@ -361,7 +361,7 @@ def lseek(fs: Fs, req: Request, fh: int, offset: int, whence: int) -> bytes:
     from its own size, with no request (fs/fuse/file.c, fuse_lseek: no_lseek, generic_file_llseek):
     the whole file is data, as on a filesystem without holes.
     """
-    if fs.writeback_fd is not None:
+    if fs.writeback is not None:
         raise OSError(errno.ENOSYS, "the kernel's own size answers under the writeback cache")
     return abi.LSEEK_OUT.pack(os.lseek(fs.file_fd(fh), offset, whence))
 

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import threading
+from collections.abc import Callable
 
-from fastpass.kernel import encode
 from fastpass.shm.counters import PRUNED
 
 log = logging.getLogger("fastpass.prune")
@@ -36,8 +35,9 @@ _ENDED = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)  # the connection (or t
 class Pruner:
     """The callable the inode table prunes through (`InodeTable.prune`), one per worker."""
 
-    def __init__(self, devfd: int, misc: memoryview):
-        self._devfd = devfd
+    def __init__(self, send: Callable[[list[int]], None], misc: memoryview):
+        """`send`: the notification's write (`fastpass.transport.dev.Notifier.prune`)."""
+        self._send = send
         self._misc = misc  # this worker's counters: PRUNED
         self._queue: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -54,7 +54,7 @@ class Pruner:
         while True:
             nodeids = self._queue.get()
             try:
-                os.write(self._devfd, encode.prune(nodeids))
+                self._send(nodeids)
             except OSError as e:
                 if e.errno in _ENDED:
                     return

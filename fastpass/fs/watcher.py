@@ -57,7 +57,6 @@ from typing import Protocol
 from fastpass import _linux
 from fastpass.fs.attrcache import AttrCache
 from fastpass.fs.inodes import InodeSpace, SlotReader
-from fastpass.kernel import encode
 from fastpass.shm.counters import INVALIDATIONS
 from fastpass.shm.region import Region
 
@@ -170,37 +169,14 @@ def _event(buf: memoryview, pos: int, end: int, mask: int, resolve: Callable[[by
 
 
 class Kernel(Protocol):
-    """Where the watcher's notifications go: the device fd, or libfuse's session (pyfuse3 engine)."""
+    """Where the watcher's notifications go: the device (`fastpass.transport.dev.Notifier`), or
+    libfuse's session (pyfuse3 engine)."""
 
     def inval_inode(self, nodeid: int, data: bool) -> None: ...
 
     def inval_entry(self, parent: int, name: bytes, child: int) -> None: ...
 
     def forget_names(self) -> None: ...
-
-
-class Device:
-    """Notifications written on a device fd of the connection."""
-
-    def __init__(self, devfd: int):
-        self.devfd = devfd
-
-    def inval_inode(self, nodeid: int, data: bool) -> None:
-        os.write(self.devfd, encode.inval_inode(nodeid, data))
-
-    def inval_entry(self, parent: int, name: bytes, child: int) -> None:
-        os.write(self.devfd, encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
-
-    def forget_names(self) -> None:
-        """Every name the kernel holds is looked up again at its next use (FUSE_NOTIFY_INC_EPOCH,
-        7.44); a kernel without it refuses the code (EINVAL), and its names follow their timeouts."""
-        try:
-            os.write(self.devfd, encode.inc_epoch())
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            log.warning("the kernel cannot be told to look every name up again (no FUSE_NOTIFY_INC_EPOCH): "
-                        "names changed meanwhile show within the entry timeout")  # fmt: skip
 
 
 class Watcher:

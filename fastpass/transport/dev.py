@@ -42,10 +42,10 @@ import mmap
 import os
 from collections.abc import Callable
 
-from fastpass.kernel import abi
+from fastpass.kernel import abi, encode
 from fastpass.kernel.init import MAX_WRITE
 
-log = logging.getLogger("fastpass.worker")
+log = logging.getLogger("fastpass.transport")
 
 HEAD = abi.IN_HEADER.size + abi.WRITE_IN.size  # 80: where a WRITE's payload starts
 PAGE = mmap.PAGESIZE
@@ -153,3 +153,32 @@ class Dev:
             answered[slot] = unique
 
         return reply
+
+
+class Notifier:
+    """Notifications written on a device fd of the connection (on either transport, the kernel
+    takes them only there): the watcher's, the writeback cache's, and prunes."""
+
+    def __init__(self, devfd: int):
+        self.devfd = devfd
+
+    def inval_inode(self, nodeid: int, data: bool) -> None:
+        os.write(self.devfd, encode.inval_inode(nodeid, data))
+
+    def inval_entry(self, parent: int, name: bytes, child: int) -> None:
+        os.write(self.devfd, encode.delete(parent, child, name) if child else encode.inval_entry(parent, name))
+
+    def forget_names(self) -> None:
+        """Every name the kernel holds is looked up again at its next use (FUSE_NOTIFY_INC_EPOCH,
+        7.44); a kernel without it refuses the code (EINVAL), and its names follow their timeouts."""
+        try:
+            os.write(self.devfd, encode.inc_epoch())
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            log.warning("the kernel cannot be told to look every name up again (no FUSE_NOTIFY_INC_EPOCH): "
+                        "names changed meanwhile show within the entry timeout")  # fmt: skip
+
+    def prune(self, nodeids: list[int]) -> None:
+        """Ask the kernel to forget these nodeids where nothing holds them (FUSE_NOTIFY_PRUNE, 7.45)."""
+        os.write(self.devfd, encode.prune(nodeids))
