@@ -7,11 +7,12 @@ holds each LOOKUP for `--ms` milliseconds (on `--lower-workers` workers, as
 a server with that many requests in flight would), and `fastpass bench`
 compares the two I/O paths of the mount above it in one run:
 
-    python3 bench/slow_backing.py [--ms 1] [--lower-workers 8] [--repeat 3] [--workloads readdir-cold]
+    python3 -m fastpass.bench.slow_backing [--ms 1] [--lower-workers 8] [--repeat 3] [--workloads readdir-cold]
 
 READDIRPLUS resolves its entries in one batch on the ring (fastpass.fs.dirs),
 so its lookups wait together; on plain syscalls they wait one after another.
-Run it from the repository root (the lower server imports this module).
+It lives in the package because the lower server loads its filter by name
+(`fastpass.bench.slow_backing:SlowLookups`), from wherever fastpass is installed.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> int:
         os.mkdir(backing)
         os.mkdir(lower)
         subprocess.run([*fastpass, "mount", backing, lower, "--workers", options.lower_workers,
-                        "--filter", f"bench.slow_backing:SlowLookups:ms={options.ms}"], check=True)  # fmt: skip
+                        "--filter", f"fastpass.bench.slow_backing:SlowLookups:ms={options.ms}"], check=True)  # fmt: skip
         try:
             return subprocess.run([*fastpass, "bench", lower, "--workloads", options.workloads, "--repeat",
                                    options.repeat, "--io", "plain", "--variant", "uring=--io uring"], check=False).returncode  # fmt: skip
