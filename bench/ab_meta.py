@@ -2,10 +2,12 @@
 
     python3 bench/ab_meta.py --rounds 8 --seconds 2 old=/path/to/old/tree new=.
     python3 bench/ab_meta.py --workers 2 --clients 2 old=PYTHON:/old new=.
+    python3 bench/ab_meta.py --loop openread old=/old new=.
 
 (as root).  Each NAME=[PYTHON:]TREE is mounted in turn (`PYTHONPATH=TREE PYTHON -m fastpass
 mount`, --transport dev (or --transport's) --passthrough off, so every request is served in userspace), and
---clients processes loop create + write 4 KiB + close + stat + unlink for --seconds.  The CPU
+--clients processes loop create + write 4 KiB + close + stat + unlink for --seconds (`--loop
+openread`: open + read 4 KiB + close of 100 files made beforehand, kept in cache).  The CPU
 time of the workers and the watcher (from /proc/PID/stat) over the rounds the clients made is
 the server's CPU per round.  The trees alternate, --rounds times, because a shared machine
 drifts by more than the differences looked for: compare the medians, in the same run only.
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -29,6 +32,26 @@ def _cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _openread(directory: str, seconds: float) -> int:
+    """Open + read + close rounds of the files `_files` made, until `seconds` have passed; how many."""
+    paths = [f"{directory}/r{i}" for i in range(100)]
+    end = time.monotonic() + seconds
+    done = 0
+    while time.monotonic() < end:
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+        done += 100
+    return done
+
+
+def _files(directory: str) -> None:
+    for i in range(100):
+        with open(f"{directory}/r{i}", "wb") as f:
+            f.write(b"x" * 4096)
 
 
 def _loop(directory: str, seconds: float) -> int:
@@ -48,7 +71,8 @@ def _loop(directory: str, seconds: float) -> int:
     return done
 
 
-def _measure(python: str, tree: str, workers: int, clients: int, seconds: float, transport: str) -> tuple[float, float]:
+def _measure(python: str, tree: str, workers: int, clients: int, seconds: float, transport: str,
+             loop: Callable[[str, float], int]) -> tuple[float, float]:  # fmt: skip
     """(rounds/s, server µs a round) of one mount of `tree`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     with tempfile.TemporaryDirectory() as base:
@@ -62,7 +86,9 @@ def _measure(python: str, tree: str, workers: int, clients: int, seconds: float,
             record = json.loads(subprocess.run([*fastpass, "stats", mnt, "--json"], env=env, check=True,
                                                capture_output=True, text=True).stdout)  # fmt: skip
             pids = [w["pid"] for w in record["workers"]] + [p for p in [record["cache"]["watcher_pid"]] if p]
-            _loop(mnt, 0.5)  # warm
+            if loop is _openread:
+                _files(mnt)
+            loop(mnt, 0.5)  # warm
             before = sum(_cpu(p) for p in pids)
             with tempfile.TemporaryDirectory() as counts:
                 children = []
@@ -72,7 +98,7 @@ def _measure(python: str, tree: str, workers: int, clients: int, seconds: float,
                         code = 1
                         try:
                             with open(f"{counts}/{k}", "w") as f:
-                                f.write(str(_loop(mnt, seconds)))
+                                f.write(str(loop(mnt, seconds)))
                             code = 0
                         finally:
                             os._exit(code)
@@ -97,6 +123,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--transport", choices=["dev", "uring"], default="dev")
+    parser.add_argument("--loop", choices=["meta", "openread"], default="meta")
     args = parser.parse_args()
     trees = []
     for spec in args.trees:
@@ -106,7 +133,8 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in trees}
     for r in range(args.rounds):
         for name, python, tree in trees:
-            rate, us = _measure(python, tree, args.workers, args.clients, args.seconds, args.transport)
+            rate, us = _measure(python, tree, args.workers, args.clients, args.seconds, args.transport,
+                                {"meta": _loop, "openread": _openread}[args.loop])  # fmt: skip
             results[name].append((rate, us))
             print(f"round {r + 1} {name}: {rate:8.0f} rounds/s, server {us:6.1f} us a round", flush=True)
     for name, got in results.items():
