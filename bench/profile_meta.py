@@ -81,6 +81,8 @@ PARTS = [
     ("creds", "fastpass/fs/context.py", "Credentials."),
     ("reply", "fastpass/worker.py", "_writer.<locals>.reply"),
 ]
+# The modules of the inode and handle tables: a handler sample with one of them on its stack is theirs.
+_TABLES = ("fastpass/fs/inodes.py", "fastpass/fs/inode_index.py", "fastpass/fs/slots.py", "fastpass/fs/handles.py")
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::(?P<line>\d+))?\)$")
 _LIBC_USER = ("pthread_", "clock_gettime", "__memcpy", "__memmove", "__memset", "malloc", "free", "_int_", "cfree")
 _SYSCALL_WRAPPER = re.compile(r"^(?:__GI___libc_|__GI___|__libc_|__)")
@@ -310,7 +312,7 @@ def classify(stack: str) -> tuple[str, str, str, str]:
         for name, file, func in PARTS:
             if fl == file and (not func or func in fn):
                 part = name
-    if part == "handler" and any(fl in ("fastpass/fs/inodes.py", "fastpass/fs/handles.py") for _, fl, _ in inner[1:]):
+    if part == "handler" and any(fl in _TABLES for _, fl, _ in inner[1:]):
         part = "inode/handle tables"
     return inner[0][0], part, syscall, frame
 

@@ -23,7 +23,7 @@ TRANSPORTS = ("auto", "uring", "dev")
 DEFAULT_QUEUE_DEPTH = 8  # libfuse's default too
 MAX_QUEUE_DEPTH = 128
 MAX_WORKERS = 63  # worker processes: counter blocks 0-62, the watcher's is the next (fastpass.shm.counters)
-MAX_INODES = (1 << 32) - 2  # the nodeid's 32 bits of slot, less slot 0 (fastpass.fs.inodes)
+MAX_INODES = (1 << 32) - 2  # the nodeid's 32 bits of slot, less slot 0 (fastpass.fs.slots)
 
 
 class MountConfig(msgspec.Struct, frozen=True):

@@ -20,7 +20,6 @@ import msgspec
 
 from fastpass import options, state
 from fastpass.fs.handles import HandleTable
-from fastpass.fs.inodes import InodeTable
 from fastpass.fs.shared import SharedState
 from fastpass.kernel.abi import InitFlag, Opcode
 from fastpass.kernel.init import Negotiated
@@ -205,14 +204,14 @@ def snapshot(shared: SharedState, workers: int, pids: dict[int, int], restarts: 
     `requests_per_queue`: [] without FUSE-over-io_uring; `room`: the worker indexes the mount may have
     used (`--max-workers`), whose counts stay in the totals after `fastpass workers` retired them."""
     blocks = [C.WorkerCounters(shared.counters, shared.region, i) for i in range(max(workers, room))]
-    inodes = InodeTable.live(shared.inodes, shared.region)
+    inodes = shared.inodes.live(shared.region)
     handles = HandleTable.live(shared.handles, shared.region)
     watcher = C.WorkerCounters(shared.counters, shared.region, C.WATCHER)
     names = {**{i: f"worker {i}" for i in range(len(blocks))}, C.WATCHER: "watcher", W.SUPERVISOR: "supervisor"}
     warnings = [LoggedWarning(*w) for w in W.recent(shared.warnings, shared.region, names, SHOWN_WARNINGS)]
     return msgspec.json.encode(collect(blocks, pids, restarts, inodes, handles, record, watcher,
                                        pids.get(C.WATCHER, 0), requests_per_queue,
-                                       InodeTable.slots(shared.inodes, shared.region), warnings, workers))  # fmt: skip
+                                       shared.inodes.slots(shared.region), warnings, workers))  # fmt: skip
 
 
 Restart = Callable[[], tuple[bytes, Callable[[], None] | None]]  # the answer, and what to do once it is sent

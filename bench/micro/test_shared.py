@@ -13,7 +13,10 @@ from pathlib import Path
 
 from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import HandleSpace, HandleTable
-from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.fs.inode_index import InodeIndex
+from fastpass.fs.inodes import InodeTable
+from fastpass.fs.passthrough import Passthrough
+from fastpass.fs.slots import InodeSpace
 from fastpass.shm.counters import CounterSpace, WorkerCounters
 from fastpass.shm.region import LOCK_INODES, U64, Layout, Region
 
@@ -66,16 +69,19 @@ def test_kept_backing_id_join_detach(benchmark, tmp_path: Path) -> None:
     counters = CounterSpace(layout)
     region = Region(layout.size)
     root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
-    InodeTable.format(space, region, root)
-    table = InodeTable(space, region, os.open(tmp_path, os.O_PATH), FdBudget(100), 0, WorkerCounters(counters, region, 0).misc)
+    InodeIndex.format(space, region, root)
+    misc = WorkerCounters(counters, region, 0).misc
+    index = InodeIndex(space, region, 0, misc)
+    table = InodeTable(index, os.open(tmp_path, os.O_PATH), FdBudget(100))
+    passthrough = Passthrough(-1, index, region, misc)  # no device: the id comes from `register` below
     inode, _ = table.lookup(table.root, b"f")
-    assert table.attach_backing(inode, 0, True, lambda: 7) == (7, False)
-    table.detach_backing(inode.nodeid)  # kept: no open, still registered
+    assert passthrough.attach(inode, 0, True, lambda: 7) == (7, False)
+    passthrough.release(inode.nodeid)  # kept: no open, still registered
 
     def run() -> int:
-        backing_id = table.join_backing(inode, 0)
-        table.detach_backing(inode.nodeid)
+        backing_id = passthrough.join(inode, 0)[1]
+        passthrough.release(inode.nodeid)
         return backing_id
 
     assert benchmark(run) == 7
-    assert not table.in_passthrough(inode.nodeid)
+    assert not index.in_passthrough(inode.nodeid)

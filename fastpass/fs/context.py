@@ -16,10 +16,12 @@ from fastpass.fs import fstypes
 from fastpass.fs.attrcache import AttrCache, atime_policy
 from fastpass.fs.fds import FdBudget
 from fastpass.fs.handles import DIR, FILE, DirHandle, HandleTable
-from fastpass.fs.inodes import Inode, InodeTable
+from fastpass.fs.inode_index import InodeIndex
+from fastpass.fs.inodes import InodeTable
 from fastpass.fs.passthrough import Passthrough
 from fastpass.fs.prune import Pruner
 from fastpass.fs.shared import SharedState
+from fastpass.fs.slots import Inode
 from fastpass.kernel import encode
 from fastpass.kernel.abi import ROOT_ID
 from fastpass.kernel.init import MAX_WRITE
@@ -168,7 +170,13 @@ class Fs:
             share = config.max_inodes_per_user or shared.inodes.capacity // 2
             if share >= shared.inodes.capacity:  # the table's own bound comes first
                 share = 0
-        self.inodes = InodeTable(shared.inodes, shared.region, root_fd, self.fds, worker, self.counters.misc, share)
+        # FUSE_NOTIFY_PRUNE where the kernel has it: the index asks it to forget cold inodes.
+        prune = Pruner(kernel.notify.prune, self.counters.misc) if kernel and kernel.prune else None
+        self.index = InodeIndex(shared.inodes, shared.region, worker, self.counters.misc, share, prune)
+        # What the kernel agreed at INIT, on this worker's device fd.
+        self.passthrough = (Passthrough(kernel.devfd, self.index, shared.region, self.counters.misc)
+                            if kernel and kernel.passthrough else None)  # fmt: skip
+        self.inodes = InodeTable(self.index, root_fd, self.fds, self.passthrough)
         self.handles = HandleTable(shared.handles, shared.region, worker, self.counters.misc, self.fds,
                                    config.max_open_per_user if config.allow_other else 0)  # fmt: skip
         self.entry_valid = split_time(config.entry_timeout)
@@ -197,13 +205,8 @@ class Fs:
         self.filter_flush = filters.flush
         self.filter_lookup = filters.lookup
         self._root_path: str | None = None
-        # What the kernel agreed at INIT, on this worker's device fd.
-        self.passthrough = Passthrough(kernel.devfd, self.inodes, self.counters.misc) if kernel and kernel.passthrough \
-            else None  # fmt: skip
         # Under FUSE_WRITEBACK_CACHE, where `written_back` tells the kernel; None: no writeback cache.
         self.writeback = kernel.notify if kernel and kernel.writeback else None
-        if kernel and kernel.prune:
-            self.inodes.prune = Pruner(kernel.notify.prune, self.counters.misc)
 
     def file_fd(self, fh: int) -> int:
         """This worker's backing fd for an open file, reopened from the inode on first use here
@@ -261,7 +264,7 @@ class Fs:
         cache, entry_valid, attr_valid = self.home if st.st_dev == self.home_dev else self.away
         if cache is not None:
             cache.put(inode.nodeid, t0, attr, flags)
-        if self.writeback is not None and self.inodes.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
+        if self.writeback is not None and self.index.outdated(inode.nodeid) and stat.S_ISREG(st.st_mode):
             entry_valid = _NOW  # open, and changed outside: each walk asks until a lookup retires it
         return encode.entry_out(inode.nodeid, inode.generation, entry_valid, attr_valid, attr)
 
@@ -321,7 +324,7 @@ class Fs:
         """fuse_attr_out from the shared cache, or None: ask the backing.  An inode with a
         passthrough open is never answered from it (the kernel changes such files itself)."""
         cache = self.cache
-        if cache is None or (self.passthrough is not None and self.inodes.in_passthrough(nodeid)):
+        if cache is None or (self.passthrough is not None and self.index.in_passthrough(nodeid)):
             return None
         attr = cache.get(nodeid)
         return None if attr is None else encode.attr_out(self.attr_valid, attr)
@@ -360,4 +363,4 @@ class Fs:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             return 0
-        return self.inodes.nodeid_of((st.st_dev, st.st_ino))
+        return self.index.nodeid_of((st.st_dev, st.st_ino))

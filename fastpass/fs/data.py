@@ -30,8 +30,8 @@ from fastpass.fs.attrs import kill_suidgid
 from fastpass.fs.context import CallerUmask, Fs, Request, proc_path
 from fastpass.fs.fstypes import SILENT_CLOSE
 from fastpass.fs.handles import PASSTHROUGH_MARK
-from fastpass.fs.inodes import Inode
 from fastpass.fs.openflags import backing
+from fastpass.fs.slots import Inode
 from fastpass.kernel import abi, encode
 from fastpass.kernel.abi import FopenFlag
 from fastpass.shm.counters import OPENS_PASSTHROUGH, OPENS_USERSPACE
@@ -88,7 +88,7 @@ def _published(fs: Fs, req: Request, inode: Inode, fd: int | None, flags: int, o
             fs.passthrough.release(inode.nodeid)  # type: ignore[union-attr]
         raise
     if fs.writeback is not None:
-        fs.inodes.opened(inode.nodeid, 1)  # the kernel may keep an outdated size while it is open
+        fs.index.opened(inode.nodeid, 1)  # the kernel may keep an outdated size while it is open
     passed = backing_id and not open_flags & _DIRECT_IO
     fs.counters.misc[OPENS_PASSTHROUGH if passed else OPENS_USERSPACE] += 1
     return encode.open_out(fh, open_flags, backing_id)
@@ -329,7 +329,7 @@ def release(fs: Fs, req: Request, fh: int, flags: int, release_flags: int, lock_
             fs.cache.read(nodeid)
         fs.passthrough.release(nodeid)
     elif fs.writeback is not None:
-        fs.inodes.opened(nodeid, -1)
+        fs.index.opened(nodeid, -1)
 
 
 def fsync(fs: Fs, req: Request, fh: int, fsync_flags: int) -> None:

@@ -23,7 +23,8 @@ from fastpass import _linux
 from fastpass.fs.context import Fs, Request, proc_path
 from fastpass.fs.fds import BATCH
 from fastpass.fs.handles import DirHandle
-from fastpass.fs.inodes import O_PATH_FLAGS, Inode
+from fastpass.fs.inodes import O_PATH_FLAGS
+from fastpass.fs.slots import Inode
 from fastpass.kernel import encode
 from fastpass.kernel.abi import FopenFlag
 from fastpass.uring.ring import PART, Ring

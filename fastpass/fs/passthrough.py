@@ -10,8 +10,9 @@ Facts that shape it (fs/fuse/passthrough.c, backing.c and iomode.c, Linux 6.9-6.
 * While an inode has a passthrough open, every new open of it must carry
   FOPEN_PASSTHROUGH with the same id, else the application's open(2) fails
   with EIO.  So the id lives in the shared inode slot with its open count
-  (`InodeTable.attach_backing`), and the last release, on whichever worker,
-  closes it once.
+  (`fastpass.fs.slots`; `attach` below), read and written under the lock of
+  the slot's stripe, and the last release, on whichever worker, closes it
+  once.
 * For each passthrough open the kernel opens its own backing file from the
   registered one's path, with the application's open flags (O_APPEND and
   O_DIRECT included), and does that I/O with the registrant's credentials.
@@ -34,33 +35,45 @@ Facts that shape it (fs/fuse/passthrough.c, backing.c and iomode.c, Linux 6.9-6.
   so an id stays usable with no open.  One registered from a read-only file
   (it holds no write access: no ETXTBSY for an exec of it) is therefore kept
   until the kernel forgets the inode, and serves the next open by the same
-  uid with no ioctl.
+  uid with no ioctl (up to IDLE_IDS of them).  The FORGET that frees the
+  slot clears its fields under the inode lock, before the slot can be taken
+  again (`InodeIndex.forget`), and the worker that freed it closes the id
+  (`InodeTable.forget` calls `close`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from fastpass import _linux
-from fastpass.fs.inodes import Inode, InodeTable
+from fastpass.fs.inode_index import InodeIndex
+from fastpass.fs.slots import BACKING, BACKING_AT, MASK32, OPENS, OPENS_AT, Inode
 from fastpass.kernel import abi
 from fastpass.kernel.abi import FopenFlag
 from fastpass.shm.counters import BACKING_CLOSED, BACKING_REGISTERED
+from fastpass.shm.region import BACKING_STRIPES, Region
 
 log = logging.getLogger("fastpass.passthrough")
 
 # Plain ints: IntFlag's | runs in Python.
 _PASSTHROUGH, _DIRECT_IO = int(FopenFlag.PASSTHROUGH), int(FopenFlag.DIRECT_IO)
+# Backing ids kept registered with no open, at most: each pins a kernel file, its dentry and the
+# backing inode (about 1.5 KiB), and a deleted file's blocks, until the kernel forgets the inode.
+IDLE_IDS = 16384
 
 
 class Passthrough:
-    def __init__(self, devfd: int, inodes: InodeTable, misc: memoryview):
+    """One worker's passthrough: backing ids registered on its device fd, shared through the
+    inode slots (`InodeIndex.backing`)."""
+
+    def __init__(self, devfd: int, index: InodeIndex, region: Region, misc: memoryview):
         self._devfd = devfd
-        self._inodes = inodes
+        self._index = index
+        self._region = region  # the slots' stripe locks
         self._misc = misc  # this worker's counters: ids registered and closed
         self._warned: set[int] = set()
-        inodes.unregister = self._close
 
     def open(self, inode: Inode, fd: int, uid: int, flags: int) -> tuple[int, int]:
         """(open_flags, backing_id) for a regular file the caller `uid` has just opened as `fd` with `flags`."""
@@ -78,21 +91,81 @@ class Passthrough:
             return backing_id
 
         read_only = flags & os.O_ACCMODE == os.O_RDONLY
-        backing_id, own_io = self._inodes.attach_backing(inode, uid, read_only, register)
+        backing_id, own_io = self.attach(inode, uid, read_only, register)
         if not backing_id:
             return 0, 0
         return _PASSTHROUGH | (_DIRECT_IO if own_io else 0), backing_id
+
+    def attach(self, inode: Inode, uid: int, read_only: bool, register: Callable[[], int]) -> tuple[int, bool]:
+        """The inode's passthrough backing id for one more open, registering one if it has none.
+
+        The kernel allows one backing file per inode while any passthrough open
+        of it lives, so the id and its open count are shared by every worker.
+        An id registered from a read-only file outlives its last open (up to
+        IDLE_IDS of them) and serves the next open by the same uid without a
+        registration; the inode's FORGET closes it.  Returns (backing id,
+        own_io): own_io means the id was registered with another uid's
+        credentials, so this open may use it only for mmap and must do its
+        reads and writes in userspace.  `register()` gives the id of the
+        opener's file (`read_only` says whether it is), or 0 when it cannot;
+        then (0, False).
+        """
+        slot = inode.nodeid & MASK32
+        m, off, lock = self._index.backing(slot)
+        at = off + BACKING_AT
+        region = self._region
+        region.lock(lock)
+        try:
+            backing_id, opens, owner, keep = BACKING.unpack_from(m, at)
+            if backing_id > 0:
+                if opens or owner == uid:
+                    OPENS.pack_into(m, off + OPENS_AT, opens + 1)
+                    return backing_id, owner != uid
+                # idle, another uid's: the opener's own credentials serve better
+                self.close(self._index.drop_backing(slot))
+            backing_id = register()
+            if backing_id > 0:
+                keep = read_only and self._index.count_kept(slot, 1, IDLE_IDS // BACKING_STRIPES)
+                BACKING.pack_into(m, at, backing_id, 1, uid, keep)
+            return backing_id, False
+        finally:
+            region.unlock(lock)
 
     def join(self, inode: Inode, uid: int) -> tuple[int, int]:
         """(open_flags, backing_id) of the id `uid` registered for the inode, one open more, or
         (0, 0): an open that needs nothing of the worker but the id (a plain read-only one,
         checked already) joins it without opening the backing file itself."""
-        backing_id = self._inodes.join_backing(inode, uid)
-        return (_PASSTHROUGH, backing_id) if backing_id else (0, 0)
+        m, off, lock = self._index.backing(inode.nodeid & MASK32)
+        region = self._region
+        region.lock(lock)
+        try:
+            backing_id, opens, owner, _keep = BACKING.unpack_from(m, off + BACKING_AT)
+            if backing_id <= 0 or owner != uid:
+                return 0, 0
+            OPENS.pack_into(m, off + OPENS_AT, opens + 1)
+        finally:
+            region.unlock(lock)
+        return _PASSTHROUGH, backing_id
 
     def release(self, nodeid: int) -> None:
-        self._inodes.detach_backing(nodeid)
+        """One passthrough open fewer; after the last, an id that may not stay idle is closed
+        (once, whichever worker)."""
+        slot = nodeid & MASK32
+        m, off, lock = self._index.backing(slot)
+        region = self._region
+        region.lock(lock)
+        try:
+            backing_id, opens, _owner, keep = BACKING.unpack_from(m, off + BACKING_AT)
+            if backing_id <= 0 or opens <= 0:
+                return
+            if opens > 1 or keep:
+                OPENS.pack_into(m, off + OPENS_AT, opens - 1)
+            else:
+                self.close(self._index.drop_backing(slot))
+        finally:
+            region.unlock(lock)
 
-    def _close(self, backing_id: int) -> None:
+    def close(self, backing_id: int) -> None:
+        """Close a backing id no slot holds any more."""
         _linux.backing_close(self._devfd, backing_id, abi.DEV_IOC_BACKING_CLOSE)
         self._misc[BACKING_CLOSED] += 1

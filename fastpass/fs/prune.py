@@ -13,7 +13,7 @@ Facts that shape it:
   worker must answer.  So the notification is written from a thread of its
   own: the worker's request loop goes on meanwhile, and a one-worker mount
   cannot end up waiting on itself.
-* The inode table picks the nodeids under its lock (`InodeTable._cold`) and
+* The inode table picks the nodeids under its lock (`InodeIndex._cold`) and
   hands them over here; the thread takes them in order.
 """
 
@@ -33,7 +33,7 @@ _ENDED = (errno.ENODEV, errno.ECONNABORTED, errno.EBADF)  # the connection (or t
 
 
 class Pruner:
-    """The callable the inode table prunes through (`InodeTable.prune`), one per worker."""
+    """The callable the inode index prunes through (its `prune`), one per worker."""
 
     def __init__(self, send: Callable[[list[int]], None], misc: memoryview):
         """`send`: the notification's write (`fastpass.transport.dev.Notifier.prune`)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastpass.fs.attrcache import AttrSpace
 from fastpass.fs.handles import HandleSpace, HandleTable
-from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.fs.inode_index import InodeIndex
+from fastpass.fs.slots import InodeSpace
 from fastpass.shm.control import ControlSpace
 from fastpass.shm.counters import CounterSpace
 from fastpass.shm.region import Layout, Region
@@ -28,5 +29,5 @@ class SharedState:
         self.region = Region(layout.size, attach=None if attach is None else attach[0])
         if attach is not None:
             return
-        InodeTable.format(self.inodes, self.region, root_fd)
+        InodeIndex.format(self.inodes, self.region, root_fd)
         HandleTable.format(self.handles, self.region)

@@ -38,7 +38,7 @@ holds open, mapped or by another cached name is then dropped by the kernel,
 and the next lookup makes it afresh.  The kernel may still hold an inode
 nothing uses (a last RELEASE not yet answered), so it is also marked
 (`SlotReader.outdate`): its next lookup once no open holds it gives the name
-a new nodeid (fastpass.fs.inodes).  While something holds it, its size and
+a new nodeid (fastpass.fs.inode_index).  While something holds it, its size and
 times stay the kernel's; its data still follows (the pages are dropped).
 """
 
@@ -56,7 +56,7 @@ from typing import Protocol
 
 from fastpass import _linux
 from fastpass.fs.attrcache import AttrCache
-from fastpass.fs.inodes import InodeSpace, SlotReader
+from fastpass.fs.slots import InodeSpace, SlotReader
 from fastpass.shm.counters import INVALIDATIONS
 from fastpass.shm.region import Region
 

@@ -65,7 +65,7 @@ _LOCK_SIZE = 64  # a pthread_mutex_t (40 bytes on x86-64) alone on its cache lin
 LOGGED = LOCK_INODES + 1  # the locks 0..LOGGED-1 keep an undo log
 UNDO_SIZE = 64 * 1024  # bytes of one lock's log (sparse: a page is used once a section writes there)
 _UNDO_HEAD = 8  # the log's bytes in use (u32), whether it spilled (u32), then the entries
-SLOTS = 1  # the undo target of the inode slots' memfd (fastpass.fs.inodes); 0 is the region
+SLOTS = 1  # the undo target of the inode slots' memfd (fastpass.fs.slots); 0 is the region
 _UNDO_ENTRY = struct.Struct("<BxHIQ")  # target, length, pad, offset; the saved bytes follow, to 8 bytes
 
 log = logging.getLogger("fastpass.region")

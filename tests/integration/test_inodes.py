@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import bind_mount, fastpass_mount, run_fastpass, wait_for
 
-from fastpass.fs.inodes import FIRST_SLOTS
+from fastpass.fs.slots import FIRST_SLOTS
 from tests.users import as_user, drop, wait_child
 
 A, B = 1000, 1001  # the uid that fills its share, and another one

@@ -13,7 +13,9 @@ import pytest
 from fastpass.fs import fds as fds_module
 from fastpass.fs.fds import FLOOR, FdBudget, raise_limit
 from fastpass.fs.handles import FILE, HandleSpace, HandleTable
-from fastpass.fs.inodes import InodeSpace, InodeTable
+from fastpass.fs.inode_index import InodeIndex
+from fastpass.fs.inodes import InodeTable
+from fastpass.fs.slots import InodeSpace
 from fastpass.shm.counters import CounterSpace, WorkerCounters
 from fastpass.shm.region import LOCK_SHARES, Layout, Region
 from fastpass.shm.shares import CELLS, Shares, ShareSpace
@@ -47,9 +49,9 @@ def _tables(tmp_path: Path, budget: FdBudget) -> tuple[InodeTable, HandleTable, 
     counters = CounterSpace(layout)
     region = Region(layout.size)
     root = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
-    InodeTable.format(inodes, region, root)
+    InodeIndex.format(inodes, region, root)
     misc = WorkerCounters(counters, region, 0).misc
-    table = InodeTable(inodes, region, os.open(tmp_path, os.O_PATH), budget, 0, misc)
+    table = InodeTable(InodeIndex(inodes, region, 0, misc), os.open(tmp_path, os.O_PATH), budget)
     return (table, HandleTable(handles, region, 0, misc, budget),
             HandleTable(handles, region, 1, WorkerCounters(counters, region, 1).misc, FdBudget()))  # fmt: skip
 

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastpass.fs import inodes
-from fastpass.fs.inodes import FIRST_SLOTS, SLOT_SIZE, UIDS, InodeTable, SlotReader, prune_batch
+from fastpass.fs import inode_index
+from fastpass.fs.inode_index import prune_batch
+from fastpass.fs.slots import FIRST_SLOTS, SLOT, SLOT_SIZE, UIDS, SlotReader
 from fastpass.shm.region import LOCK_INODES
 from tests.tables import close_all, inode_space, inode_table
 from tests.users import wait_child
@@ -63,21 +64,21 @@ def test_a_table_grown_by_one_process_is_mapped_lazily_by_the_others(tmp_path: P
     space, counters, region = inode_space(tmp_path, 0)
     a = inode_table(tmp_path, space, counters, region, 0)
     b = inode_table(tmp_path, space, counters, region, 1)
-    assert a._mapped == b._mapped == FIRST_SLOTS
+    assert a.index._mapped == b.index._mapped == FIRST_SLOTS
     made = {name: a.lookup(a.root, name)[0] for name in names[: 3 * FIRST_SLOTS]}
-    assert InodeTable.slots(space, region) == 4 * FIRST_SLOTS and InodeTable.live(space, region) == 3 * FIRST_SLOTS + 1
-    assert b._mapped == FIRST_SLOTS  # b has not met the new slots yet
+    assert space.slots(region) == 4 * FIRST_SLOTS and space.live(region) == 3 * FIRST_SLOTS + 1
+    assert b.index._mapped == FIRST_SLOTS  # b has not met the new slots yet
 
     def in_b() -> tuple[list[int], list[int], dict[bytes, int]]:
         views = [b.get(inode.nodeid) for inode in made.values()]  # maps the grown table on the way
-        found = [b.nodeid_of(view.key) for view in views]
+        found = [b.index.nodeid_of(view.key) for view in views]
         more = {name: b.lookup(b.root, name)[0].nodeid for name in names[3 * FIRST_SLOTS :]}
         return [v.key[1] for v in views], found, more
 
     inos, found, more = _in_child(in_b)
     assert inos == [inode.key[1] for inode in made.values()]
     assert found == [inode.nodeid for inode in made.values()]
-    assert InodeTable.live(space, region) == 4 * FIRST_SLOTS + 1 and InodeTable.slots(space, region) == 8 * FIRST_SLOTS
+    assert space.live(region) == 4 * FIRST_SLOTS + 1 and space.slots(region) == 8 * FIRST_SLOTS
     for name, nodeid in more.items():  # what the child made, the parent (a) resolves
         assert a.get(nodeid).key[1] == os.stat(tmp_path / name.decode()).st_ino
     assert a.lookup(a.root, names[-1])[0].nodeid == more[names[-1]]  # one slot per inode, whoever made it
@@ -90,12 +91,12 @@ def test_forget_frees_every_slot_and_they_come_back(tmp_path: Path) -> None:
     space, counters, region = inode_space(tmp_path, 0)
     a = inode_table(tmp_path, space, counters, region, 0)
     first = [a.lookup(a.root, name)[0].nodeid for name in names]
-    grown = InodeTable.slots(space, region)
+    grown = space.slots(region)
     for nodeid in first:
         a.forget(nodeid, 1)
-    assert InodeTable.live(space, region) == 1
+    assert space.live(region) == 1
     again = [a.lookup(a.root, name)[0].nodeid for name in names]
-    assert InodeTable.slots(space, region) == grown  # freed slots were taken again, no growth
+    assert space.slots(region) == grown  # freed slots were taken again, no growth
     assert {n & 0xFFFFFFFF for n in again} == {n & 0xFFFFFFFF for n in first}
     assert all(n >> 32 == 1 for n in again)  # each with a new generation
 
@@ -110,21 +111,21 @@ def test_a_file_changed_outside_gets_a_new_nodeid_once_no_open_holds_it(tmp_path
     a = inode_table(tmp_path, space, counters, region, 0)
     b = inode_table(tmp_path, space, counters, region, 1)
     old = a.lookup(a.root, b"f")[0].nodeid
-    a.opened(old, 1)
+    a.index.opened(old, 1)
     SlotReader(space, region).outdate(old)
-    assert a.outdated(old)
+    assert a.index.outdated(old)
     assert a.lookup(a.root, b"f")[0].nodeid == old and b.lookup(b.root, b"f")[0].nodeid == old
-    a.opened(old, -1)
+    a.index.opened(old, -1)
     new = b.lookup(b.root, b"f")[0].nodeid
-    assert new != old and not a.outdated(new)
+    assert new != old and not a.index.outdated(new)
     assert a.lookup(a.root, b"f")[0].nodeid == new  # a's fd for the old slot does not bring it back
     assert SlotReader(space, region).nodeid_of(a.get(new).key) == new
-    assert InodeTable.live(space, region) == 3
+    assert space.live(region) == 3
     a.forget(old, 3)
-    assert InodeTable.live(space, region) == 2 and b.lookup(b.root, b"f")[0].nodeid == new
+    assert space.live(region) == 2 and b.lookup(b.root, b"f")[0].nodeid == new
     d = a.lookup(a.root, b"d")[0].nodeid
     SlotReader(space, region).outdate(d)
-    assert a.lookup(a.root, b"d")[0].nodeid == d and not a.outdated(d)
+    assert a.lookup(a.root, b"d")[0].nodeid == d and not a.index.outdated(d)
 
 
 class _DiesAtHeader:
@@ -154,7 +155,7 @@ def test_a_worker_dead_inside_the_inode_lock_leaves_the_table_as_before(tmp_path
     many = [a.lookup(a.root, f"g{i}".encode())[0] for i in range(1000)]
 
     def dies() -> None:
-        monkeypatch.setattr(inodes, "HEADER", _DiesAtHeader(inodes.HEADER))
+        monkeypatch.setattr(inode_index, "HEADER", _DiesAtHeader(inode_index.HEADER))
         b = inode_table(tmp_path, space, counters, region, 1)
         b.lookup(b.root, names[1])
 
@@ -172,10 +173,10 @@ def test_a_worker_dead_inside_the_inode_lock_leaves_the_table_as_before(tmp_path
     reader = SlotReader(space, region)
     for inode in (first, second, third, *many):
         assert reader.nodeid_of(inode.key) == inode.nodeid
-    assert InodeTable.live(space, region) == 1004
+    assert space.live(region) == 1004
     for inode in (first, second, third, *many):
         a.forget(inode.nodeid, 1)
-    assert InodeTable.live(space, region) == 1
+    assert space.live(region) == 1
 
 
 def _index_against_a_dict(tmp: Path, ops: list[tuple[int, int]]) -> int:
@@ -183,21 +184,22 @@ def _index_against_a_dict(tmp: Path, ops: list[tuple[int, int]]) -> int:
     every key must then be found in its slot.  Returns the table's size in slots."""
     space, counters, region = inode_space(tmp, 0)
     a = inode_table(tmp, space, counters, region, 0)
+    index = a.index
     model: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, n in ops:
         key = (7, n * 4096)
         if kind and key not in model:
-            model[key] = a._new_slot(a._find(key, *a._catch_up()[1:3])[0], key, -1, None, 0)
+            model[key] = index._new_slot(index._find(key, *index._catch_up()[1:3])[0], key, -1, None, 0)
         elif not kind and key in model:
             slot, gen = model.pop(key)
-            a._free(slot, gen, key, 0)
-    assert InodeTable.live(space, region) == len(model) + 1
-    geometry = a._catch_up()[1:3]
+            index._free(slot, gen)
+    assert space.live(region) == len(model) + 1
+    geometry = index._catch_up()[1:3]
     for key, (slot, _gen) in model.items():
-        assert a._find(key, *geometry)[2] == slot
-    assert a._find((7, 1), *geometry)[2] == 0
-    assert a._find(a.root.key, *geometry)[2] == 1
-    return InodeTable.slots(space, region)
+        assert index._find(key, *geometry)[2] == slot
+    assert index._find((7, 1), *geometry)[2] == 0
+    assert index._find(a.root.key, *geometry)[2] == 1
+    return space.slots(region)
 
 
 @settings(max_examples=25, deadline=None)
@@ -222,25 +224,24 @@ def test_near_the_bound_cold_inodes_are_pruned_then_enfile(tmp_path: Path) -> No
     batch = prune_batch(bound)
     names = _files(tmp_path, bound + 8)
     space, counters, region = inode_space(tmp_path, bound)
-    a = inode_table(tmp_path, space, counters, region, 0)
     asked: list[list[int]] = []
-    a.prune = asked.append
+    a = inode_table(tmp_path, space, counters, region, 0, prune=asked.append, closed=[])
     inodes = [a.lookup(a.root, name)[0] for name in names[: bound - batch - 1]]
-    assert asked == [] and InodeTable.live(space, region) == bound - batch
+    assert asked == [] and space.live(region) == bound - batch
     hot, busy = inodes[0], inodes[1]
     a.lookup(a.root, names[0])  # looked up again: touched
-    a.attach_backing(busy, 0, False, lambda: 5)  # a passthrough open
+    a._passthrough.attach(busy, 0, False, lambda: 5)  # a passthrough open
     a.lookup(a.root, names[bound - batch - 1])  # the first slot past the mark: a prune
     assert len(asked) == 1
     pruned = set(asked[0])
     assert hot.nodeid not in pruned and busy.nodeid not in pruned and 1 not in pruned
     assert pruned == {i.nodeid for i in inodes[2 : 2 + batch]}  # the coldest first: oldest slots, in order
-    while InodeTable.live(space, region) < bound:
-        a.lookup(a.root, names[InodeTable.live(space, region) - 1])
+    while space.live(region) < bound:
+        a.lookup(a.root, names[space.live(region) - 1])
     with pytest.raises(OSError) as info:
         a.lookup(a.root, names[-1])
     assert info.value.errno == errno.ENFILE
-    assert InodeTable.live(space, region) == bound
+    assert space.live(region) == bound
     for nodeid in asked[0]:  # the kernel forgets what it could drop
         a.forget(nodeid, 1)
     assert a.lookup(a.root, names[-1])[0].key[1] == os.stat(tmp_path / names[-1].decode()).st_ino
@@ -252,11 +253,10 @@ def test_a_uid_at_its_share_is_enfile_and_others_are_not(tmp_path: Path, monkeyp
     bound, share = 400, 100
     names = _files(tmp_path, 260)
     space, counters, region = inode_space(tmp_path, bound)
-    a = inode_table(tmp_path, space, counters, region, 0, share)
     asked: list[list[int]] = []
-    a.prune = asked.append
+    a = inode_table(tmp_path, space, counters, region, 0, share, prune=asked.append)
     acting = {"uid": 1000}
-    monkeypatch.setattr("fastpass.fs.inodes._linux.fsuid_now", lambda: acting["uid"])
+    monkeypatch.setattr("fastpass.fs.inode_index._linux.fsuid_now", lambda: acting["uid"])
     held = []
     with pytest.raises(OSError) as info:
         for name in names:
@@ -289,19 +289,20 @@ def test_share_cells_are_claimed_once_and_reused_when_empty(tmp_path: Path) -> N
     try:
         cells = []
         for uid in range(UIDS - 1):
-            cells.append(a._cell_of(uid))
+            cells.append(a.index._cell_of(uid))
             count(cells[-1], 1)
         assert 0 not in cells and len(set(cells)) == UIDS - 1
-        assert [a._cell_of(uid) for uid in range(UIDS - 1)] == cells  # found again
-        assert a._cell_of(99999) == 0  # every cell counts slots: not counted
+        assert [a.index._cell_of(uid) for uid in range(UIDS - 1)] == cells  # found again
+        assert a.index._cell_of(99999) == 0  # every cell counts slots: not counted
         count(cells[7], 0)  # uid 7 holds no slot any more
-        assert a._cell_of(99999) == cells[7]
+        assert a.index._cell_of(99999) == cells[7]
         count(cells[7], 1)
-        assert a._cell_of(7) == 0 and a._cell_of(99999) == cells[7]
+        assert a.index._cell_of(7) == 0 and a.index._cell_of(99999) == cells[7]
     finally:
         region.unlock(LOCK_INODES)
 
 
 def test_a_slot_is_200_bytes_and_the_table_starts_small() -> None:
     assert SLOT_SIZE == 200
+    assert SLOT.format == "<IIqQQIIiiIIiBBHIBB2x128s"  # the restart format: a new supervisor maps the old slots
     assert FIRST_SLOTS * SLOT_SIZE <= 256 * 1024

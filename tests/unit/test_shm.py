@@ -52,7 +52,7 @@ def test_forget_frees_once_and_the_slot_comes_back_with_a_new_generation(tmp_pat
     assert b.get(first.nodeid).nodeid == first.nodeid  # still one lookup left
     b.forget(first.nodeid, 1)
     a.sync()
-    assert InodeTable.live(a._space, a._region) == 1  # the root alone
+    assert a.index._space.live(a.index._region) == 1  # the root alone
     b.forget(first.nodeid, 1)  # a late forget of a freed nodeid changes nothing
     again, _ = a.lookup(a.root, b"f")
     assert again.nodeid & 0xFFFFFFFF == first.nodeid & 0xFFFFFFFF
@@ -193,38 +193,43 @@ def test_kept_backing_ids_are_reused_bounded_and_closed_by_forget(tmp_path: Path
     file, the bound, and the inode's FORGET each close it."""
     for name in ("r", "w", "x"):
         (tmp_path / name).write_text(name)
-    a, b, _ = _tables(tmp_path)
+    space, counters, region = inode_space(tmp_path, 64)
     closed: list[int] = []
-    a.unregister = b.unregister = closed.append
+    a = inode_table(tmp_path, space, counters, region, 0, fds=1000, closed=closed)
+    b = inode_table(tmp_path, space, counters, region, 1, fds=1000, closed=closed)
+    pa, pb = a._passthrough, b._passthrough
     ids = iter(range(1, 100))
 
     def register() -> int:
         return next(ids)
 
     r, _ = a.lookup(a.root, b"r")
-    assert a.attach_backing(r, 0, True, register) == (1, False)
-    assert a.in_passthrough(r.nodeid)
-    b.detach_backing(r.nodeid)  # the last release, on another worker: kept
-    assert not a.in_passthrough(r.nodeid) and closed == []
-    assert b.attach_backing(b.get(r.nodeid), 0, False, register) == (1, False)  # reused, even for a write open
-    assert a.attach_backing(r, 1000, True, register) == (1, True)  # in use: another uid gets it for mmap only
-    a.detach_backing(r.nodeid)
-    a.detach_backing(r.nodeid)
-    assert a.attach_backing(r, 1000, True, register) == (2, False)  # idle: uid 1000 registers its own
+    assert pa.attach(r, 0, True, register) == (1, False)
+    assert a.index.in_passthrough(r.nodeid)
+    pb.release(r.nodeid)  # the last release, on another worker: kept
+    assert not a.index.in_passthrough(r.nodeid) and closed == []
+    assert pb.join(b.get(r.nodeid), 0)[1] == 1  # joined by a plain open of the same uid
+    pb.release(r.nodeid)
+    assert pb.attach(b.get(r.nodeid), 0, False, register) == (1, False)  # reused, even for a write open
+    assert pa.attach(r, 1000, True, register) == (1, True)  # in use: another uid gets it for mmap only
+    assert pa.join(r, 1000) == (0, 0)  # not uid 1000's to join
+    pa.release(r.nodeid)
+    pa.release(r.nodeid)
+    assert pa.attach(r, 1000, True, register) == (2, False)  # idle: uid 1000 registers its own
     assert closed == [1]
-    a.detach_backing(r.nodeid)
+    pa.release(r.nodeid)
 
     w, _ = a.lookup(a.root, b"w")
-    assert a.attach_backing(w, 0, False, register) == (3, False)
-    a.detach_backing(w.nodeid)
+    assert pa.attach(w, 0, False, register) == (3, False)
+    pa.release(w.nodeid)
     assert closed == [1, 3]  # a writable file's id ends with its last open
 
-    monkeypatch.setattr("fastpass.fs.inodes.IDLE_IDS", 0)
+    monkeypatch.setattr("fastpass.fs.passthrough.IDLE_IDS", 0)
     x, _ = a.lookup(a.root, b"x")
-    assert a.attach_backing(x, 0, True, register) == (4, False)
-    a.detach_backing(x.nodeid)
+    assert pa.attach(x, 0, True, register) == (4, False)
+    pa.release(x.nodeid)
     assert closed == [1, 3, 4]  # past the bound: not kept
 
     a.forget(r.nodeid, 1)
     assert closed == [1, 3, 4, 2]  # the kept one goes with the inode, and its stripe's count with it
-    assert U32.unpack_from(a._rmap, a._space.kept + (r.nodeid & 0xFFFFFFFF) % BACKING_STRIPES * 4)[0] == 0
+    assert U32.unpack_from(region.map, space.kept + (r.nodeid & 0xFFFFFFFF) % BACKING_STRIPES * 4)[0] == 0
