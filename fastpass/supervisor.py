@@ -61,8 +61,9 @@ from fastpass.config import (
 )
 from fastpass.filters import load
 from fastpass.fs.fds import raise_limit
-from fastpass.fs.inodes import can_reopen, handle_of
+from fastpass.fs.inodes import can_reopen
 from fastpass.fs.shared import DEFAULT_MAX_HANDLES, SharedState
+from fastpass.fs.slots import handle_of
 from fastpass.fs.watcher import open_watch
 from fastpass.kernel import abi, mount
 from fastpass.kernel.init import KERNEL_PERMISSIONS, KernelTooOld, Negotiated, negotiate
