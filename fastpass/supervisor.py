@@ -1,8 +1,10 @@
 """The supervisor: checks, mounts, answers INIT, runs the worker pool, owns shutdown.
 
-Size: over 500 lines: the pool's life (start, replacement, succession when the
-supervisor dies, restart hand-over, shutdown) is one state machine; the option rules
-that `check` holds are to move into a table in config (issue 25, step 4).
+Size: over 500 lines: the pool's life (start, replacement, resize, succession when
+the supervisor dies, restart hand-over, shutdown) is one state machine over the same
+fields, and the start-up that leads into it (what needs the system to be checked, the
+mount, INIT) hands it those fields; the option rules are config's (`config.RULES`), and
+the worker's and watcher's bodies are `fastpass.processes`'.
 
 Process layout: the supervisor keeps the session's device fd for the whole
 mount and the shared tables (`fastpass.fs.shared`); each worker is a forked
