@@ -84,7 +84,10 @@ class Dev:
         self.devfd = devfd
         self.pool = pool
         self.answered = answered
-        self.blocking = True  # the fd's mode: blocking while the worker is idle, O_NONBLOCK while calls are out
+        # The fd's mode: blocking while the worker is idle, O_NONBLOCK while calls are out.  The
+        # mode belongs to the clone, which the worker's predecessor at this index had: one killed
+        # while calls were out left it O_NONBLOCK.
+        self.blocking = os.get_blocking(devfd)
         self._iovs = [[buf] for buf in pool.bufs]
 
     def read(self, slot: int) -> int:

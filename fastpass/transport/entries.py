@@ -50,6 +50,8 @@ import logging
 import mmap
 import os
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -66,6 +68,14 @@ PARAMETER = "/sys/module/fuse/parameters/enable_uring"
 PAGE = mmap.PAGESIZE
 STAGE = abi.IN_HEADER.size + abi.URING_OP_IN_SIZE  # in-header and first argument, copied before the payload
 _IOVECS = ctypes.c_uint64 * 4  # struct iovec[2]: base, len, base, len
+# The kick's STATFS, pinned to one CPU, so that it goes to that CPU's queue (`EntryTransport.kick`).
+KICK = """import os, sys
+try:
+    os.sched_setaffinity(0, {int(sys.argv[2])})
+    os.statvfs(sys.argv[1])
+except OSError:
+    pass  # an offline CPU queues nothing; an unmount ends the kick too
+"""
 _GONE = (-errno.ENOTCONN, -errno.ECONNABORTED, -errno.ECANCELED)  # an entry's end with its connection
 _HEADER = abi.IN_HEADER.size
 _unpack_u32 = struct.Struct("<I").unpack_from
@@ -237,6 +247,7 @@ class EntryTransport:
         self.first = first
         self.backlog: list[tuple[int, int]] = []  # completions that came with the registration
         self._replays: list[int] = []  # entries holding a request a dead predecessor left unanswered
+        self._reply: Reply | None = None  # what `replier` made
 
     def take(self, required: bool) -> bool:
         """Register the entries, or take them over from a dead predecessor; whether the kernel
@@ -321,6 +332,7 @@ class EntryTransport:
             answered[slot] = unique
             prep(devfd, commit, iovs[i], segs, slot << 1, 0, unique, qids[i])
 
+        self._reply = reply
         return reply
 
     def _stager(self) -> Callable[[int], tuple[memoryview, int]]:
@@ -352,8 +364,18 @@ class EntryTransport:
         share, stage = self.share, self._stager()
         for i in self._replays:
             slot = self.first + i
-            state, _, _, start, length = self.journal.record(slot, unique_at(share.view, share.headers[i]))
-            yield (slot, *((share.view[start : start + length], length) if state != "new" else stage(i)))
+            unique = unique_at(share.view, share.headers[i])
+            state, error, body, start, length = self.journal.record(slot, unique)
+            if state == "new":
+                yield (slot, *stage(i))
+            elif length >= _HEADER:
+                yield slot, share.view[start : start + length], length
+            else:  # its record names no staged copy to run it from: answered, never left waiting
+                log.error("FUSE-over-io_uring entry %d: request %d (%s) has no staged copy (%d bytes at %d): "
+                          "answered %s", i, unique, state, length, start, "as recorded" if state == "done" else "EIO")  # fmt: skip
+                if state != "done":
+                    error, body = -errno.EIO, None
+                self._reply(slot, unique, error, body)  # type: ignore[misc]
         self._replays = []
 
     def receiver(self, dispatch: Callable[[memoryview, int, int], int]) -> Callable[[int, int], None]:
@@ -375,15 +397,17 @@ class EntryTransport:
         return received
 
     def kick(self, mountpoint: str) -> None:
-        """After a takeover: one STATFS from a thread on each CPU of this worker's queues, so each
-        queue fetches again (its requests queued while it had no entry wait for a commit)."""
+        """After a takeover: one STATFS from each CPU of this worker's queues, so each queue
+        fetches again (its requests queued while it had no entry wait for a commit).
 
-        def statfs(cpu: int) -> None:
-            try:
-                os.sched_setaffinity(0, {cpu})  # this thread: its requests go to queue `cpu`
-                os.statvfs(mountpoint)
-            except OSError:
-                pass  # an offline CPU queues nothing; an unmount ends the kick too
-
+        Each comes from a process of its own (KICK), not a thread of this worker: a thread
+        waiting for its answer would hold this process in the kernel's uninterruptible wait
+        for a request already in userspace, so that should this worker die before it answers
+        (its own entry may have the STATFS), the process would never end, the supervisor
+        never replace it, and its queues never be served again.  The helper holds no fd of the
+        worker (close_fds), so it keeps neither the ring nor the entries alive; a thread of
+        the worker reaps it."""
         for cpu in self.share.cpus():
-            threading.Thread(target=statfs, args=(cpu,), daemon=True).start()
+            helper = subprocess.Popen([sys.executable, "-c", KICK, mountpoint, str(cpu)], close_fds=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            threading.Thread(target=helper.wait, daemon=True).start()

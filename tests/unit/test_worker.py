@@ -26,18 +26,23 @@ from fastpass.uring.ring import Ring
 from fastpass.worker import Worker
 
 
-@pytest.fixture(params=["plain", "uring"])
+@pytest.fixture(params=["plain", "uring", "plain-left-nonblocking"])
 def channel(request: pytest.FixtureRequest, tmp_path: Path):
     """The worker on one end of a socket pair, on either I/O path: plain in a thread (the test
     can reach into it), uring in a forked child that sets up its own ring, as a mount's worker
-    does."""
+    does.  plain-left-nonblocking: its end is O_NONBLOCK before it starts, as a device clone is
+    where the predecessor at the index was killed while backing calls were out (the mode is the
+    clone's); it must still wait for each request."""
     (tmp_path / "file").write_bytes(b"0123456789")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(10)  # a worker that died fails the test instead of hanging it
+    if request.param == "plain-left-nonblocking":
+        os.set_blocking(theirs.fileno(), False)
     root_fd = os.open(tmp_path, os.O_PATH)
     config = resolve(MountConfig(backing=str(tmp_path), mountpoint="/nonexistent"), watched=False)
     fs = Fs(config, root_fd, SharedState(root_fd, 4096, cache_size=1024, max_handles=1024))
     worker = child = t = None
-    if request.param == "plain":
+    if request.param != "uring":
         worker = Worker(Seat(theirs.fileno()), fs, build(), allow_other=False, debug=False)
         t = threading.Thread(target=worker.serve, daemon=True)
         t.start()
