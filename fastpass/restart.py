@@ -34,7 +34,7 @@ from fastpass import state
 
 log = logging.getLogger("fastpass")
 
-FORMAT = 3  # of the handed-over state: the region's layout, the seats and the journal; bump when any changes
+FORMAT = 4  # of the handed-over state: the region's layout, the seats and the journal; bump when any changes
 
 
 REFUSED_ON_RINGS = ("requests come from FUSE-over-io_uring entries, whose addresses the kernel holds in the "

@@ -57,6 +57,11 @@ class WorkerStats(msgspec.Struct):
     transport: str = ""  # where its requests come from: "uring" (its entries, and /dev/fuse) or "dev"
     replayed: int = 0  # requests a killed predecessor at this index had read, answered for it
     fds: int = 0  # file descriptors it holds now (0 where it is gone)
+    cpu_s: float = 0.0  # user + system CPU of the process at this index now (0 where it is gone)
+    # Times a worker at this index found a shared-table lock held by another process, and the ms it
+    # waited for them: contention between workers, which grows with their number.
+    lock_waits: int = 0
+    lock_wait_ms: float = 0.0
 
 
 class CacheStats(msgspec.Struct):
@@ -118,6 +123,18 @@ def _fds(pid: int) -> int:
         return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
@@ -169,7 +186,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
             block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]], block.misc[C.REPLAYED],
-            _fds(pid) if index in pids else 0,
+            _fds(pid) if index in pids else 0, _cpu_s(pid) if index in pids else 0.0, block.misc[C.LOCK_WAITS],
+            block.misc[C.LOCK_WAIT_NS] / 1e6,
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -350,7 +368,10 @@ def render(stats: Stats) -> object:
     # One line whatever the terminal's width, so that it can be pasted as it is
     options_line = Text(f"options: {stats.options}", no_wrap=True, overflow="ignore")
     fds = Text(f"file descriptors: up to {stats.fd_limit:,} per process; held by the workers: "
-               + ", ".join(f"{w.fds:,}" for w in stats.workers))  # fmt: skip
+               + ", ".join(f"{w.fds:,}" for w in stats.workers)
+               + "\nCPU s of the workers: " + ", ".join(f"{w.cpu_s:.1f}" for w in stats.workers)
+               + "; waits for a lock another process held: "
+               + ", ".join(f"{w.lock_waits:,} ({w.lock_wait_ms:.1f} ms)" for w in stats.workers))  # fmt: skip
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)
     # ring calls / the most requests in flight at once; opens in kernel passthrough / served here;

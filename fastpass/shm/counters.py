@@ -35,7 +35,8 @@ TRANSPORT_NAMES = ("", "dev", "uring")  # /dev/fuse alone; FUSE-over-io_uring en
 BACKING_REGISTERED, BACKING_CLOSED = 14, 15  # passthrough backing ids this process registered, closed
 REPLAYED = 16  # requests a dead predecessor had read, answered by this worker (and its successors)
 PRUNED = 17  # nodeids this worker asked the kernel to forget (FUSE_NOTIFY_PRUNE)
-MISC = 18
+LOCK_WAITS, LOCK_WAIT_NS = 18, 19  # times this process found a shared-table lock held by another, and its wait
+MISC = 20
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 
 

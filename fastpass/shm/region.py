@@ -48,6 +48,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 from collections.abc import Callable
 
 LOCK_INODES = 0
@@ -71,7 +72,8 @@ _UNDO_ENTRY = struct.Struct("<BxHIQ")  # target, length, pad, offset; the saved 
 log = logging.getLogger("fastpass.region")
 _libc = ctypes.CDLL(None, use_errno=True)
 _mutex_lock, _mutex_unlock = _libc.pthread_mutex_lock, _libc.pthread_mutex_unlock
-_mutex_lock.argtypes = _mutex_unlock.argtypes = [ctypes.c_void_p]
+_mutex_trylock = _libc.pthread_mutex_trylock
+_mutex_lock.argtypes = _mutex_unlock.argtypes = _mutex_trylock.argtypes = [ctypes.c_void_p]
 _PTHREAD_PROCESS_SHARED = 1
 _PTHREAD_MUTEX_ROBUST = 1
 
@@ -108,6 +110,7 @@ class Region:
         first = ctypes.addressof(self._base) + at
         self._mutexes = [first + i * _LOCK_SIZE for i in range(locks)]
         self._saved = [0] * min(locks, LOGGED)  # bytes this process has in each lock's log
+        self._waits: memoryview | None = None  # where this process counts its waits for a lock (`count_waits`)
         # target number -> its writable mapping here, reaching at least an end offset (0: the region)
         self.targets: dict[int, Callable[[int], mmap.mmap]] = {0: lambda off: self.map}
         if attach is not None:
@@ -120,10 +123,31 @@ class Region:
             _check(_libc.pthread_mutex_init(ctypes.c_void_p(mutex), attr))
 
     def lock(self, which: int) -> None:
+        """Take lock `which`.  A try first, which costs what a lock costs when it is free (one
+        call either way); only a lock another process holds is waited for, and the wait counted."""
         mutex = self._mutexes[which]
-        err = _mutex_lock(mutex)
+        err = _mutex_trylock(mutex)
         if err:
-            self._recover(which, err)
+            if err == errno.EBUSY:
+                err = self._wait(mutex)
+            if err:
+                self._recover(which, err)
+
+    def _wait(self, mutex: int) -> int:
+        """Wait for a lock another process holds; pthread_mutex_lock's result.  The wait is counted
+        where `count_waits` said."""
+        start = time.perf_counter_ns()
+        err = _mutex_lock(mutex)
+        waits = self._waits
+        if waits is not None:
+            waits[0] += 1
+            waits[1] += time.perf_counter_ns() - start
+        return err
+
+    def count_waits(self, counters: memoryview) -> None:
+        """From now on, count this process's waits for a lock held elsewhere in counters[0] and the
+        ns they took in counters[1] (a worker's own block: `fastpass stats` shows contention)."""
+        self._waits = counters
 
     def unlock(self, which: int) -> None:
         if which < LOGGED and self._saved[which]:

@@ -131,6 +131,7 @@ def test_many_actors_on_four_workers(tmp_path: Path) -> None:
         r = run_fastpass("stats", str(m.mnt), "--json")
         assert r.returncode == 0, r.stderr
         stats = json.loads(r.stdout)
+        after = [_cpu_s(w["pid"]) for w in stats["workers"]]
         got_tree = tree(m.mnt)
         assert got_tree == tree(m.backing)
 
@@ -150,6 +151,17 @@ def test_many_actors_on_four_workers(tmp_path: Path) -> None:
     assert sum(w["nodes_from_others"] for w in workers) > 0, workers
     assert sum(w["files_from_others"] for w in workers) > 0, workers
     assert stats["restarts"] == 0
+    # Each worker's CPU, from /proc, no more than its process had used when the test read it after;
+    # waits for a lock held by another worker (four workers on shared directories may meet some).
+    assert sum(w["cpu_s"] for w in workers) > 0, workers
+    assert all(w["cpu_s"] <= cpu for w, cpu in zip(workers, after, strict=True)), (workers, after)
+    assert all((w["lock_waits"] == 0) == (w["lock_wait_ms"] == 0) for w in workers), workers
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _deleted_fds(pids: list[int], backing: Path) -> list[str]:

@@ -94,6 +94,44 @@ def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
     assert time.monotonic() - start < 1
 
 
+def test_a_wait_for_a_lock_another_process_holds_is_counted() -> None:
+    """A lock found free is no wait; one another process holds is, with the time it took (what
+    `stats` shows as contention).  The holder lets go 50 ms after the waiter is in its futex
+    wait, seen in /proc (syscall 202 on x86-64), so the wait is at least that."""
+    region = Region(4096)
+    waits = memoryview(bytearray(16)).cast("Q")
+    region.count_waits(waits)
+    region.lock(LOCK_INODES)
+    region.unlock(LOCK_INODES)
+    assert waits.tolist() == [0, 0]
+    r, w = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            region.lock(LOCK_INODES)
+            os.write(w, b"x")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with open(f"/proc/{parent}/syscall") as f:
+                    if f.read().split()[0] == "202":
+                        break
+                time.sleep(0.001)
+            time.sleep(0.05)
+            region.unlock(LOCK_INODES)
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(r, 1)  # the child holds the lock now
+    region.lock(LOCK_INODES)
+    region.unlock(LOCK_INODES)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    os.close(r)
+    os.close(w)
+    assert waits[0] == 1 and waits[1] >= 50_000_000, waits.tolist()
+
+
 def _handle_tables() -> tuple[HandleTable, HandleTable]:
     """Two workers' views (0 and 1) of one handle table of 4 slots a shard."""
     layout = Layout()
