@@ -28,6 +28,7 @@ from fastpass.shm import counters as C
 from fastpass.shm import warnlog as W
 
 SCHEMA = 1
+_TICK = os.sysconf("SC_CLK_TCK")
 SHOWN_WARNINGS = 5  # the newest warnings `stats` shows, from every process of the mount
 
 
@@ -123,10 +124,8 @@ def _fds(pid: int) -> int:
         return 0
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of a process, in s; 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rpartition(b")")[2].split()
@@ -186,7 +185,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
             block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]], block.misc[C.REPLAYED],
-            _fds(pid) if index in pids else 0, _cpu_s(pid) if index in pids else 0.0, block.misc[C.LOCK_WAITS],
+            _fds(pid) if index in pids else 0, cpu_s(pid) if index in pids else 0.0, block.misc[C.LOCK_WAITS],
             block.misc[C.LOCK_WAIT_NS] / 1e6,
         ))  # fmt: skip
     ops_out = []

@@ -19,7 +19,6 @@ back to the count it had.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,6 @@ from fastpass.bench import tune
 
 SCHEMA = 1
 MIN_RATE = 50.0  # requests/s below which the mount is taken as idle: nothing to measure
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class LiveError(Exception):
@@ -57,16 +55,6 @@ class LiveRecord(msgspec.Struct):
     elapsed: float
 
 
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rpartition(b")")[2].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def _requests(s: stats.Stats) -> int:
     return sum(o.count for o in s.ops)
 
@@ -75,13 +63,13 @@ def measure(mountpoint: str, seconds: float) -> tuple[float, float]:
     """(requests/s, CPU µs per request) of the mount's workers over the next `seconds`."""
     before = stats.fetch(mountpoint)
     pids = [w.pid for w in before.workers if w.alive]
-    cpu = sum(_cpu_ticks(p) for p in pids)
+    cpu = sum(stats.cpu_s(p) for p in pids)
     start = time.monotonic()
     time.sleep(seconds)
     after = stats.fetch(mountpoint)
     elapsed = time.monotonic() - start
     n = _requests(after) - _requests(before)
-    used = (sum(_cpu_ticks(p) for p in pids) - cpu) / _TICK
+    used = sum(stats.cpu_s(p) for p in pids) - cpu
     return n / elapsed, used * 1e6 / n if n else 0.0
 
 
