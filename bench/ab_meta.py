@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -34,7 +34,7 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _openread(directory: str, seconds: float) -> int:
+def openread(directory: str, seconds: float) -> int:
     """Open + read + close rounds of the files `_files` made, until `seconds` have passed; how many."""
     paths = [f"{directory}/r{i}" for i in range(100)]
     end = time.monotonic() + seconds
@@ -54,7 +54,7 @@ def _files(directory: str) -> None:
             f.write(b"x" * 4096)
 
 
-def _loop(directory: str, seconds: float) -> int:
+def meta(directory: str, seconds: float) -> int:
     """Meta rounds until `seconds` have passed; how many."""
     data = b"x" * 4096
     end = time.monotonic() + seconds
@@ -71,22 +71,27 @@ def _loop(directory: str, seconds: float) -> int:
     return done
 
 
-def _measure(python: str, tree: str, workers: int, clients: int, seconds: float, transport: str,
-             loop: Callable[[str, float], int]) -> tuple[float, float]:  # fmt: skip
-    """(rounds/s, server µs a round) of one mount of `tree`."""
+LOOPS = {"meta": meta, "openread": openread}
+
+
+def measure(python: str, tree: str, workers: int, clients: int, seconds: float, transport: str,
+            loop: Callable[[str, float], int], options: Sequence[str] = ("--passthrough", "off"),
+            ) -> tuple[float, float, int]:  # fmt: skip
+    """(rounds/s, server µs a round, the workers' waits for a lock another held) of one mount of
+    `tree` with `options`."""
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     with tempfile.TemporaryDirectory() as base:
         backing, mnt = f"{base}/b", f"{base}/m"
         os.mkdir(backing)
         os.mkdir(mnt)
         fastpass = [python, "-m", "fastpass"]
-        subprocess.run([*fastpass, "mount", backing, mnt, "-w", str(workers), "--passthrough", "off",
-                        "--transport", transport], env=env, check=True)  # fmt: skip
+        subprocess.run([*fastpass, "mount", backing, mnt, "-w", str(workers), *options, "--transport", transport],
+                       env=env, check=True)  # fmt: skip
         try:
             record = json.loads(subprocess.run([*fastpass, "stats", mnt, "--json"], env=env, check=True,
                                                capture_output=True, text=True).stdout)  # fmt: skip
             pids = [w["pid"] for w in record["workers"]] + [p for p in [record["cache"]["watcher_pid"]] if p]
-            if loop is _openread:
+            if loop is openread:
                 _files(mnt)
             loop(mnt, 0.5)  # warm
             before = sum(_cpu(p) for p in pids)
@@ -110,9 +115,13 @@ def _measure(python: str, tree: str, workers: int, clients: int, seconds: float,
                 for k in range(clients):
                     with open(f"{counts}/{k}") as f:
                         rounds += int(f.read())
+            after = json.loads(subprocess.run([*fastpass, "stats", mnt, "--json"], env=env, check=True,
+                                              capture_output=True, text=True).stdout)  # fmt: skip
+            waits = sum(w.get("lock_waits", 0) for w in after["workers"]) - sum(
+                w.get("lock_waits", 0) for w in record["workers"])
         finally:
             subprocess.run([*fastpass, "unmount", mnt], env=env, check=True)
-    return rounds / seconds, spent / rounds * 1e6
+    return rounds / seconds, spent / rounds * 1e6, waits
 
 
 def main() -> int:
@@ -133,8 +142,8 @@ def main() -> int:
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in trees}
     for r in range(args.rounds):
         for name, python, tree in trees:
-            rate, us = _measure(python, tree, args.workers, args.clients, args.seconds, args.transport,
-                                {"meta": _loop, "openread": _openread}[args.loop])  # fmt: skip
+            rate, us, _ = measure(python, tree, args.workers, args.clients, args.seconds, args.transport,
+                                  LOOPS[args.loop])  # fmt: skip
             results[name].append((rate, us))
             print(f"round {r + 1} {name}: {rate:8.0f} rounds/s, server {us:6.1f} us a round", flush=True)
     for name, got in results.items():

@@ -27,7 +27,6 @@ from fastpass.kernel.init import Negotiated
 from fastpass.seat import Seat
 from fastpass.shm import warnlog
 from fastpass.shm.counters import (
-    LOCK_WAIT_NS,
     LOCK_WAITS,
     PID,
     STARTED_NS,
@@ -97,7 +96,7 @@ def serve(config: MountConfig, negotiated: Negotiated, seat: Seat, root_fd: int,
     kernel = Kernel(devfd, Notifier(devfd), negotiated.has(abi.InitFlag.PASSTHROUGH),
                     negotiated.has(abi.InitFlag.WRITEBACK_CACHE), negotiated.minor >= abi.NOTIFY_PRUNE_MINOR)  # fmt: skip
     fs = Fs(config, root_fd, shared, index, kernel, needs)
-    shared.region.count_waits(fs.counters.misc[LOCK_WAITS : LOCK_WAIT_NS + 1])
+    shared.region.count_waits(fs.counters.misc[LOCK_WAITS:])
     fs.counters.misc[PID] = os.getpid()
     fs.counters.misc[STARTED_NS] = time.time_ns()
     ring = None
@@ -158,7 +157,7 @@ def watcher(config: MountConfig, session: int, root_fd: int, shared: SharedState
     """The watcher: push changes other processes make in the backing to the kernel."""
     warnlog.attach(shared.warnings, shared.region, WATCHER)
     counters = WorkerCounters(shared.counters, shared.region, WATCHER)
-    shared.region.count_waits(counters.misc[LOCK_WAITS : LOCK_WAIT_NS + 1])
+    shared.region.count_waits(counters.misc[LOCK_WAITS:])
     counters.misc[PID] = os.getpid()
     counters.misc[STARTED_NS] = time.time_ns()
     cache = (AttrCache(shared.attrs, shared.region, counters.misc, config.revalidate, atime_policy(root_fd))

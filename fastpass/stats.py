@@ -26,6 +26,7 @@ from fastpass.kernel.init import Negotiated
 from fastpass.kernel.mount import fuse_owner
 from fastpass.shm import counters as C
 from fastpass.shm import warnlog as W
+from fastpass.shm.region import LOCK_TABLES
 
 SCHEMA = 1
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -59,8 +60,8 @@ class WorkerStats(msgspec.Struct):
     replayed: int = 0  # requests a killed predecessor at this index had read, answered for it
     fds: int = 0  # file descriptors it holds now (0 where it is gone)
     cpu_s: float = 0.0  # user + system CPU of the process at this index now (0 where it is gone)
-    # Times a worker at this index found a shared-table lock held by another process, and the ms it
-    # waited for them: contention between workers, which grows with their number.
+    # Times the workers at this index found a shared-table lock held by another process, and the ms
+    # they waited for them: contention between workers, which grows with their number.
     lock_waits: int = 0
     lock_wait_ms: float = 0.0
 
@@ -115,6 +116,10 @@ class Stats(msgspec.Struct):
     pruned: int = 0  # nodeids fastpass asked the kernel to forget (FUSE_NOTIFY_PRUNE), since the mount
     warnings: list[LoggedWarning] = []  # the newest warnings and errors the server's processes logged, oldest first
     max_workers: int = 0  # the most workers `fastpass workers` may set on this mount
+    # By shared table (`fastpass.shm.region.LOCK_TABLES`): the times a worker or the
+    # watcher found one of its locks held by another process, and the ms it waited, since the mount.
+    lock_waits: dict[str, int] = {}
+    lock_wait_ms: dict[str, float] = {}
 
 
 def _fds(pid: int) -> int:
@@ -161,6 +166,16 @@ def _cache(blocks: list[C.WorkerCounters], watcher: C.WorkerCounters, watcher_pi
     )  # fmt: skip
 
 
+def _lock_waits(blocks: list[C.WorkerCounters]) -> tuple[dict[str, int], dict[str, float]]:
+    """(waits, ms waited) by shared table, summed over the blocks; tables never waited for left out."""
+    waits, ms = {}, {}
+    for i, table in enumerate(LOCK_TABLES):
+        at = C.LOCK_WAITS + 2 * i
+        if n := sum(b.misc[at] for b in blocks):
+            waits[table], ms[table] = n, sum(b.misc[at + 1] for b in blocks) / 1e6
+    return waits, ms
+
+
 def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int, inodes: int, handles: int,
             record: state.MountState, watcher: C.WorkerCounters, watcher_pid: int,
             requests_per_queue: list[int], inode_slots: int = 0,
@@ -185,8 +200,8 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
             block.misc[C.FOREIGN_NODES], block.misc[C.FOREIGN_FILES], block.misc[C.OPENS_PASSTHROUGH],
             block.misc[C.OPENS_USERSPACE], C.IO_NAMES[block.misc[C.IO_PATH]], block.misc[C.PEAK_IN_FLIGHT],
             block.misc[C.RING_CALLS], C.TRANSPORT_NAMES[block.misc[C.TRANSPORT]], block.misc[C.REPLAYED],
-            _fds(pid) if index in pids else 0, cpu_s(pid) if index in pids else 0.0, block.misc[C.LOCK_WAITS],
-            block.misc[C.LOCK_WAIT_NS] / 1e6,
+            _fds(pid) if index in pids else 0, cpu_s(pid) if index in pids else 0.0,
+            sum(block.misc[C.LOCK_WAITS : C.MISC : 2]), sum(block.misc[C.LOCK_WAITS + 1 : C.MISC : 2]) / 1e6,
         ))  # fmt: skip
     ops_out = []
     for op in range(C.OPCODES):
@@ -212,6 +227,7 @@ def collect(blocks: list[C.WorkerCounters], pids: dict[int, int], restarts: int,
         requests_per_queue, registered - sum(b.misc[C.BACKING_CLOSED] for b in blocks), registered,
         resource.getrlimit(resource.RLIMIT_NOFILE)[0], inode_slots,
         sum(b.misc[C.PRUNED] for b in blocks), warnings or [], record.config.max_workers or record.config.workers,
+        *_lock_waits([*blocks, watcher]),
     )  # fmt: skip
 
 
@@ -370,7 +386,9 @@ def render(stats: Stats) -> object:
                + ", ".join(f"{w.fds:,}" for w in stats.workers)
                + "\nCPU s of the workers: " + ", ".join(f"{w.cpu_s:.1f}" for w in stats.workers)
                + "; waits for a lock another process held: "
-               + ", ".join(f"{w.lock_waits:,} ({w.lock_wait_ms:.1f} ms)" for w in stats.workers))  # fmt: skip
+               + ", ".join(f"{w.lock_waits:,} ({w.lock_wait_ms:.1f} ms)" for w in stats.workers)
+               + "".join(f"\n  {table}: {n:,} waits, {stats.lock_wait_ms[table]:.1f} ms"
+                         for table, n in stats.lock_waits.items()))  # fmt: skip
     # Pairs share a column ("a / b") so the table fits an 80-column terminal.
     workers = Table(title="workers", box=SIMPLE_HEAD)
     # ring calls / the most requests in flight at once; opens in kernel passthrough / served here;

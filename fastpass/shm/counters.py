@@ -14,7 +14,7 @@ Measured: a `record()` costs about 0.4 us.
 from __future__ import annotations
 
 from fastpass.config import MAX_WORKERS as MAX_WORKER_COUNT
-from fastpass.shm.region import Layout, Region
+from fastpass.shm.region import LOCK_TABLES, Layout, Region
 
 MAX_WORKERS = MAX_WORKER_COUNT + 1  # counter blocks: one per worker index, then the watcher's
 WATCHER = MAX_WORKERS - 1  # the watcher's block; workers take those below
@@ -35,8 +35,10 @@ TRANSPORT_NAMES = ("", "dev", "uring")  # /dev/fuse alone; FUSE-over-io_uring en
 BACKING_REGISTERED, BACKING_CLOSED = 14, 15  # passthrough backing ids this process registered, closed
 REPLAYED = 16  # requests a dead predecessor had read, answered by this worker (and its successors)
 PRUNED = 17  # nodeids this worker asked the kernel to forget (FUSE_NOTIFY_PRUNE)
-LOCK_WAITS, LOCK_WAIT_NS = 18, 19  # times this process found a shared-table lock held by another, and its wait
-MISC = 20
+# Per table of LOCK_TABLES, a pair: times this process found one of its locks held by another
+# process, and the ns it waited (`Region.count_waits`)
+LOCK_WAITS = 18
+MISC = LOCK_WAITS + 2 * len(LOCK_TABLES)
 BLOCK = OPCODES * OP_STRIDE + ERRNOS + MISC  # u64s per worker
 
 

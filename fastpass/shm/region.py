@@ -62,6 +62,11 @@ ATTR_STRIPES = 256
 LOCK_SUCCESSION = LOCK_ATTRS + ATTR_STRIPES  # who takes a dead supervisor's place (fastpass.shm.control)
 LOCK_SHARES = LOCK_SUCCESSION + 1  # the per-uid counts (fastpass.shm.shares)
 LOCKS = LOCK_SHARES + 1
+# What `fastpass stats` counts the waits for a lock under: the table each lock guards.
+LOCK_TABLES = ("inodes", "handle ring", "handles", "backing ids", "attributes", "other")
+_TABLE_OF = ([0, 1] + [2] * HANDLE_SHARDS + [3] * BACKING_STRIPES + [4] * ATTR_STRIPES
+             + [5] * (LOCKS - LOCK_SUCCESSION))  # fmt: skip
+assert len(_TABLE_OF) == LOCKS
 _LOCK_SIZE = 64  # a pthread_mutex_t (40 bytes on x86-64) alone on its cache line
 LOGGED = LOCK_INODES + 1  # the locks 0..LOGGED-1 keep an undo log
 UNDO_SIZE = 64 * 1024  # bytes of one lock's log (sparse: a page is used once a section writes there)
@@ -129,24 +134,26 @@ class Region:
         err = _mutex_trylock(mutex)
         if err:
             if err == errno.EBUSY:
-                err = self._wait(mutex)
+                err = self._wait(which)
             if err:
                 self._recover(which, err)
 
-    def _wait(self, mutex: int) -> int:
-        """Wait for a lock another process holds; pthread_mutex_lock's result.  The wait is counted
-        where `count_waits` said."""
+    def _wait(self, which: int) -> int:
+        """Wait for lock `which`, which another process holds; pthread_mutex_lock's result.  The
+        wait is counted where `count_waits` said, under the table the lock guards."""
         start = time.perf_counter_ns()
-        err = _mutex_lock(mutex)
+        err = _mutex_lock(self._mutexes[which])
         waits = self._waits
         if waits is not None:
-            waits[0] += 1
-            waits[1] += time.perf_counter_ns() - start
+            at = 2 * _TABLE_OF[which]
+            waits[at] += 1
+            waits[at + 1] += time.perf_counter_ns() - start
         return err
 
     def count_waits(self, counters: memoryview) -> None:
-        """From now on, count this process's waits for a lock held elsewhere in counters[0] and the
-        ns they took in counters[1] (a worker's own block: `fastpass stats` shows contention)."""
+        """From now on, count this process's waits for a lock held elsewhere: for the i-th of
+        LOCK_TABLES, how many in counters[2 * i] and the ns they took in counters[2 * i + 1] (a
+        worker's own block: `fastpass stats` shows contention)."""
         self._waits = counters
 
     def unlock(self, which: int) -> None:

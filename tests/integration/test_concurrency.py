@@ -156,6 +156,9 @@ def test_many_actors_on_four_workers(tmp_path: Path) -> None:
     assert sum(w["cpu_s"] for w in workers) > 0, workers
     assert all(w["cpu_s"] <= cpu for w, cpu in zip(workers, after, strict=True)), (workers, after)
     assert all((w["lock_waits"] == 0) == (w["lock_wait_ms"] == 0) for w in workers), workers
+    assert sum(stats["lock_waits"].values()) >= sum(w["lock_waits"] for w in workers), stats["lock_waits"]
+    assert stats["lock_waits"].keys() == stats["lock_wait_ms"].keys() <= {"inodes", "handle ring", "handles",
+                                                                         "backing ids", "attributes", "other"}  # fmt: skip
 
 
 def _cpu_s(pid: int) -> float:
