@@ -23,7 +23,14 @@ buffers, the entries and this journal, answers each request the dead one left:
   payload) when dispatched; the reply then overwrites the header the kernel wrote, so the
   record keeps where the staged copy lies and how long it is.
 
-Cost: two u64 stores for every request, and for a request with an effect one pack_into
+- A record names its request (`unique`) last: its other fields are written first, then the
+  unique.  A worker killed between two fields of a pack_into (which writes field by field)
+  then leaves the record of the request before, which names another unique and so says
+  nothing of this one ("new": run as new, and nothing of it had run).  Written unique
+  first, a cut record named the new request with the old one's state: a replay answered it
+  with the old request's reply, or (a slot never used before) with no staged copy to run.
+
+Cost: two u64 stores for every request, and for a request with an effect two pack_intos
 and a copy of its reply (at most BODY bytes: entry_out + open_out is 144).
 """
 
@@ -35,7 +42,8 @@ import struct
 
 BODY = 256  # the largest reply recorded; a larger one leaves the record STARTED (run again)
 _HEAD = struct.Struct("<QiIII")  # unique, error, state or body length, stage start, stage length
-_STATE = struct.Struct("<QiI")  # the head without the stage, which staging wrote for the same unique
+_TAIL = struct.Struct("<iIII")  # the head after its unique, at 8
+_STATE = struct.Struct("<iI")  # error and state, at 8: the stage stays as staging wrote it for the same unique
 _SIZE = 32 + BODY
 STARTED = 0xFFFFFFFF  # the state field: the handler may have run, no reply recorded
 _STAGED = 0xFFFFFFFE  # dispatched (an entry's request), no effect recorded
@@ -57,26 +65,33 @@ class Journal:
         self.answered = view[: slots * 8].cast("Q")  # per slot: the unique last answered
         self._tries = view[slots * 8 : slots * 24].cast("Q")  # per slot: a unique replayed, and how often
         self.records = view[slots * 24 :]
-        self._pack = _HEAD.pack_into
+        self._tail = _TAIL.pack_into
         self._state = _STATE.pack_into
+        self._name = _u64.pack_into
         self._unpack = _HEAD.unpack_from
 
     def started(self, slot: int, unique: int) -> None:
-        self._state(self.records, slot * _SIZE, unique, 0, STARTED)
+        off = slot * _SIZE
+        self._state(self.records, off + 8, 0, STARTED)
+        self._name(self.records, off, unique)
 
     def staged(self, slot: int, unique: int, start: int, length: int) -> None:
-        self._pack(self.records, slot * _SIZE, unique, 0, _STAGED, start, length)
+        off = slot * _SIZE
+        self._tail(self.records, off + 8, 0, _STAGED, start, length)
+        self._name(self.records, off, unique)
 
     def done(self, slot: int, unique: int, error: int, body: object) -> None:
         """The reply as it will be sent; one too large to keep leaves the request STARTED."""
         off = slot * _SIZE
         if body is None:
-            self._state(self.records, off, unique, error, 0)
+            self._state(self.records, off + 8, error, 0)
+            self._name(self.records, off, unique)
             return
         n = len(body)  # type: ignore[arg-type]
         if n <= BODY:
             self.records[off + 32 : off + 32 + n] = body  # type: ignore[index]
-            self._state(self.records, off, unique, error, n)
+            self._state(self.records, off + 8, error, n)
+            self._name(self.records, off, unique)
 
     def tries(self, slot: int, unique: int) -> int:
         """How many workers have replayed request `unique` before this one (which counts itself)."""
