@@ -247,7 +247,6 @@ class EntryTransport:
         self.first = first
         self.backlog: list[tuple[int, int]] = []  # completions that came with the registration
         self._replays: list[int] = []  # entries holding a request a dead predecessor left unanswered
-        self._reply: Reply | None = None  # what `replier` made
 
     def take(self, required: bool) -> bool:
         """Register the entries, or take them over from a dead predecessor; whether the kernel
@@ -332,7 +331,6 @@ class EntryTransport:
             answered[slot] = unique
             prep(devfd, commit, iovs[i], segs, slot << 1, 0, unique, qids[i])
 
-        self._reply = reply
         return reply
 
     def _stager(self) -> Callable[[int], tuple[memoryview, int]]:
@@ -364,18 +362,8 @@ class EntryTransport:
         share, stage = self.share, self._stager()
         for i in self._replays:
             slot = self.first + i
-            unique = unique_at(share.view, share.headers[i])
-            state, error, body, start, length = self.journal.record(slot, unique)
-            if state == "new":
-                yield (slot, *stage(i))
-            elif length >= _HEADER:
-                yield slot, share.view[start : start + length], length
-            else:  # its record names no staged copy to run it from: answered, never left waiting
-                log.error("FUSE-over-io_uring entry %d: request %d (%s) has no staged copy (%d bytes at %d): "
-                          "answered %s", i, unique, state, length, start, "as recorded" if state == "done" else "EIO")  # fmt: skip
-                if state != "done":
-                    error, body = -errno.EIO, None
-                self._reply(slot, unique, error, body)  # type: ignore[misc]
+            state, _, _, start, length = self.journal.record(slot, unique_at(share.view, share.headers[i]))
+            yield (slot, *((share.view[start : start + length], length) if state != "new" else stage(i)))
         self._replays = []
 
     def receiver(self, dispatch: Callable[[memoryview, int, int], int]) -> Callable[[int, int], None]:
